@@ -1,0 +1,193 @@
+use super::*;
+use chrono::TimeZone;
+
+fn user() -> UserInfo {
+    UserInfo {
+        id: 7,
+        first_name: "Ada".into(),
+        last_name: None,
+        username: Some("ada".into()),
+    }
+}
+
+fn msg(text: &str) -> Incoming {
+    Incoming {
+        chat_id: 7,
+        from: Some(user()),
+        date: Utc.with_ymd_and_hms(2026, 11, 26, 5, 3, 0).unwrap(),
+        input: input::parse_text(text),
+    }
+}
+
+fn replies(t: &Transition) -> Vec<&str> {
+    t.effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Reply { text, .. } => Some(text.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn start_registers_and_enters_receive_note() {
+    for state in [DialogueState::Start, DialogueState::ReceiveNote] {
+        let t = step(state, &msg("/start"), &Context::default());
+        assert_eq!(t.state, DialogueState::ReceiveNote);
+        assert_eq!(
+            t.effects[0],
+            Effect::UpsertUser {
+                user: user(),
+                chat_id: 7
+            }
+        );
+        assert!(replies(&t)[0].starts_with("Hi, Ada!"), "{:?}", replies(&t));
+    }
+}
+
+#[test]
+fn start_with_bot_suffix_and_payload_is_start() {
+    let t = step(DialogueState::Start, &msg("/START@courier_bot ref42"), &Context::default());
+    assert_eq!(t.state, DialogueState::ReceiveNote);
+}
+
+#[test]
+fn help_keeps_state_and_lists_commands() {
+    for state in [DialogueState::Start, DialogueState::ReceiveNote] {
+        let t = step(state, &msg("/help"), &Context::default());
+        assert_eq!(t.state, state);
+        let r = replies(&t);
+        assert_eq!(r.len(), 1);
+        for cmd in ["/start", "/history", "/help"] {
+            assert!(r[0].contains(cmd), "{cmd} missing from help");
+        }
+    }
+}
+
+#[test]
+fn text_in_receive_note_is_saved_verbatim_and_confirmed() {
+    let text = "Robert'); DROP TABLE messages;-- 🦀  spaces  ";
+    let t = step(DialogueState::ReceiveNote, &msg(text), &Context::default());
+    assert_eq!(t.state, DialogueState::ReceiveNote);
+    assert_eq!(
+        t.effects[0],
+        Effect::SaveNote {
+            chat_id: 7,
+            user_id: 7,
+            text: text.into(),
+            at: Utc.with_ymd_and_hms(2026, 11, 26, 5, 3, 0).unwrap()
+        }
+    );
+    assert_eq!(replies(&t), vec![texts::SAVED]);
+}
+
+#[test]
+fn text_before_start_gets_fallback_and_saves_nothing() {
+    let t = step(DialogueState::Start, &msg("hello"), &Context::default());
+    assert_eq!(t.state, DialogueState::Start);
+    assert_eq!(t.effects.len(), 1);
+    assert!(replies(&t)[0].contains("/start") && replies(&t)[0].contains("/help"));
+}
+
+#[test]
+fn unknown_command_points_at_help_in_every_state() {
+    for state in [DialogueState::Start, DialogueState::ReceiveNote] {
+        let t = step(state, &msg("/frobnicate now"), &Context::default());
+        assert_eq!(t.state, state);
+        assert_eq!(t.effects.len(), 1);
+        let r = replies(&t)[0];
+        assert!(r.contains("/frobnicate") && r.contains("/help"), "{r}");
+    }
+}
+
+#[test]
+fn slash_text_that_is_no_command_is_a_note() {
+    let t = step(DialogueState::ReceiveNote, &msg("/usr/bin is a path"), &Context::default());
+    assert!(matches!(t.effects[0], Effect::SaveNote { .. }));
+}
+
+#[test]
+fn non_text_is_explained() {
+    let mut m = msg("x");
+    m.input = Input::NonText { kind: "sticker" };
+    let t = step(DialogueState::ReceiveNote, &m, &Context::default());
+    assert_eq!(t.effects.len(), 1);
+    assert!(replies(&t)[0].contains("sticker") && replies(&t)[0].contains("/help"));
+    let t = step(DialogueState::Start, &m, &Context::default());
+    assert!(replies(&t)[0].contains("/start"));
+}
+
+#[test]
+fn history_needs_a_read_and_lists_newest_first_with_times() {
+    let m = msg("/history");
+    assert_eq!(reads(&m), Some(Read::History));
+    assert_eq!(reads(&msg("/help")), None);
+    let at = |h| Utc.with_ymd_and_hms(2026, 11, 26, h, 0, 0).unwrap();
+    let ctx = Context {
+        history: vec![
+            Note { text: "second".into(), at: at(10) },
+            Note { text: "first".into(), at: at(9) },
+        ],
+    };
+    let t = step(DialogueState::ReceiveNote, &m, &ctx);
+    assert_eq!(t.state, DialogueState::ReceiveNote);
+    let r = replies(&t)[0];
+    let (i2, i1) = (r.find("] second").unwrap(), r.find("] first").unwrap());
+    assert!(i2 < i1, "newest first: {r}");
+    assert!(r.contains("2026-11-26 10:00 UTC") && r.contains("2026-11-26 09:00 UTC"), "{r}");
+}
+
+#[test]
+fn empty_history_says_so() {
+    let t = step(DialogueState::Start, &msg("/history"), &Context::default());
+    assert!(replies(&t)[0].contains("no notes"));
+}
+
+#[test]
+fn history_of_five_long_notes_fits_one_telegram_message() {
+    let long = "x".repeat(4096);
+    let ctx = Context {
+        history: vec![Note { text: long, at: Utc::now() }; HISTORY_LEN],
+    };
+    let t = step(DialogueState::ReceiveNote, &msg("/history"), &ctx);
+    assert!(replies(&t)[0].chars().count() <= 4096);
+}
+
+#[test]
+fn anonymous_text_is_not_saved() {
+    let mut m = msg("hi");
+    m.from = None;
+    let t = step(DialogueState::ReceiveNote, &m, &Context::default());
+    assert!(!t.effects.iter().any(|e| matches!(e, Effect::SaveNote { .. })));
+}
+
+#[test]
+fn state_serializes_as_tagged_json() {
+    let v = serde_json::to_value(DialogueState::ReceiveNote).unwrap();
+    assert_eq!(v, serde_json::json!({"state": "ReceiveNote"}));
+    let back: DialogueState = serde_json::from_value(v).unwrap();
+    assert_eq!(back, DialogueState::ReceiveNote);
+}
+
+#[test]
+fn classify_reads_teloxide_updates() {
+    let raw = r#"{"update_id":5,"message":{"message_id":3,"date":1764133380,
+        "chat":{"id":-100,"type":"group","title":"g"},
+        "from":{"id":7,"is_bot":false,"first_name":"Ada"},"text":"/history@courier_bot"}}"#;
+    let upd: teloxide_core::types::Update = serde_json::from_str(raw).unwrap();
+    let inc = classify(&upd).unwrap();
+    assert_eq!(inc.chat_id, -100);
+    assert_eq!(inc.from.unwrap().id, 7);
+    assert_eq!(
+        inc.input,
+        Input::Command {
+            name: "history".into(),
+            args: String::new()
+        }
+    );
+    let edited = r#"{"update_id":6,"edited_message":{"message_id":3,"date":1764133380,"edit_date":1764133390,
+        "chat":{"id":7,"type":"private","first_name":"Ada"},
+        "from":{"id":7,"is_bot":false,"first_name":"Ada"},"text":"x"}}"#;
+    let upd: teloxide_core::types::Update = serde_json::from_str(edited).unwrap();
+    assert_eq!(classify(&upd), None);
+}

@@ -1,0 +1,29 @@
+//! Shared building blocks of Courier's services.
+//!
+//! Nothing here knows about the notes bot or about PostgreSQL. The modules are small and each
+//! has one job:
+//!
+//! - [`config`]: the configuration every service shares (NATS URL, bot token, dev mode), parsed
+//!   from environment variables and flags and validated at start-up.
+//! - [`secret`]: the bot token and webhook secret as types that never print their value, and the
+//!   constant-time comparison of the webhook secret.
+//! - [`partition`]: the stable hash that maps a chat to a partition.
+//! - [`topology`]: names of streams, subjects and consumers, and their idempotent creation.
+//! - [`lanes`]: per-key lanes (one item at a time per chat, many chats at once).
+//! - [`backoff`]: exponential backoff with jitter.
+//! - [`shutdown`]: Ctrl-C / SIGTERM as a cancellation token.
+//! - [`telemetry`]: the tracing subscriber.
+//! - [`health`]: the `/healthz` and `/readyz` routes.
+#![deny(missing_docs)]
+
+pub mod backoff;
+pub mod config;
+pub mod health;
+pub mod lanes;
+pub mod partition;
+pub mod secret;
+pub mod shutdown;
+pub mod telemetry;
+pub mod topology;
+
+pub use tokio_util::sync::CancellationToken;
