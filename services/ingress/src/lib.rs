@@ -1,1 +1,229 @@
-//! placeholder
+//! Courier ingress: the Telegram webhook endpoint.
+//!
+//! `POST /webhook` (path configurable) takes one update, checks the secret header in constant
+//! time, reads only what routing needs (the update id and the chat), wraps the raw bytes in an
+//! [`InboundUpdate`] envelope and publishes it to `courier.updates.<bot>.<partition>.<chat>` with
+//! `Nats-Msg-Id = <bot>:<update_id>`. It answers 200 only after JetStream acknowledged the
+//! publish; anything else is a 5xx, so Telegram retries and nothing is lost.
+//!
+//! **Architecture Invariant:** ingress is stateless and never parses an update fully: it
+//! forwards Telegram's bytes untouched (see [`probe`]).
+//!
+//! | outcome                             | status |
+//! |-------------------------------------|--------|
+//! | secret header missing or wrong      | 401    |
+//! | body larger than the limit          | 413    |
+//! | not JSON, or no integer `update_id` | 400    |
+//! | JetStream acknowledged (or a dup)   | 200    |
+//! | NATS down / no ack in time          | 503    |
+#![deny(missing_docs)]
+
+pub mod probe;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_nats::jetstream::{self, message::PublishMessage};
+use axum::{
+    body::Bytes,
+    extract::{DefaultBodyLimit, Request, State},
+    http::StatusCode,
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::post,
+    Router,
+};
+use courier_common::{
+    config::{parse_duration, ConfigError, NatsArgs, SecretArgs, WebhookSecretArgs},
+    health,
+    partition::partition_of,
+    secret::WebhookSecret,
+    topology, CancellationToken,
+};
+use courier_proto::{v1::InboundUpdate, Message as _};
+use tokio::task::JoinHandle;
+
+/// The header Telegram sends the webhook secret in.
+pub const SECRET_HEADER: &str = "x-telegram-bot-api-secret-token";
+
+/// Ingress configuration (environment variables or the matching flags).
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long = "addr", env = "COURIER_INGRESS_ADDR", default_value = "0.0.0.0:8081")]
+    pub addr: SocketAddr,
+    /// Path of the webhook endpoint.
+    #[arg(long = "webhook-path", env = "COURIER_WEBHOOK_PATH", default_value = "/webhook")]
+    pub webhook_path: String,
+    /// Largest accepted update body, in bytes (larger: 413).
+    #[arg(long = "max-body-bytes", env = "COURIER_INGRESS_MAX_BODY_BYTES", default_value_t = 256 * 1024)]
+    pub max_body_bytes: usize,
+    /// How long to wait for JetStream's acknowledgement before answering 503.
+    #[arg(long = "publish-timeout", env = "COURIER_INGRESS_PUBLISH_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub publish_timeout: Duration,
+    /// NATS settings.
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    /// Bot token and dev mode.
+    #[command(flatten)]
+    pub secrets: SecretArgs,
+    /// Webhook secret.
+    #[command(flatten)]
+    pub webhook: WebhookSecretArgs,
+}
+
+/// What can stop ingress from starting or serving.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The streams could not be created or do not match.
+    #[error(transparent)]
+    Topology(#[from] topology::TopologyError),
+    /// Binding or serving HTTP failed.
+    #[error("http server: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+struct AppState {
+    bot_id: i64,
+    partitions: u32,
+    secret: WebhookSecret,
+    nats: async_nats::Client,
+    js: jetstream::Context,
+    publish_timeout: Duration,
+}
+
+/// A running ingress.
+pub struct Ingress {
+    addr: SocketAddr,
+    task: JoinHandle<Result<(), Error>>,
+}
+
+impl Ingress {
+    /// The bound address (useful with port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Waits until the server stopped (after the shutdown token fired).
+    pub async fn wait(self) -> Result<(), Error> {
+        self.task
+            .await
+            .unwrap_or_else(|e| Err(Error::Io(std::io::Error::other(e))))
+    }
+}
+
+/// Validates the configuration, connects, ensures the streams and starts serving.
+pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Ingress, Error> {
+    let token = config.secrets.bot_token()?;
+    let secret = config.webhook.webhook_secret(config.secrets.dev)?;
+    if !config.webhook_path.starts_with('/') {
+        return Err(ConfigError {
+            var: "COURIER_WEBHOOK_PATH",
+            reason: "must start with /".into(),
+        }
+        .into());
+    }
+    let nats = config.nats.connect("courier-ingress").await?;
+    let js = jetstream::new(nats.clone());
+    topology::ensure_streams(&js, config.nats.partitions).await?;
+
+    let state = Arc::new(AppState {
+        bot_id: token.bot_id(),
+        partitions: config.nats.partitions,
+        secret,
+        nats: nats.clone(),
+        js,
+        publish_timeout: config.publish_timeout,
+    });
+    let webhook = Router::new()
+        .route(&config.webhook_path, post(webhook))
+        .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        // The secret is checked before the body is read.
+        .layer(middleware::from_fn_with_state(state.clone(), check_secret))
+        .with_state(state);
+    let app = webhook.merge(health::router(vec![("nats", health::nats_probe(nats))]));
+
+    let listener = tokio::net::TcpListener::bind(config.addr).await?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, path = %config.webhook_path, bot_id = token.bot_id(), "ingress listening");
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await?;
+        tracing::info!("ingress stopped");
+        Ok(())
+    });
+    Ok(Ingress { addr, task })
+}
+
+/// Runs ingress until `shutdown` fires.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
+    spawn(config, shutdown).await?.wait().await
+}
+
+async fn check_secret(State(app): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let ok = req
+        .headers()
+        .get(SECRET_HEADER)
+        .is_some_and(|v| app.secret.matches(v.as_bytes()));
+    if !ok {
+        return (StatusCode::UNAUTHORIZED, "missing or wrong secret token\n").into_response();
+    }
+    next.run(req).await
+}
+
+async fn webhook(State(app): State<Arc<AppState>>, body: Bytes) -> Response {
+    let probe = match probe::probe(&body) {
+        Ok(p) => p,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    };
+    let chat_id = probe.chat_id.unwrap_or(0);
+    let partition = partition_of(chat_id, app.partitions);
+    if app.nats.connection_state() != async_nats::connection::State::Connected {
+        // Fail fast: Telegram retries, and a publish buffered in a disconnected client could
+        // outlive this request.
+        tracing::warn!(update_id = probe.update_id, "NATS not connected; answering 503");
+        return (StatusCode::SERVICE_UNAVAILABLE, "queue unavailable, retry later\n").into_response();
+    }
+    let envelope = InboundUpdate {
+        bot_id: app.bot_id,
+        update_id: probe.update_id,
+        chat_id,
+        partition,
+        received_at_unix_ms: unix_ms(),
+        update_json: body.to_vec(),
+    };
+    let subject = topology::update_subject(app.bot_id, partition, chat_id);
+    let publish = PublishMessage::build()
+        .message_id(topology::update_msg_id(app.bot_id, probe.update_id))
+        .payload(envelope.encode_to_vec().into());
+    let result = tokio::time::timeout(app.publish_timeout, async {
+        app.js.send_publish(subject, publish).await?.await
+    })
+    .await;
+    match result {
+        Ok(Ok(ack)) => {
+            tracing::debug!(update_id = probe.update_id, seq = ack.sequence, duplicate = ack.duplicate, "accepted");
+            StatusCode::OK.into_response()
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(update_id = probe.update_id, error = %e, "publish failed; answering 503");
+            (StatusCode::SERVICE_UNAVAILABLE, "queue unavailable, retry later\n").into_response()
+        }
+        Err(_) => {
+            tracing::warn!(update_id = probe.update_id, "publish not acknowledged in time; answering 503");
+            (StatusCode::SERVICE_UNAVAILABLE, "queue timeout, retry later\n").into_response()
+        }
+    }
+}
+
+fn unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
