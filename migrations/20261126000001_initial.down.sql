@@ -1,0 +1,5 @@
+DROP TABLE IF EXISTS outbox;
+DROP TABLE IF EXISTS processed_updates;
+DROP TABLE IF EXISTS dialogue_states;
+DROP TABLE IF EXISTS messages;
+DROP TABLE IF EXISTS users;

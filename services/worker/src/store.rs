@@ -1,0 +1,281 @@
+//! The worker's PostgreSQL side: one transaction per update, and the outbox bookkeeping.
+//!
+//! **Architecture Invariant:** every effect of an update (its `processed_updates` row, the
+//! user and note rows, the dialogue state and the outgoing messages) is written in one
+//! transaction, so an update is applied entirely or not at all, and at most once.
+
+use chrono::{DateTime, Utc};
+use courier_bot::{Context, DialogueState, Effect, Incoming, Note, Read, HISTORY_LEN};
+use sqlx::{PgPool, Postgres, Row, Transaction};
+
+/// Why applying an update failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database said no, or could not be reached.
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    /// The stored dialogue state could not be read.
+    #[error("stored dialogue state is not valid: {0}")]
+    BadState(#[from] serde_json::Error),
+}
+
+impl StoreError {
+    /// Whether retrying can help: connection trouble, pool exhaustion, serialization
+    /// conflicts and server shutdowns are transient; data errors (SQLSTATE class 22, such as a
+    /// NUL byte in text) and constraint violations are not.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Db(e) => is_transient_db(e),
+            StoreError::BadState(_) => false,
+        }
+    }
+}
+
+/// Whether a database error may go away by itself (see [`StoreError::is_transient`]).
+pub fn is_transient_db(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            !(code.starts_with("22") || code.starts_with("23") || code.starts_with("42"))
+        }
+        sqlx::Error::ColumnDecode { .. }
+        | sqlx::Error::Decode(_)
+        | sqlx::Error::TypeNotFound { .. }
+        | sqlx::Error::ColumnNotFound(_)
+        | sqlx::Error::ColumnIndexOutOfBounds { .. } => false,
+        _ => true,
+    }
+}
+
+/// One outgoing message written to the outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxRow {
+    /// The row id: the idempotency key of the message.
+    pub id: i64,
+    /// The chat to send to.
+    pub chat_id: i64,
+    /// The update that caused it.
+    pub origin_update_id: i64,
+    /// The text.
+    pub text: String,
+    /// When it was committed.
+    pub created_at: DateTime<Utc>,
+}
+
+/// What happened to an update.
+#[derive(Debug)]
+pub enum Applied {
+    /// Applied now; these messages are to be published.
+    Applied(Vec<OutboxRow>),
+    /// Applied before (same update id, or a stream sequence at or below the chat's last one).
+    Duplicate,
+}
+
+/// The identity of an update inside the stream.
+#[derive(Debug, Clone, Copy)]
+pub struct UpdateRef {
+    /// The bot.
+    pub bot_id: i64,
+    /// Telegram's update id.
+    pub update_id: i64,
+    /// The routing chat.
+    pub chat_id: i64,
+    /// The stream sequence of the message that carried it.
+    pub seq: u64,
+}
+
+/// Applies one update in one transaction: dedup, load state, run the FSM, write the effects,
+/// the new state and the outbox.
+pub async fn apply(pool: &PgPool, upd: UpdateRef, incoming: &Incoming) -> Result<Applied, StoreError> {
+    let mut tx = pool.begin().await?;
+    if !claim(&mut tx, upd, "applied").await? {
+        tx.rollback().await?;
+        return Ok(Applied::Duplicate);
+    }
+    let row = sqlx::query(
+        "SELECT state, last_seq FROM dialogue_states WHERE bot_id = $1 AND chat_id = $2 FOR UPDATE",
+    )
+    .bind(upd.bot_id)
+    .bind(incoming.chat_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let (state, last_seq) = match row {
+        Some(r) => (
+            serde_json::from_value::<DialogueState>(r.try_get("state")?)?,
+            r.try_get::<i64, _>("last_seq")?,
+        ),
+        None => (DialogueState::default(), 0),
+    };
+    if upd.seq as i64 <= last_seq {
+        tx.rollback().await?;
+        return Ok(Applied::Duplicate);
+    }
+    let mut ctx = Context::default();
+    if let (Some(Read::History), Some(user)) = (courier_bot::reads(incoming), &incoming.from) {
+        ctx.history = sqlx::query(
+            "SELECT text, sent_at FROM messages WHERE bot_id = $1 AND chat_id = $2 AND user_id = $3 \
+             ORDER BY id DESC LIMIT $4",
+        )
+        .bind(upd.bot_id)
+        .bind(incoming.chat_id)
+        .bind(user.id)
+        .bind(HISTORY_LEN as i64)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .map(|r| {
+            Ok(Note {
+                text: r.try_get("text")?,
+                at: r.try_get("sent_at")?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()?;
+    }
+
+    let transition = courier_bot::step(state, incoming, &ctx);
+    let mut outbox = Vec::new();
+    for effect in &transition.effects {
+        match effect {
+            Effect::UpsertUser { user, chat_id } => {
+                sqlx::query(
+                    "INSERT INTO users (bot_id, user_id, chat_id, first_name, last_name, username) \
+                     VALUES ($1, $2, $3, $4, $5, $6) \
+                     ON CONFLICT (bot_id, user_id) DO UPDATE SET chat_id = EXCLUDED.chat_id, \
+                     first_name = EXCLUDED.first_name, last_name = EXCLUDED.last_name, \
+                     username = EXCLUDED.username, updated_at = now()",
+                )
+                .bind(upd.bot_id)
+                .bind(user.id)
+                .bind(chat_id)
+                .bind(&user.first_name)
+                .bind(&user.last_name)
+                .bind(&user.username)
+                .execute(&mut *tx)
+                .await?;
+            }
+            Effect::SaveNote {
+                chat_id,
+                user_id,
+                text,
+                at,
+            } => {
+                sqlx::query(
+                    "INSERT INTO messages (bot_id, chat_id, user_id, update_id, text, sent_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(upd.bot_id)
+                .bind(chat_id)
+                .bind(user_id)
+                .bind(upd.update_id)
+                .bind(text)
+                .bind(at)
+                .execute(&mut *tx)
+                .await?;
+            }
+            Effect::Reply { chat_id, text } => {
+                let r = sqlx::query(
+                    "INSERT INTO outbox (bot_id, chat_id, origin_update_id, text) \
+                     VALUES ($1, $2, $3, $4) RETURNING id, created_at",
+                )
+                .bind(upd.bot_id)
+                .bind(chat_id)
+                .bind(upd.update_id)
+                .bind(text)
+                .fetch_one(&mut *tx)
+                .await?;
+                outbox.push(OutboxRow {
+                    id: r.try_get("id")?,
+                    chat_id: *chat_id,
+                    origin_update_id: upd.update_id,
+                    text: text.clone(),
+                    created_at: r.try_get("created_at")?,
+                });
+            }
+        }
+    }
+    sqlx::query(
+        "INSERT INTO dialogue_states (bot_id, chat_id, state, last_update_id, last_seq) \
+         VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (bot_id, chat_id) DO UPDATE SET state = EXCLUDED.state, \
+         last_update_id = EXCLUDED.last_update_id, last_seq = EXCLUDED.last_seq, updated_at = now()",
+    )
+    .bind(upd.bot_id)
+    .bind(incoming.chat_id)
+    .bind(serde_json::to_value(transition.state)?)
+    .bind(upd.update_id)
+    .bind(upd.seq as i64)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Applied::Applied(outbox))
+}
+
+/// Records an update that went to the dead-letter stream, so it counts as handled.
+pub async fn record_dead_letter(pool: &PgPool, upd: UpdateRef) -> Result<(), StoreError> {
+    let mut tx = pool.begin().await?;
+    claim(&mut tx, upd, "dead_lettered").await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Inserts the update's `processed_updates` row; `false` when it was there already.
+async fn claim(
+    tx: &mut Transaction<'_, Postgres>,
+    upd: UpdateRef,
+    outcome: &str,
+) -> Result<bool, StoreError> {
+    let inserted = sqlx::query(
+        "INSERT INTO processed_updates (bot_id, update_id, chat_id, stream_seq, outcome) \
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (bot_id, update_id) DO NOTHING",
+    )
+    .bind(upd.bot_id)
+    .bind(upd.update_id)
+    .bind(upd.chat_id)
+    .bind(upd.seq as i64)
+    .bind(outcome)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    Ok(inserted == 1)
+}
+
+/// Marks outbox rows as published.
+pub async fn mark_published(pool: &PgPool, ids: &[i64]) -> Result<(), StoreError> {
+    sqlx::query("UPDATE outbox SET published_at = now() WHERE id = ANY($1) AND published_at IS NULL")
+        .bind(ids)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Rows older than `grace_secs` that were never marked published (a crash between commit and
+/// publish), oldest first, locked so that concurrent relays skip them.
+pub async fn unpublished(
+    tx: &mut Transaction<'_, Postgres>,
+    bot_id: i64,
+    grace_secs: f64,
+    limit: i64,
+) -> Result<Vec<OutboxRow>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT id, chat_id, origin_update_id, text, created_at FROM outbox \
+         WHERE published_at IS NULL AND bot_id = $1 \
+         AND created_at < now() - make_interval(secs => $2) \
+         ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(bot_id)
+    .bind(grace_secs)
+    .bind(limit)
+    .fetch_all(&mut **tx)
+    .await?;
+    rows.into_iter()
+        .map(|r| {
+            Ok(OutboxRow {
+                id: r.try_get("id")?,
+                chat_id: r.try_get("chat_id")?,
+                origin_update_id: r.try_get("origin_update_id")?,
+                text: r.try_get("text")?,
+                created_at: r.try_get("created_at")?,
+            })
+        })
+        .collect()
+}
