@@ -10,6 +10,7 @@
 //! - [`partition`]: the stable hash that maps a chat to a partition.
 //! - [`topology`]: names of streams, subjects and consumers, and their idempotent creation.
 //! - [`lanes`]: per-key lanes (one item at a time per chat, many chats at once).
+//! - [`pull`]: a JetStream pull consumer as an endless stream keyed by chat.
 //! - [`backoff`]: exponential backoff with jitter.
 //! - [`shutdown`]: Ctrl-C / SIGTERM as a cancellation token.
 //! - [`telemetry`]: the tracing subscriber.
@@ -21,6 +22,7 @@ pub mod config;
 pub mod health;
 pub mod lanes;
 pub mod partition;
+pub mod pull;
 pub mod secret;
 pub mod shutdown;
 pub mod telemetry;

@@ -22,14 +22,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer::pull, message::PublishMessage, AckKind};
+use async_nats::jetstream::{self, message::PublishMessage, AckKind};
 use courier_common::{
     backoff::Backoff,
     config::{parse_duration, ConfigError, NatsArgs, SecretArgs},
-    health, lanes, topology, CancellationToken,
+    health, lanes, pull, topology, CancellationToken,
 };
 use courier_proto::{v1::InboundUpdate, Message as _};
-use futures::StreamExt;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use tokio::sync::mpsc;
@@ -188,10 +187,10 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Worker
         .await
         .map_err(|e| Error::JetStream(e.to_string()))?;
     let name = consumer_name(bot_id);
-    let consumer: jetstream::consumer::Consumer<pull::Config> = stream
+    let consumer: jetstream::consumer::Consumer<jetstream::consumer::pull::Config> = stream
         .get_or_create_consumer(
             &name,
-            pull::Config {
+            jetstream::consumer::pull::Config {
                 durable_name: Some(name.clone()),
                 filter_subject: topology::updates_filter(bot_id),
                 ack_policy: jetstream::consumer::AckPolicy::Explicit,
@@ -249,7 +248,7 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Worker
     tracing::info!(bot_id, consumer = %name, %health_addr, "worker consuming");
     let max_lanes = config.max_lanes;
     let task = tokio::spawn(async move {
-        let input = pump(consumer, shutdown.clone());
+        let input = pull::keyed_messages(consumer, shutdown.clone());
         let handler_ctx = ctx.clone();
         lanes::run(input, max_lanes, shutdown.clone(), move |_chat, msg| {
             handle(handler_ctx.clone(), msg)
@@ -290,54 +289,6 @@ async fn migrate_with_retry(pool: &PgPool, cancel: &CancellationToken) -> Result
             _ = tokio::time::sleep(backoff.next_delay()) => {}
         }
     }
-}
-
-/// Pulls messages from the consumer for as long as the worker runs, re-creating the pull
-/// stream after errors, and keys each by its chat.
-fn pump(
-    consumer: jetstream::consumer::Consumer<pull::Config>,
-    cancel: CancellationToken,
-) -> impl futures::Stream<Item = (i64, jetstream::Message)> + Unpin {
-    let (tx, mut rx) = mpsc::channel::<(i64, jetstream::Message)>(256);
-    tokio::spawn(async move {
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-        while !cancel.is_cancelled() {
-            let mut messages = match consumer.messages().await {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot pull updates; retrying");
-                    tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        _ = tokio::time::sleep(backoff.next_delay()) => continue,
-                    }
-                }
-            };
-            backoff.reset();
-            loop {
-                let next = tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    next = messages.next() => next,
-                };
-                match next {
-                    Some(Ok(msg)) => {
-                        // Routing needs only the chat, which the subject's last token carries.
-                        let chat = msg
-                            .subject
-                            .rsplit('.')
-                            .next()
-                            .and_then(|c| c.parse().ok())
-                            .unwrap_or(0);
-                        if tx.send((chat, msg)).await.is_err() {
-                            return;
-                        }
-                    }
-                    Some(Err(e)) => tracing::debug!(error = %e, "pull stream hiccup"),
-                    None => break,
-                }
-            }
-        }
-    });
-    Box::pin(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)))
 }
 
 async fn handle(ctx: Arc<Ctx>, msg: jetstream::Message) {

@@ -1,0 +1,70 @@
+//! How the sender reads the Bot API's answers.
+
+use std::time::Duration;
+
+use teloxide_core::{ApiError, RequestError};
+
+/// What to do after a failed Bot API call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// Telegram asked us to wait (429 with `retry_after`): wait exactly that long, then resend.
+    RetryAfter(Duration),
+    /// Telegram is down or unreachable (5xx, timeouts, connection errors): back off and retry.
+    Transient(String),
+    /// The request can never succeed (400, 403): park it in the dead-letter stream.
+    Permanent(String),
+}
+
+/// Classifies a teloxide-core error.
+///
+/// teloxide-core maps the error's description to [`ApiError`]; every named variant is a
+/// 4xx ("Bad Request: …", "Forbidden: …", "Unauthorized"). Unknown descriptions are permanent
+/// when they carry a 4xx prefix and transient otherwise (5xx answers such as "Internal Server
+/// Error" or "Bad Gateway").
+pub fn classify(err: &RequestError) -> Failure {
+    match err {
+        RequestError::RetryAfter(secs) => Failure::RetryAfter(secs.duration()),
+        RequestError::Network(e) => Failure::Transient(format!("network: {e}")),
+        RequestError::Io(e) => Failure::Transient(format!("io: {e}")),
+        // A body that is not the Bot API's JSON: a proxy error page, a truncated answer.
+        RequestError::InvalidJson { source, .. } => Failure::Transient(format!("invalid response: {source}")),
+        RequestError::MigrateToChatId(to) => {
+            Failure::Permanent(format!("group migrated to supergroup {}", to.0))
+        }
+        RequestError::Api(ApiError::Unknown(desc)) => {
+            let permanent = ["Bad Request", "Forbidden", "Unauthorized", "Not Found"]
+                .iter()
+                .any(|p| desc.starts_with(p));
+            if permanent {
+                Failure::Permanent(desc.clone())
+            } else {
+                Failure::Transient(desc.clone())
+            }
+        }
+        RequestError::Api(api) => Failure::Permanent(api.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use teloxide_core::types::Seconds;
+
+    #[test]
+    fn classifies_telegram_answers() {
+        assert_eq!(
+            classify(&RequestError::RetryAfter(Seconds::from_seconds(3))),
+            Failure::RetryAfter(Duration::from_secs(3))
+        );
+        assert!(matches!(classify(&RequestError::Api(ApiError::BotBlocked)), Failure::Permanent(_)));
+        assert!(matches!(classify(&RequestError::Api(ApiError::ChatNotFound)), Failure::Permanent(_)));
+        assert!(matches!(
+            classify(&RequestError::Api(ApiError::Unknown("Internal Server Error".into()))),
+            Failure::Transient(_)
+        ));
+        assert!(matches!(
+            classify(&RequestError::Api(ApiError::Unknown("Bad Request: something new".into()))),
+            Failure::Permanent(_)
+        ));
+    }
+}
