@@ -1,1 +1,386 @@
-//! placeholder
+//! Courier's end-to-end test harness.
+//!
+//! [`infra`] starts the real infrastructure (a nats-server with JetStream on free ports, a
+//! fresh PostgreSQL database per test); [`Stack`] runs Courier's services in-process on top of
+//! it, with the sandbox standing in for Telegram. Nothing of Courier's own infrastructure is
+//! mocked: the only emulated party is Telegram.
+
+pub mod infra;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _, Result};
+use courier_common::{
+    config::{NatsArgs, SecretArgs, WebhookSecretArgs},
+    CancellationToken,
+};
+use serde::Deserialize;
+use sqlx::PgPool;
+
+pub use infra::{NatsServer, Postgres};
+
+/// The bot token of every test stack.
+pub const TOKEN: &str = "424242:test-token_ABC";
+/// The webhook secret of every test stack.
+pub const SECRET: &str = "test-secret_123";
+
+/// How long a test waits for a condition before it fails.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// Waits until `check` returns `Some`, polling every 20 ms, failing after `deadline` with
+/// `what` in the message. This is how tests wait: on a condition, never on a fixed sleep.
+pub async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>>>,
+{
+    let end = tokio::time::Instant::now() + deadline;
+    let mut last_err = None;
+    loop {
+        match check().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last_err = Some(e),
+        }
+        if tokio::time::Instant::now() >= end {
+            match last_err {
+                Some(e) => bail!("timed out waiting for {what}; last error: {e:#}"),
+                None => bail!("timed out waiting for {what}"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One line of a sandbox chat transcript.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct Line {
+    /// Telegram message id.
+    pub message_id: i64,
+    /// Whether the bot wrote it.
+    pub from_bot: bool,
+    /// The text.
+    pub text: String,
+    /// Unix seconds.
+    pub date: i64,
+}
+
+struct Running<T> {
+    service: T,
+    cancel: CancellationToken,
+}
+
+/// The whole pipeline, in-process: ingress, worker, sender and the sandbox, over a real NATS
+/// and a fresh PostgreSQL database.
+pub struct Stack {
+    /// The NATS server (stop and restart it to test outages).
+    pub nats: NatsServer,
+    /// The test's database.
+    pub pg: Postgres,
+    /// A pool on the test's database, for assertions.
+    pub db: PgPool,
+    /// HTTP client for the sandbox and ingress.
+    pub http: reqwest::Client,
+    sandbox: Running<courier_sandbox::Sandbox>,
+    ingress: Option<Running<courier_ingress::Ingress>>,
+    ingress_addr: SocketAddr,
+    worker: Option<Running<courier_worker::Worker>>,
+    sender: Option<Running<courier_sender::Sender>>,
+}
+
+fn secrets() -> SecretArgs {
+    SecretArgs {
+        bot_token: Some(TOKEN.into()),
+        dev: false,
+    }
+}
+
+fn webhook_secret() -> WebhookSecretArgs {
+    WebhookSecretArgs {
+        webhook_secret: Some(SECRET.into()),
+    }
+}
+
+fn local0() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+impl Stack {
+    /// Starts NATS, a fresh database and every service.
+    pub async fn start() -> Result<Self> {
+        courier_common::telemetry::init();
+        let nats = NatsServer::start().await?;
+        let pg = Postgres::fresh().await?;
+        // Reserve the ingress port first: the sandbox needs the webhook URL at start.
+        let ingress_addr = {
+            let l = std::net::TcpListener::bind(local0())?;
+            l.local_addr()?
+        };
+        let mut stack = Self {
+            db: sqlx::postgres::PgPoolOptions::new()
+                .max_connections(4)
+                .connect_lazy(pg.url())?,
+            http: reqwest::Client::new(),
+            sandbox: Self::start_sandbox(ingress_addr).await?,
+            nats,
+            pg,
+            ingress: None,
+            ingress_addr,
+            worker: None,
+            sender: None,
+        };
+        stack.start_ingress().await?;
+        stack.start_worker().await?;
+        stack.start_sender().await?;
+        Ok(stack)
+    }
+
+    async fn start_sandbox(ingress: SocketAddr) -> Result<Running<courier_sandbox::Sandbox>> {
+        let mut config = courier_sandbox::Config::dev();
+        config.secrets = secrets();
+        config.webhook_secret = webhook_secret();
+        config.webhook_url = Some(format!("http://{ingress}/webhook"));
+        let cancel = CancellationToken::new();
+        let service = courier_sandbox::spawn(config, cancel.clone()).await?;
+        Ok(Running { service, cancel })
+    }
+
+    fn nats_args(&self) -> NatsArgs {
+        NatsArgs {
+            nats_url: self.nats.url(),
+            partitions: courier_common::partition::DEFAULT_PARTITIONS,
+        }
+    }
+
+    /// The ingress configuration of this stack.
+    pub fn ingress_config(&self) -> courier_ingress::Config {
+        courier_ingress::Config {
+            addr: self.ingress_addr,
+            webhook_path: "/webhook".into(),
+            max_body_bytes: 64 * 1024,
+            publish_timeout: Duration::from_secs(2),
+            nats: self.nats_args(),
+            secrets: secrets(),
+            webhook: webhook_secret(),
+        }
+    }
+
+    /// The worker configuration of this stack.
+    pub fn worker_config(&self) -> courier_worker::Config {
+        courier_worker::Config {
+            database_url: Some(self.pg.url().to_owned()),
+            db_pool_size: 4,
+            migrate: true,
+            health_addr: local0(),
+            max_lanes: 64,
+            max_ack_pending: 1024,
+            ack_wait: Duration::from_secs(10),
+            max_attempts: 3,
+            relay_interval: Duration::from_millis(500),
+            relay_grace: Duration::from_secs(2),
+            nats: self.nats_args(),
+            secrets: secrets(),
+        }
+    }
+
+    /// The sender configuration of this stack.
+    pub fn sender_config(&self) -> courier_sender::Config {
+        courier_sender::Config {
+            api_url: self.sandbox.service.url().parse().expect("sandbox url"),
+            request_timeout: Duration::from_secs(5),
+            health_addr: local0(),
+            max_lanes: 64,
+            max_ack_pending: 1024,
+            ack_wait: Duration::from_secs(10),
+            nats: self.nats_args(),
+            secrets: secrets(),
+        }
+    }
+
+    /// Starts ingress (again) on its fixed address.
+    pub async fn start_ingress(&mut self) -> Result<()> {
+        let cancel = CancellationToken::new();
+        let service = courier_ingress::spawn(self.ingress_config(), cancel.clone()).await?;
+        self.ingress = Some(Running { service, cancel });
+        Ok(())
+    }
+
+    /// Starts the worker (again).
+    pub async fn start_worker(&mut self) -> Result<()> {
+        let cancel = CancellationToken::new();
+        let service = courier_worker::spawn(self.worker_config(), cancel.clone()).await?;
+        self.worker = Some(Running { service, cancel });
+        Ok(())
+    }
+
+    /// Starts the sender (again).
+    pub async fn start_sender(&mut self) -> Result<()> {
+        let cancel = CancellationToken::new();
+        let service = courier_sender::spawn(self.sender_config(), cancel.clone()).await?;
+        self.sender = Some(Running { service, cancel });
+        Ok(())
+    }
+
+    /// Gracefully stops ingress, worker and sender and waits until each one finished.
+    pub async fn stop_services(&mut self) -> Result<()> {
+        if let Some(r) = self.ingress.take() {
+            r.cancel.cancel();
+            r.service.wait().await?;
+        }
+        if let Some(r) = self.worker.take() {
+            r.cancel.cancel();
+            r.service.wait().await?;
+        }
+        if let Some(r) = self.sender.take() {
+            r.cancel.cancel();
+            r.service.wait().await?;
+        }
+        Ok(())
+    }
+
+    /// The running worker's counters.
+    pub fn worker_stats(&self) -> std::sync::Arc<courier_worker::Stats> {
+        self.worker.as_ref().expect("worker running").service.stats()
+    }
+
+    /// The worker's health address.
+    pub fn worker_health(&self) -> SocketAddr {
+        self.worker.as_ref().expect("worker running").service.health_addr()
+    }
+
+    /// The sandbox's base URL.
+    pub fn sandbox_url(&self) -> String {
+        self.sandbox.service.url()
+    }
+
+    /// The webhook URL of ingress.
+    pub fn webhook_url(&self) -> String {
+        format!("http://{}/webhook", self.ingress_addr)
+    }
+
+    /// Ingress's base URL.
+    pub fn ingress_url(&self) -> String {
+        format!("http://{}", self.ingress_addr)
+    }
+
+    /// The bot's id.
+    pub fn bot_id(&self) -> i64 {
+        TOKEN.split(':').next().unwrap().parse().unwrap()
+    }
+
+    /// A user writes `text` in a private chat (`chat_id == user_id`) through the sandbox.
+    pub async fn say(&self, user_id: i64, first_name: &str, text: &str) -> Result<i64> {
+        let resp: serde_json::Value = self
+            .http
+            .post(format!("{}/sandbox/messages", self.sandbox_url()))
+            .json(&serde_json::json!({
+                "chat_id": user_id, "user_id": user_id, "first_name": first_name, "text": text
+            }))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        resp["update_id"].as_i64().context("update_id in sandbox answer")
+    }
+
+    /// The chat's transcript in the sandbox.
+    pub async fn transcript(&self, chat_id: i64) -> Result<Vec<Line>> {
+        let resp = self
+            .http
+            .get(format!("{}/sandbox/chats/{chat_id}/messages", self.sandbox_url()))
+            .send()
+            .await?;
+        if resp.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(Vec::new());
+        }
+        Ok(resp.error_for_status()?.json().await?)
+    }
+
+    /// Waits until the chat has at least `n` bot messages and returns them.
+    pub async fn bot_replies(&self, chat_id: i64, n: usize) -> Result<Vec<String>> {
+        eventually(&format!("{n} bot replies in chat {chat_id}"), DEADLINE, || async {
+            let bot: Vec<String> = self
+                .transcript(chat_id)
+                .await?
+                .into_iter()
+                .filter(|l| l.from_bot)
+                .map(|l| l.text)
+                .collect();
+            Ok((bot.len() >= n).then_some(bot))
+        })
+        .await
+    }
+
+    /// The sandbox's counters.
+    pub async fn sandbox_stats(&self) -> Result<serde_json::Value> {
+        Ok(self
+            .http
+            .get(format!("{}/sandbox/stats", self.sandbox_url()))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?)
+    }
+
+    /// POSTs a raw body to the webhook with the given secret header (None: no header).
+    pub async fn post_webhook(&self, body: impl Into<reqwest::Body>, secret: Option<&str>) -> Result<reqwest::StatusCode> {
+        let mut req = self
+            .http
+            .post(self.webhook_url())
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(s) = secret {
+            req = req.header("X-Telegram-Bot-Api-Secret-Token", s);
+        }
+        Ok(req.send().await?.status())
+    }
+
+    /// Messages stored in a JetStream stream right now.
+    pub async fn stream_messages(&self, stream: &str) -> Result<u64> {
+        let client = async_nats::connect(self.nats.url()).await?;
+        let js = async_nats::jetstream::new(client);
+        let mut s = js.get_stream(stream).await?;
+        Ok(s.info().await?.state.messages)
+    }
+
+    /// Notes stored for a chat, oldest first.
+    pub async fn notes(&self, chat_id: i64) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar("SELECT text FROM messages WHERE chat_id = $1 ORDER BY id")
+            .bind(chat_id)
+            .fetch_all(&self.db)
+            .await?)
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.sandbox.cancel.cancel();
+        for c in [
+            self.ingress.as_ref().map(|r| &r.cancel),
+            self.worker.as_ref().map(|r| &r.cancel),
+            self.sender.as_ref().map(|r| &r.cancel),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            c.cancel();
+        }
+    }
+}
+
+/// A Telegram update with a private text message, as Telegram would POST it.
+pub fn text_update(update_id: i64, chat_id: i64, text: &str) -> serde_json::Value {
+    serde_json::json!({
+        "update_id": update_id,
+        "message": {
+            "message_id": update_id,
+            "date": 1_764_133_380,
+            "chat": {"id": chat_id, "type": "private", "first_name": "Tess"},
+            "from": {"id": chat_id, "is_bot": false, "first_name": "Tess"},
+            "text": text,
+        }
+    })
+}

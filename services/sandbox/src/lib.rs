@@ -1,1 +1,249 @@
-//! placeholder
+//! `courier-sandbox`: a local emulator of the Telegram Bot API, standing in for Telegram in
+//! tests and the local stack.
+//!
+//! It emulates one bot (the token from `COURIER_BOT_TOKEN`, or the development token with
+//! `COURIER_DEV=1`) and speaks the Bot API's wire format, so `teloxide-core` talks to it
+//! unchanged (`Bot::new(token).set_api_url(sandbox_url)`).
+//!
+//! - **Bot API**, `/bot<token>/<method>` (GET or POST; parameters in the query string, a JSON
+//!   body or a form body; method names case-insensitive): `getMe`, `setWebhook`,
+//!   `deleteWebhook`, `getWebhookInfo`, `sendMessage`. Any other token gets 401, any other
+//!   method 404, in Telegram's `{"ok":false,"error_code":…,"description":…}` shape.
+//! - **Control API** (JSON): `POST /sandbox/messages` (a user sends a message; the sandbox
+//!   creates the update), `GET /sandbox/chats/{chat_id}/messages` (the transcript),
+//!   `GET /sandbox/stats` (counters, see [`Stats`]), `GET /` (a page to chat by hand),
+//!   `/healthz` and `/readyz`.
+//! - **Webhook delivery** like Telegram's: at most `max_connections` deliveries in flight, at
+//!   most one per chat, each chat's updates in creation order, failures retried with backoff
+//!   (100 ms doubling to 5 s) before any later update of the chat.
+//!
+//! Not emulated yet: `getUpdates`, rate limiting (429), file uploads (multipart), parsing of
+//! `parse_mode` markup into entities, answering a method in the webhook's response body.
+
+mod api;
+mod control;
+mod delivery;
+mod state;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::routing::{any, get, post};
+use axum::Router;
+use courier_common::config::{parse_duration, ConfigError, SecretArgs, WebhookSecretArgs};
+use courier_common::CancellationToken;
+use tokio::task::JoinHandle;
+
+pub use delivery::SECRET_HEADER;
+pub use state::{Stats, BOT_FIRST_NAME, BOT_USERNAME};
+
+use state::{Shared, Webhook};
+
+/// The sandbox's configuration; every field has a flag and an environment variable.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(
+        long = "addr",
+        env = "COURIER_SANDBOX_ADDR",
+        default_value = "127.0.0.1:8080"
+    )]
+    pub addr: SocketAddr,
+    /// Port to listen on; when set it overrides the port of --addr / COURIER_SANDBOX_ADDR.
+    #[arg(long = "port", env = "COURIER_SANDBOX_PORT")]
+    pub port: Option<u16>,
+    /// Webhook registered at start (as if setWebhook had been called), with the webhook secret
+    /// (COURIER_WEBHOOK_SECRET) as its secret_token. Without it, updates wait for a setWebhook.
+    #[arg(long = "webhook-url", env = "COURIER_SANDBOX_WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
+    /// The bot token the sandbox accepts (COURIER_BOT_TOKEN, COURIER_DEV).
+    #[command(flatten)]
+    pub secrets: SecretArgs,
+    /// The secret of the webhook registered at start (COURIER_WEBHOOK_SECRET).
+    #[command(flatten)]
+    pub webhook_secret: WebhookSecretArgs,
+    /// How long one webhook delivery may take before it counts as failed (`500ms`, `10s`).
+    #[arg(long = "webhook-timeout", env = "COURIER_SANDBOX_WEBHOOK_TIMEOUT", default_value = "10s",
+          value_parser = parse_duration)]
+    pub webhook_timeout: Duration,
+}
+
+impl Config {
+    /// A development configuration for tests and embedding: `127.0.0.1:0` (any free port),
+    /// the development bot token, no webhook, a 10 s delivery timeout.
+    pub fn dev() -> Self {
+        Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            port: None,
+            webhook_url: None,
+            secrets: SecretArgs {
+                bot_token: None,
+                dev: true,
+            },
+            webhook_secret: WebhookSecretArgs {
+                webhook_secret: None,
+            },
+            webhook_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// The address to listen on: `addr`, with its port replaced by `port` when set.
+    pub fn listen_addr(&self) -> SocketAddr {
+        let mut addr = self.addr;
+        if let Some(port) = self.port {
+            addr.set_port(port);
+        }
+        addr
+    }
+}
+
+/// Why the sandbox could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A configuration value is missing or wrong.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// `COURIER_SANDBOX_WEBHOOK_URL` is not an http(s) URL.
+    #[error("COURIER_SANDBOX_WEBHOOK_URL: `{0}` is not an http or https URL")]
+    WebhookUrl(String),
+    /// The listening socket could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The HTTP client for webhook deliveries could not be built.
+    #[error("webhook HTTP client: {0}")]
+    Client(#[source] reqwest::Error),
+    /// The HTTP server failed.
+    #[error("HTTP server: {0}")]
+    Serve(#[source] std::io::Error),
+    /// The sandbox's task panicked or was cancelled.
+    #[error("sandbox task: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// A running sandbox.
+#[derive(Debug)]
+pub struct Sandbox {
+    addr: SocketAddr,
+    task: JoinHandle<Result<(), Error>>,
+}
+
+impl Sandbox {
+    /// The address it listens on (the actual port when configured with port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Its base URL, `http://<addr>`: the Bot API URL to give a client, and the prefix of the
+    /// control API.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Waits until it stops (after the shutdown token is cancelled).
+    pub async fn wait(self) -> Result<(), Error> {
+        self.task.await?
+    }
+}
+
+/// Binds, starts serving and delivering to the webhook, and returns at once. Everything stops
+/// when `shutdown` is cancelled: serving stops gracefully, deliveries in flight are abandoned.
+pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Sandbox, Error> {
+    let token = config.secrets.bot_token()?;
+    let webhook = match config.webhook_url.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(raw) => Some(startup_webhook(raw, &config)?),
+    };
+    let client = reqwest::Client::builder()
+        .timeout(config.webhook_timeout)
+        .pool_max_idle_per_host(100)
+        .build()
+        .map_err(Error::Client)?;
+    let addr = config.listen_addr();
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Bind { addr, source })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| Error::Bind { addr, source })?;
+
+    let shared = Arc::new(Shared::new(
+        token.expose().to_owned(),
+        token.bot_id(),
+        webhook,
+    ));
+    let app = router(shared.clone());
+    let stop = shutdown.child_token();
+    let server = {
+        let stop = stop.clone();
+        async move {
+            let result = axum::serve(listener, app)
+                .with_graceful_shutdown(stop.clone().cancelled_owned())
+                .await
+                .map_err(Error::Serve);
+            // The server only ends on shutdown or failure; either way delivery stops too.
+            stop.cancel();
+            result
+        }
+    };
+    let delivery = delivery::run(shared, client, stop);
+    let task = tokio::spawn(async move {
+        let (served, ()) = tokio::join!(server, delivery);
+        tracing::info!("sandbox stopped");
+        served
+    });
+    tracing::info!(%addr, bot_id = token.bot_id(), "sandbox listening");
+    Ok(Sandbox { addr, task })
+}
+
+/// Runs the sandbox until `shutdown` is cancelled ([`spawn`] then [`Sandbox::wait`]).
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
+    spawn(config, shutdown).await?.wait().await
+}
+
+fn startup_webhook(raw: &str, config: &Config) -> Result<Webhook, Error> {
+    let url = url::Url::parse(raw).map_err(|_| Error::WebhookUrl(raw.to_owned()))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(Error::WebhookUrl(raw.to_owned()));
+    }
+    let secret = if config.webhook_secret.webhook_secret.is_some() || config.secrets.dev {
+        Some(
+            config
+                .webhook_secret
+                .webhook_secret(config.secrets.dev)?
+                .expose()
+                .to_owned(),
+        )
+    } else {
+        tracing::warn!(
+            "COURIER_WEBHOOK_SECRET is not set: the webhook is registered without a secret"
+        );
+        None
+    };
+    tracing::info!(%url, "webhook registered at start");
+    Ok(Webhook {
+        url: url.to_string(),
+        secret,
+        max_connections: 40,
+    })
+}
+
+fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/", get(control::index))
+        .route("/sandbox/messages", post(control::post_message))
+        .route(
+            "/sandbox/chats/{chat_id}/messages",
+            get(control::transcript),
+        )
+        .route("/sandbox/stats", get(control::stats))
+        .route("/{token}/{method}", any(api::handle))
+        .fallback(api::not_found)
+        .with_state(shared)
+        .merge(courier_common::health::router(Vec::new()))
+}

@@ -1,0 +1,84 @@
+//! Webhook delivery, like Telegram's: each update is POSTed to the webhook; at most
+//! `max_connections` deliveries in flight, at most one per chat, a chat's updates in creation
+//! order, a failed delivery retried (with backoff) before any later update of its chat.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use courier_common::CancellationToken;
+use reqwest::header::CONTENT_TYPE;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::state::{Delivery, Shared};
+
+/// The header Telegram sends the webhook secret in.
+pub const SECRET_HEADER: &str = "X-Telegram-Bot-Api-Secret-Token";
+
+/// Runs until `shutdown`; deliveries still in flight then are abandoned (their updates stay
+/// pending, which no longer matters once the sandbox stops).
+pub(crate) async fn run(shared: Arc<Shared>, client: reqwest::Client, shutdown: CancellationToken) {
+    let mut tasks: JoinSet<Result<(), String>> = JoinSet::new();
+    let mut running: HashMap<tokio::task::Id, (i64, i64)> = HashMap::new();
+    loop {
+        let next_retry = {
+            let mut inner = shared.lock();
+            let next = inner.promote_due(Instant::now());
+            for d in inner.take_ready() {
+                let key = (d.chat_id, d.update_id);
+                let handle = tasks.spawn(deliver(client.clone(), d));
+                running.insert(handle.id(), key);
+            }
+            next
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            // `notify_one` keeps a permit when nobody waits, so no wake-up is lost.
+            _ = shared.wake.notified() => {}
+            Some(done) = tasks.join_next_with_id(), if !tasks.is_empty() => {
+                let (id, outcome) = match done {
+                    Ok((id, outcome)) => (id, outcome),
+                    Err(e) => (e.id(), Err(format!("delivery task failed: {e}"))),
+                };
+                if let Some((chat_id, update_id)) = running.remove(&id) {
+                    shared.lock().complete(chat_id, update_id, outcome);
+                }
+            }
+            _ = sleep_until(next_retry) => {}
+        }
+    }
+    tasks.abort_all();
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// One POST of one update; `Err` carries the message getWebhookInfo reports.
+async fn deliver(client: reqwest::Client, d: Delivery) -> Result<(), String> {
+    let mut request = client
+        .post(&d.url)
+        .header(CONTENT_TYPE, "application/json")
+        .body(d.body);
+    if let Some(secret) = &d.secret {
+        request = request.header(SECRET_HEADER, secret);
+    }
+    match request.send().await {
+        Ok(response) => {
+            let status = response.status();
+            // Read the body so the connection goes back to the pool.
+            let _ = response.bytes().await;
+            if status.is_success() {
+                Ok(())
+            } else {
+                Err(format!("Wrong response from the webhook: {status}"))
+            }
+        }
+        Err(e) if e.is_timeout() => Err("Read timeout expired".to_owned()),
+        Err(e) if e.is_connect() => Err(format!("Connection refused: {e}")),
+        Err(e) => Err(format!("Webhook request failed: {e}")),
+    }
+}
