@@ -109,7 +109,10 @@ fn local0() -> SocketAddr {
 impl Stack {
     /// Starts NATS, a fresh database and every service.
     pub async fn start() -> Result<Self> {
-        courier_common::telemetry::init();
+        // Logs only when asked, so test output stays readable: COURIER_TEST_LOG=1.
+        if std::env::var_os("COURIER_TEST_LOG").is_some() {
+            courier_common::telemetry::init();
+        }
         let nats = NatsServer::start().await?;
         let pg = Postgres::fresh().await?;
         // Reserve the ingress port first: the sandbox needs the webhook URL at start.
