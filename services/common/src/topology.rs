@@ -164,3 +164,27 @@ mod tests {
         assert!(cfgs.iter().all(|c| c.allow_direct));
     }
 }
+
+/// Publishes `payload` to the dead-letter stream with its reason and source subject, and
+/// waits for JetStream's acknowledgement. `false` when it was not stored (the caller must then
+/// keep the original message unacknowledged, so it is redelivered rather than lost).
+pub async fn publish_dead_letter(
+    js: &jetstream::Context,
+    bot_id: i64,
+    stage: &str,
+    source_subject: &str,
+    payload: bytes::Bytes,
+    reason: &str,
+) -> bool {
+    let publish = jetstream::message::PublishMessage::build()
+        .header(DLQ_REASON_HEADER, reason.replace(['\r', '\n'], " "))
+        .header(DLQ_SOURCE_HEADER, source_subject)
+        .payload(payload);
+    match js.send_publish(dlq_subject(bot_id, stage), publish).await {
+        Ok(ack) => ack.await.is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// Header on a dead letter that names the subject it came from.
+pub const DLQ_SOURCE_HEADER: &str = "Courier-Dlq-Source";

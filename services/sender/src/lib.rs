@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, message::PublishMessage, AckKind};
+use async_nats::jetstream::{self, AckKind};
 use courier_common::{
     backoff::Backoff,
     config::{parse_duration, ConfigError, NatsArgs, SecretArgs},
@@ -261,18 +261,15 @@ async fn handle(ctx: Arc<Ctx>, msg: jetstream::Message) {
 
 async fn dead_letter(ctx: &Ctx, msg: &jetstream::Message, reason: &str) {
     tracing::error!(reason, subject = %msg.subject, "dead-lettering outbound message");
-    let publish = PublishMessage::build()
-        .header(topology::DLQ_REASON_HEADER, reason.replace(['\r', '\n'], " "))
-        .header("Courier-Source-Subject", msg.subject.as_str())
-        .payload(msg.payload.clone());
-    let ok = match ctx
-        .js
-        .send_publish(topology::dlq_subject(ctx.bot_id, "outbound"), publish)
-        .await
-    {
-        Ok(ack) => ack.await.is_ok(),
-        Err(_) => false,
-    };
+    let ok = topology::publish_dead_letter(
+        &ctx.js,
+        ctx.bot_id,
+        "outbound",
+        &msg.subject,
+        msg.payload.clone(),
+        reason,
+    )
+    .await;
     if ok {
         ctx.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = msg.ack().await {

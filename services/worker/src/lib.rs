@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, message::PublishMessage, AckKind};
+use async_nats::jetstream::{self, AckKind};
 use courier_common::{
     backoff::Backoff,
     config::{parse_duration, ConfigError, NatsArgs, SecretArgs},
@@ -374,18 +374,15 @@ async fn handle(ctx: Arc<Ctx>, msg: jetstream::Message) {
 /// If the dead-letter publish itself fails, the update is left unacknowledged (redelivered).
 async fn dead_letter(ctx: &Ctx, msg: &jetstream::Message, upd: Option<UpdateRef>, reason: &str) {
     tracing::error!(update_id = upd.map(|u| u.update_id), reason, "dead-lettering update");
-    let publish = PublishMessage::build()
-        .header(topology::DLQ_REASON_HEADER, reason.replace(['\r', '\n'], " "))
-        .header("Courier-Source-Subject", msg.subject.as_str())
-        .payload(msg.payload.clone());
-    let published = match ctx
-        .js
-        .send_publish(topology::dlq_subject(ctx.bot_id, "updates"), publish)
-        .await
-    {
-        Ok(ack) => ack.await.is_ok(),
-        Err(_) => false,
-    };
+    let published = topology::publish_dead_letter(
+        &ctx.js,
+        ctx.bot_id,
+        "updates",
+        &msg.subject,
+        msg.payload.clone(),
+        reason,
+    )
+    .await;
     if !published {
         tracing::error!("dead-letter publish failed; the update will be redelivered");
         return;
