@@ -1,1 +1,71 @@
-fn main() {}
+//! Project automation for Courier, run as `cargo xtask <command>`.
+//!
+//! * `cargo xtask provision` — install or locate nats-server and PostgreSQL; print their paths.
+//! * `cargo xtask up [--workers N]` — run the whole stack locally (data under
+//!   `target/courier-dev/`), until Ctrl-C.
+//! * `cargo xtask test [-- ARGS]` — run the workspace tests against a throwaway PostgreSQL
+//!   cluster and a provisioned nats-server.
+//!
+//! It depends on no service crate so that it builds in seconds.
+
+mod nats;
+mod paths;
+mod pg;
+mod proc;
+mod provision;
+mod test;
+mod up;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "Courier's project automation",
+    disable_help_subcommand = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Install or locate nats-server (≥ 2.11) and PostgreSQL, and print their paths.
+    Provision,
+    /// Run NATS, PostgreSQL and the four services locally until Ctrl-C or SIGTERM.
+    ///
+    /// Data is kept under target/courier-dev/ across runs; each process logs to
+    /// target/courier-dev/logs/<name>.log. The sandbox (web chat) listens on
+    /// 127.0.0.1:$COURIER_SANDBOX_PORT (default 8080); everything else on free ports.
+    Up {
+        /// Number of worker processes.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+        workers: u16,
+    },
+    /// Run the workspace tests (nextest when installed, else cargo test) with
+    /// COURIER_TEST_PG_URL and COURIER_NATS_SERVER set; arguments after `--` are passed on.
+    Test {
+        /// Extra arguments for `cargo nextest run` / `cargo test`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Provision => provision::run(),
+        Command::Up { workers } => up::run(workers),
+        Command::Test { args } => test::run(&args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

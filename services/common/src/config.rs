@@ -41,7 +41,11 @@ impl ConfigError {
 #[derive(Debug, Clone, Args)]
 pub struct NatsArgs {
     /// NATS server URL(s), comma separated.
-    #[arg(long = "nats-url", env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    #[arg(
+        long = "nats-url",
+        env = "NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
     pub nats_url: String,
     /// Number of partitions of the updates stream (fixed per deployment; checked against the
     /// stream's metadata at start-up).
@@ -94,7 +98,11 @@ impl SecretArgs {
 pub struct WebhookSecretArgs {
     /// The secret Telegram sends in `X-Telegram-Bot-Api-Secret-Token` (1-256 of A-Z a-z 0-9 _ -).
     /// Required unless `COURIER_DEV=1`.
-    #[arg(long = "webhook-secret", env = "COURIER_WEBHOOK_SECRET", hide_env_values = true)]
+    #[arg(
+        long = "webhook-secret",
+        env = "COURIER_WEBHOOK_SECRET",
+        hide_env_values = true
+    )]
     pub webhook_secret: Option<String>,
 }
 
@@ -161,7 +169,9 @@ mod tests {
         };
         let err = args.bot_token().unwrap_err();
         assert_eq!(err.var, "COURIER_BOT_TOKEN");
-        assert!(err.to_string().starts_with("COURIER_BOT_TOKEN: is required"));
+        assert!(err
+            .to_string()
+            .starts_with("COURIER_BOT_TOKEN: is required"));
         let dev = SecretArgs {
             bot_token: None,
             dev: true,
@@ -175,7 +185,10 @@ mod tests {
             webhook_secret: Some("bad secret".into()),
         };
         let err = args.webhook_secret(true).unwrap_err();
-        assert!(err.to_string().starts_with("COURIER_WEBHOOK_SECRET:"), "{err}");
+        assert!(
+            err.to_string().starts_with("COURIER_WEBHOOK_SECRET:"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -128,10 +128,17 @@ mod tests {
         let log = log.lock().unwrap();
         assert_eq!(log.len(), 100, "every item ran exactly once");
         for k in 0..5 {
-            let seq: Vec<u32> = log.iter().filter(|(kk, _)| *kk == k).map(|(_, i)| *i).collect();
+            let seq: Vec<u32> = log
+                .iter()
+                .filter(|(kk, _)| *kk == k)
+                .map(|(_, i)| *i)
+                .collect();
             assert_eq!(seq, (0..20).collect::<Vec<_>>(), "key {k} out of order");
         }
-        assert!(max_seen.load(std::sync::atomic::Ordering::SeqCst) <= 3, "bound exceeded");
+        assert!(
+            max_seen.load(std::sync::atomic::Ordering::SeqCst) <= 3,
+            "bound exceeded"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -154,7 +161,11 @@ mod tests {
             },
         ));
         tokio::time::sleep(Duration::from_secs(1)).await;
-        assert_eq!(*done.lock().unwrap(), vec![3], "key 2 ran while key 1 was slow");
+        assert_eq!(
+            *done.lock().unwrap(),
+            vec![3],
+            "key 2 ran while key 1 was slow"
+        );
         tokio::time::sleep(Duration::from_secs(20)).await;
         assert_eq!(*done.lock().unwrap(), vec![3, 1, 2]);
         t.abort();

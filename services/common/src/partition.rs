@@ -12,10 +12,9 @@ const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 
 /// FNV-1a (64 bit) of the chat id's little-endian bytes.
 pub fn chat_hash(chat_id: i64) -> u64 {
-    chat_id
-        .to_le_bytes()
-        .iter()
-        .fold(FNV_OFFSET, |h, b| (h ^ u64::from(*b)).wrapping_mul(FNV_PRIME))
+    chat_id.to_le_bytes().iter().fold(FNV_OFFSET, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(FNV_PRIME)
+    })
 }
 
 /// The partition of a chat among `partitions` (which must be at least 1).

@@ -64,7 +64,10 @@ pub fn keyed_messages(
 mod tests {
     #[test]
     fn chat_comes_from_the_last_subject_token() {
-        assert_eq!(super::chat_of_subject("courier.updates.1.3.-10042"), -100_042);
+        assert_eq!(
+            super::chat_of_subject("courier.updates.1.3.-10042"),
+            -10_042
+        );
         assert_eq!(super::chat_of_subject("courier.outbound.1.7"), 7);
         assert_eq!(super::chat_of_subject("weird"), 0);
     }

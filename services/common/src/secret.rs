@@ -105,7 +105,11 @@ mod tests {
     #[test]
     fn malformed_tokens_are_refused() {
         for bad in ["", "abc", "123", "123:", "x:abc", "-5:abc", "12:a b"] {
-            assert_eq!(BotToken::parse(bad).unwrap_err(), SecretError::MalformedToken, "{bad}");
+            assert_eq!(
+                BotToken::parse(bad).unwrap_err(),
+                SecretError::MalformedToken,
+                "{bad}"
+            );
         }
     }
 

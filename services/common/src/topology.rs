@@ -97,27 +97,36 @@ pub fn stream_configs(partitions: u32) -> Vec<stream::Config> {
         allow_direct: true,
         ..Default::default()
     };
-    let mut updates = base(UPDATES_STREAM, "courier.updates.>", Duration::from_secs(7 * 86400));
-    updates.metadata = HashMap::from([(PARTITIONS_METADATA_KEY.to_owned(), partitions.to_string())]);
+    let mut updates = base(
+        UPDATES_STREAM,
+        "courier.updates.>",
+        Duration::from_secs(7 * 86400),
+    );
+    updates.metadata =
+        HashMap::from([(PARTITIONS_METADATA_KEY.to_owned(), partitions.to_string())]);
     vec![
         updates,
-        base(OUTBOUND_STREAM, "courier.outbound.>", Duration::from_secs(7 * 86400)),
+        base(
+            OUTBOUND_STREAM,
+            "courier.outbound.>",
+            Duration::from_secs(7 * 86400),
+        ),
         base(DLQ_STREAM, "courier.dlq.>", Duration::from_secs(30 * 86400)),
     ]
 }
 
 /// Creates the streams that are missing and checks the ones that exist.
-pub async fn ensure_streams(
-    js: &jetstream::Context,
-    partitions: u32,
-) -> Result<(), TopologyError> {
+pub async fn ensure_streams(js: &jetstream::Context, partitions: u32) -> Result<(), TopologyError> {
     for want in stream_configs(partitions) {
         let name: &'static str = match want.name.as_str() {
             UPDATES_STREAM => UPDATES_STREAM,
             OUTBOUND_STREAM => OUTBOUND_STREAM,
             _ => DLQ_STREAM,
         };
-        let mut stream = js.get_or_create_stream(want.clone()).await.map_err(js_err)?;
+        let mut stream = js
+            .get_or_create_stream(want.clone())
+            .await
+            .map_err(js_err)?;
         let info = stream.info().await.map_err(js_err)?;
         let have = &info.config;
         if have.subjects != want.subjects {
@@ -154,7 +163,10 @@ mod tests {
 
     #[test]
     fn subjects_have_the_documented_shape() {
-        assert_eq!(update_subject(42, 7, -100123), "courier.updates.42.7.-100123");
+        assert_eq!(
+            update_subject(42, 7, -100123),
+            "courier.updates.42.7.-100123"
+        );
         assert_eq!(update_msg_id(42, 9), "42:9");
         assert_eq!(outbound_subject(42, 5), "courier.outbound.42.5");
         assert_eq!(outbound_msg_id(17), "out:17");

@@ -1,0 +1,137 @@
+//! Child processes, signals, ports and logs.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// How often the wait loops look again.
+pub const POLL: Duration = Duration::from_millis(100);
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Catches Ctrl-C, SIGTERM and SIGHUP: from now on they only set a flag that the caller polls.
+pub fn catch_signals() -> Result<()> {
+    ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst))
+        .context("installing the signal handler")
+}
+
+/// Whether Ctrl-C, SIGTERM or SIGHUP arrived.
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+/// A port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> Result<u16> {
+    let listener = TcpListener::bind(("127.0.0.1", 0)).context("binding 127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// Sends `signal` to the process `pid`; a process that is already gone is no error.
+pub fn signal(pid: u32, signal: Signal) {
+    if let Ok(pid) = i32::try_from(pid) {
+        let _ = kill(Pid::from_raw(pid), signal);
+    }
+}
+
+/// Stops the children: SIGTERM to each, waits up to `grace` for all, then SIGKILL to the
+/// rest. Returns how each ended, in order.
+pub fn terminate_all(children: &mut [&mut Child], grace: Duration) -> Vec<Option<ExitStatus>> {
+    let mut done: Vec<Option<ExitStatus>> = children
+        .iter_mut()
+        .map(|c| c.try_wait().ok().flatten())
+        .collect();
+    for (child, status) in children.iter().zip(&done) {
+        if status.is_none() {
+            signal(child.id(), Signal::SIGTERM);
+        }
+    }
+    let deadline = Instant::now() + grace;
+    loop {
+        for (child, status) in children.iter_mut().zip(done.iter_mut()) {
+            if status.is_none() {
+                *status = child.try_wait().ok().flatten();
+            }
+        }
+        if done.iter().all(Option::is_some) || Instant::now() >= deadline {
+            break;
+        }
+        sleep(Duration::from_millis(50));
+    }
+    for (child, status) in children.iter_mut().zip(done.iter_mut()) {
+        if status.is_none() {
+            let _ = child.kill();
+            *status = child.wait().ok();
+        }
+    }
+    done
+}
+
+/// Runs `cmd` to completion; fails (with its output) unless it exits 0. Returns its stdout.
+pub fn output(cmd: &mut Command, what: &str) -> Result<String> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("{what}: could not run {:?}", cmd.get_program()))?;
+    if !out.status.success() {
+        bail!(
+            "{what} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The last `lines` lines of a log file (empty when unreadable).
+pub fn tail(path: &Path, lines: usize) -> String {
+    let Ok(mut file) = File::open(path) else {
+        return String::new();
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = file.seek(SeekFrom::Start(len.saturating_sub(64 * 1024)));
+    let mut buf = Vec::new();
+    let _ = file.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf);
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Formats an exit status as `exit code N` or `signal N`.
+pub fn describe(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit code {code}"),
+        (None, Some(sig)) => format!("signal {sig}"),
+        _ => status.to_string(),
+    }
+}
+
+/// The exit code a shell would report for `status` (128 + signal when killed).
+pub fn exit_code(status: ExitStatus) -> u8 {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => u8::try_from(code).unwrap_or(1),
+        (None, Some(sig)) => u8::try_from(128 + sig).unwrap_or(1),
+        _ => 1,
+    }
+}
+
+/// Whether a process `pid` exists and its name (`/proc/PID/comm`) starts with `name`.
+pub fn alive_named(pid: u32, name: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|comm| {
+            let comm = comm.trim();
+            !comm.is_empty() && (name.starts_with(comm) || comm.starts_with(name))
+        })
+        .unwrap_or(false)
+}

@@ -1,0 +1,405 @@
+//! `cargo xtask up`: the whole stack on this machine, until Ctrl-C or SIGTERM.
+
+use std::fs::{self, File};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::nats::Nats;
+use crate::paths;
+use crate::pg::Cluster;
+use crate::proc::{self, describe, free_port, tail, POLL};
+use crate::provision;
+
+/// The development bot token (`courier_common::config::dev::BOT_TOKEN`).
+const DEV_BOT_TOKEN: &str = "100001:courier-dev-token";
+/// The development webhook secret (`courier_common::config::dev::WEBHOOK_SECRET`).
+const DEV_WEBHOOK_SECRET: &str = "courier-dev-secret";
+
+const BINARIES: [&str; 4] = [
+    "courier-ingress",
+    "courier-worker",
+    "courier-sender",
+    "courier-sandbox",
+];
+
+pub fn run(workers: u16) -> Result<ExitCode> {
+    proc::catch_signals()?;
+    let tools = provision::tools()?;
+    let dev = paths::target().join("courier-dev");
+    let logs = dev.join("logs");
+    fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
+    let _lock = Lock::acquire(&dev)?;
+    kill_leftovers(&dev);
+
+    let sandbox_port = sandbox_port()?;
+
+    eprintln!("xtask: cargo build --bins");
+    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .args(["build", "--bins"])
+        .current_dir(paths::root())
+        .stdin(Stdio::null())
+        .status()
+        .context("running cargo build")?;
+    if proc::interrupted() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !status.success() {
+        bail!("cargo build --bins failed ({})", describe(status));
+    }
+    let bin_dir = paths::target().join("debug");
+    for name in BINARIES {
+        if !bin_dir.join(name).is_file() {
+            bail!(
+                "cargo build --bins made no {} — is there a [[bin]] named {name}?",
+                paths::display(&bin_dir.join(name))
+            );
+        }
+    }
+
+    let mut stack = Stack::default();
+    let result = start_and_wait(
+        &mut stack,
+        &tools,
+        &dev,
+        &logs,
+        &bin_dir,
+        workers,
+        sandbox_port,
+    );
+    stack.shutdown();
+    let _ = fs::remove_file(dev.join("pids"));
+    match result {
+        Ok(()) => {
+            eprintln!("xtask: stopped");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(err) if proc::interrupted() => {
+            eprintln!("xtask: interrupted ({err:#}); stopped");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(err) => Err(err),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn start_and_wait(
+    stack: &mut Stack,
+    tools: &provision::Tools,
+    dev: &Path,
+    logs: &Path,
+    bin_dir: &Path,
+    workers: u16,
+    sandbox_port: u16,
+) -> Result<()> {
+    // PostgreSQL at durable defaults, initialised once and reused.
+    let mut pg = Cluster::new(tools.pg.clone(), dev.join("pg"), logs.join("postgres.log"))?;
+    if pg.is_running() {
+        eprintln!("xtask: stopping a PostgreSQL left running by an earlier run");
+        pg.stop_any()?;
+    }
+    if pg.init_if_needed()? {
+        eprintln!(
+            "xtask: made a PostgreSQL cluster in {}",
+            paths::display(&pg.data())
+        );
+    }
+    pg.start(free_port()?, &[])?;
+    let pg = stack.pg.insert(pg);
+    pg.create_database("courier")?;
+    let database_url = pg.url("courier");
+
+    let nats = Nats::start(
+        &tools.nats_server,
+        &dev.join("nats"),
+        &logs.join("nats.log"),
+    )?;
+    let nats = stack.nats.insert(nats);
+    let nats_url = nats.url();
+    let nats_monitor = nats.monitor_port;
+    let nats_pid = nats.pid();
+
+    let mut common: Vec<(&str, String)> = vec![
+        ("NATS_URL", nats_url.clone()),
+        ("DATABASE_URL", database_url.clone()),
+        // The logs go to files: no colour codes in them.
+        ("NO_COLOR", "1".into()),
+    ];
+    let has = |var: &str| std::env::var_os(var).is_some_and(|v| !v.is_empty());
+    let dev_mode = !(has("COURIER_BOT_TOKEN") && has("COURIER_WEBHOOK_SECRET"));
+    if dev_mode {
+        common.push(("COURIER_DEV", "1".into()));
+    }
+
+    let ingress_addr = format!("127.0.0.1:{}", free_port()?);
+    let sender_addr = format!("127.0.0.1:{}", free_port()?);
+    let sandbox_addr = format!("127.0.0.1:{sandbox_port}");
+    let mut summary: Vec<(String, String)> = Vec::new();
+
+    // The worker first: it runs the migrations.
+    for i in 1..=workers {
+        let addr = format!("127.0.0.1:{}", free_port()?);
+        stack.spawn(
+            &format!("worker-{i}"),
+            &bin_dir.join("courier-worker"),
+            &common,
+            &[("COURIER_WORKER_HEALTH_ADDR", addr.clone())],
+            logs,
+        )?;
+        summary.push((format!("worker-{i} health"), format!("http://{addr}")));
+    }
+    stack.spawn(
+        "ingress",
+        &bin_dir.join("courier-ingress"),
+        &common,
+        &[("COURIER_INGRESS_ADDR", ingress_addr.clone())],
+        logs,
+    )?;
+    summary.push(("ingress".into(), format!("http://{ingress_addr}/webhook")));
+    stack.spawn(
+        "sender",
+        &bin_dir.join("courier-sender"),
+        &common,
+        &[
+            ("COURIER_SENDER_HEALTH_ADDR", sender_addr.clone()),
+            ("COURIER_TELEGRAM_API_URL", format!("http://{sandbox_addr}")),
+        ],
+        logs,
+    )?;
+    summary.push(("sender health".into(), format!("http://{sender_addr}")));
+    stack.spawn(
+        "sandbox",
+        &bin_dir.join("courier-sandbox"),
+        &common,
+        &[
+            ("COURIER_SANDBOX_ADDR", sandbox_addr.clone()),
+            (
+                "COURIER_SANDBOX_WEBHOOK_URL",
+                format!("http://{ingress_addr}/webhook"),
+            ),
+        ],
+        logs,
+    )?;
+    write_pids(dev, nats_pid, &stack.services);
+
+    println!();
+    println!("Courier is up.");
+    println!("  web chat (sandbox)  http://{sandbox_addr}/");
+    for (name, addr) in &summary {
+        println!("  {name:<18}  {addr}");
+    }
+    println!("  NATS                {nats_url}  (monitor http://127.0.0.1:{nats_monitor})");
+    println!("  PostgreSQL          {database_url}");
+    println!(
+        "  logs                {}/<name>.log  (nats, postgres, worker-N, ingress, sender, sandbox)",
+        paths::display(logs)
+    );
+    if dev_mode {
+        println!(
+            "  secrets             COURIER_DEV=1: token {DEV_BOT_TOKEN}, webhook secret \
+             {DEV_WEBHOOK_SECRET}"
+        );
+    } else {
+        println!("  secrets             COURIER_BOT_TOKEN and COURIER_WEBHOOK_SECRET from the environment");
+    }
+    println!("Try:");
+    println!(
+        "  curl -s localhost:{sandbox_port}/sandbox/messages -H 'content-type: application/json' \
+         -d '{{\"chat_id\":1,\"user_id\":1,\"first_name\":\"Ada\",\"text\":\"/start\"}}'"
+    );
+    println!("Ctrl-C stops everything.");
+
+    loop {
+        if proc::interrupted() {
+            eprintln!("\nxtask: stopping");
+            return Ok(());
+        }
+        for service in &mut stack.services {
+            if let Some(status) = service.child.try_wait()? {
+                bail!(
+                    "{} exited unexpectedly ({}); last lines of {}:\n{}",
+                    service.name,
+                    describe(status),
+                    paths::display(&service.log),
+                    tail(&service.log, 30)
+                );
+            }
+        }
+        if let Some(nats) = stack.nats.as_mut() {
+            if let Some(status) = nats.exited() {
+                bail!(
+                    "nats-server exited unexpectedly ({}); last lines of {}:\n{}",
+                    describe(status),
+                    paths::display(nats.log()),
+                    tail(nats.log(), 30)
+                );
+            }
+        }
+        sleep(POLL);
+    }
+}
+
+/// The sandbox's port: `$COURIER_SANDBOX_PORT`, default 8080; it must be free.
+fn sandbox_port() -> Result<u16> {
+    let port = match std::env::var("COURIER_SANDBOX_PORT") {
+        Ok(raw) if !raw.is_empty() => raw
+            .parse()
+            .with_context(|| format!("COURIER_SANDBOX_PORT={raw:?} is not a port number"))?,
+        _ => 8080,
+    };
+    if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+        bail!("port {port} on 127.0.0.1 is taken; choose another with COURIER_SANDBOX_PORT=<port>");
+    }
+    Ok(port)
+}
+
+#[derive(Debug)]
+struct Service {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+/// What runs; stopped in reverse order of dependency.
+#[derive(Debug, Default)]
+struct Stack {
+    services: Vec<Service>,
+    nats: Option<Nats>,
+    pg: Option<Cluster>,
+}
+
+impl Stack {
+    fn spawn(
+        &mut self,
+        name: &str,
+        bin: &Path,
+        common: &[(&str, String)],
+        own: &[(&str, String)],
+        logs: &Path,
+    ) -> Result<()> {
+        let log = logs.join(format!("{name}.log"));
+        let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let child = Command::new(bin)
+            .envs(common.iter().chain(own).map(|(k, v)| (*k, v.as_str())))
+            .current_dir(paths::root())
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            // Own process group: Ctrl-C reaches xtask only, which stops things in order.
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        self.services.push(Service {
+            name: name.to_string(),
+            child,
+            log,
+        });
+        Ok(())
+    }
+
+    /// Services (SIGTERM, 10 s, SIGKILL), then NATS, then `pg_ctl stop -m fast`.
+    fn shutdown(&mut self) {
+        let mut children: Vec<&mut Child> =
+            self.services.iter_mut().map(|s| &mut s.child).collect();
+        proc::terminate_all(&mut children, Duration::from_secs(10));
+        self.services.clear();
+        if let Some(mut nats) = self.nats.take() {
+            nats.stop();
+        }
+        if let Some(mut pg) = self.pg.take() {
+            if let Err(err) = pg.stop() {
+                eprintln!("xtask: {err:#}");
+            }
+        }
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// `target/courier-dev/xtask.pid`: one `cargo xtask up` at a time.
+struct Lock {
+    path: PathBuf,
+}
+
+impl Lock {
+    fn acquire(dev: &Path) -> Result<Self> {
+        let path = dev.join("xtask.pid");
+        if let Ok(raw) = fs::read_to_string(&path) {
+            if let Ok(pid) = raw.trim().parse::<u32>() {
+                if pid != std::process::id() && proc::alive_named(pid, "xtask") {
+                    bail!(
+                        "another `cargo xtask up` is running (pid {pid}); stop it first \
+                         (kill {pid})"
+                    );
+                }
+            }
+        }
+        fs::write(&path, std::process::id().to_string())?;
+        Ok(Self { path })
+    }
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+/// Records the children's PIDs so that a later run can end them if this one is killed hard.
+fn write_pids(dev: &Path, nats: Option<u32>, services: &[Service]) {
+    let mut text = String::new();
+    if let Some(pid) = nats {
+        text.push_str(&format!("nats-server {pid}\n"));
+    }
+    for service in services {
+        let program = if service.name.starts_with("worker-") {
+            "courier-worker"
+        } else {
+            &format!("courier-{}", service.name)
+        };
+        text.push_str(&format!("{program} {}\n", service.child.id()));
+    }
+    let _ = fs::write(dev.join("pids"), text);
+}
+
+/// Ends the processes a hard-killed earlier run left behind (see [`write_pids`]).
+fn kill_leftovers(dev: &Path) {
+    let Ok(text) = fs::read_to_string(dev.join("pids")) else {
+        return;
+    };
+    let mut pids = Vec::new();
+    for line in text.lines() {
+        let mut parts = line.split_whitespace();
+        if let (Some(name), Some(Ok(pid))) = (parts.next(), parts.next().map(str::parse::<u32>)) {
+            if proc::alive_named(pid, name) {
+                eprintln!("xtask: ending {name} (pid {pid}) left by an earlier run");
+                proc::signal(pid, nix::sys::signal::Signal::SIGKILL);
+                pids.push(pid);
+            }
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline && pids.iter().any(|&pid| running(pid)) {
+        sleep(Duration::from_millis(50));
+    }
+    let _ = fs::remove_file(dev.join("pids"));
+}
+
+/// Whether `pid` exists and is not a zombie.
+fn running(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| {
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .is_some_and(|state| state != "Z" && state != "X")
+        })
+        .unwrap_or(false)
+}
