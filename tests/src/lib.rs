@@ -176,8 +176,14 @@ impl Stack {
             db_pool_size: 4,
             migrate: true,
             health_addr: local0(),
+            worker_id: None,
+            fixed_partitions: None,
+            heartbeat: Duration::from_millis(300),
+            member_ttl: Duration::from_millis(1500),
+            priority_timeout: Duration::from_secs(1),
             max_lanes: 64,
-            max_ack_pending: 1024,
+            max_in_flight: 32,
+            max_ack_pending: 512,
             ack_wait: Duration::from_secs(10),
             max_attempts: 3,
             relay_interval: Duration::from_millis(500),
@@ -244,12 +250,20 @@ impl Stack {
 
     /// The running worker's counters.
     pub fn worker_stats(&self) -> std::sync::Arc<courier_worker::Stats> {
-        self.worker.as_ref().expect("worker running").service.stats()
+        self.worker
+            .as_ref()
+            .expect("worker running")
+            .service
+            .stats()
     }
 
     /// The worker's health address.
     pub fn worker_health(&self) -> SocketAddr {
-        self.worker.as_ref().expect("worker running").service.health_addr()
+        self.worker
+            .as_ref()
+            .expect("worker running")
+            .service
+            .health_addr()
     }
 
     /// The sandbox's base URL.
@@ -285,14 +299,19 @@ impl Stack {
             .error_for_status()?
             .json()
             .await?;
-        resp["update_id"].as_i64().context("update_id in sandbox answer")
+        resp["update_id"]
+            .as_i64()
+            .context("update_id in sandbox answer")
     }
 
     /// The chat's transcript in the sandbox.
     pub async fn transcript(&self, chat_id: i64) -> Result<Vec<Line>> {
         let resp = self
             .http
-            .get(format!("{}/sandbox/chats/{chat_id}/messages", self.sandbox_url()))
+            .get(format!(
+                "{}/sandbox/chats/{chat_id}/messages",
+                self.sandbox_url()
+            ))
             .send()
             .await?;
         if resp.status() == reqwest::StatusCode::NOT_FOUND {
@@ -303,16 +322,20 @@ impl Stack {
 
     /// Waits until the chat has at least `n` bot messages and returns them.
     pub async fn bot_replies(&self, chat_id: i64, n: usize) -> Result<Vec<String>> {
-        eventually(&format!("{n} bot replies in chat {chat_id}"), DEADLINE, || async {
-            let bot: Vec<String> = self
-                .transcript(chat_id)
-                .await?
-                .into_iter()
-                .filter(|l| l.from_bot)
-                .map(|l| l.text)
-                .collect();
-            Ok((bot.len() >= n).then_some(bot))
-        })
+        eventually(
+            &format!("{n} bot replies in chat {chat_id}"),
+            DEADLINE,
+            || async {
+                let bot: Vec<String> = self
+                    .transcript(chat_id)
+                    .await?
+                    .into_iter()
+                    .filter(|l| l.from_bot)
+                    .map(|l| l.text)
+                    .collect();
+                Ok((bot.len() >= n).then_some(bot))
+            },
+        )
         .await
     }
 
@@ -329,7 +352,11 @@ impl Stack {
     }
 
     /// POSTs a raw body to the webhook with the given secret header (None: no header).
-    pub async fn post_webhook(&self, body: impl Into<reqwest::Body>, secret: Option<&str>) -> Result<reqwest::StatusCode> {
+    pub async fn post_webhook(
+        &self,
+        body: impl Into<reqwest::Body>,
+        secret: Option<&str>,
+    ) -> Result<reqwest::StatusCode> {
         let mut req = self
             .http
             .post(self.webhook_url())
@@ -351,10 +378,12 @@ impl Stack {
 
     /// Notes stored for a chat, oldest first.
     pub async fn notes(&self, chat_id: i64) -> Result<Vec<String>> {
-        Ok(sqlx::query_scalar("SELECT text FROM messages WHERE chat_id = $1 ORDER BY id")
-            .bind(chat_id)
-            .fetch_all(&self.db)
-            .await?)
+        Ok(
+            sqlx::query_scalar("SELECT text FROM messages WHERE chat_id = $1 ORDER BY id")
+                .bind(chat_id)
+                .fetch_all(&self.db)
+                .await?,
+        )
     }
 }
 

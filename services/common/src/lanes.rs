@@ -23,14 +23,16 @@ use tokio_util::sync::CancellationToken;
 /// Runs `handler` over `input`, one item at a time per key, at most `max_active` at once.
 ///
 /// Returns when `input` ends (after every queued item has run) or when `cancel` fires (after
-/// the running handlers finish; queued items not yet started are dropped, which for JetStream
-/// messages means they are redelivered later: they were never acknowledged).
+/// the running handlers finish). On cancel, the items queued but not started are returned, in
+/// arrival order per key, so the caller can hand them back (for JetStream messages: a nak, so
+/// they are redelivered at once rather than after the ack wait).
 pub async fn run<K, T, S, F, Fut>(
     mut input: S,
     max_active: usize,
     cancel: CancellationToken,
     handler: F,
-) where
+) -> Vec<T>
+where
     K: Hash + Eq + Clone + Send + 'static,
     T: Send + 'static,
     S: Stream<Item = (K, T)> + Unpin,
@@ -45,6 +47,7 @@ pub async fn run<K, T, S, F, Fut>(
     let mut running: JoinSet<()> = JoinSet::new();
     let mut running_keys: HashMap<tokio::task::Id, K> = HashMap::new();
     let mut input_open = true;
+    let mut unstarted = Vec::new();
 
     loop {
         // Start as many ready lanes as there are free slots.
@@ -58,14 +61,16 @@ pub async fn run<K, T, S, F, Fut>(
             running_keys.insert(handle.id(), key);
         }
         if !input_open && running.is_empty() {
-            break;
+            break unstarted;
         }
         tokio::select! {
             biased;
             _ = cancel.cancelled(), if input_open => {
                 input_open = false;
                 ready.clear();
-                lanes.retain(|_, q| { q.clear(); false });
+                for (_, q) in lanes.drain() {
+                    unstarted.extend(q);
+                }
             }
             Some(done) = running.join_next_with_id(), if !running.is_empty() => {
                 let id = match done {
@@ -172,7 +177,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn cancel_finishes_running_items_and_drops_queued_ones() {
+    async fn cancel_finishes_running_items_and_returns_queued_ones() {
         let done = Arc::new(Mutex::new(Vec::<u32>::new()));
         let d = done.clone();
         let cancel = CancellationToken::new();
@@ -191,7 +196,8 @@ mod tests {
         ));
         tokio::time::sleep(Duration::from_secs(1)).await;
         cancel.cancel();
-        t.await.unwrap();
+        let unstarted = t.await.unwrap();
         assert_eq!(*done.lock().unwrap(), vec![1]);
+        assert_eq!(unstarted, vec![2]);
     }
 }

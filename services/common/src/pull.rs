@@ -24,11 +24,43 @@ pub fn keyed_messages(
     consumer: jetstream::consumer::Consumer<pull::Config>,
     cancel: CancellationToken,
 ) -> impl futures::Stream<Item = (i64, jetstream::Message)> + Unpin {
+    keyed(consumer, None, cancel)
+}
+
+/// Like [`keyed_messages`], for a consumer with a priority group (the pinned-client policy):
+/// each pull names `group` and expires after `expires`, which must be well below the
+/// consumer's `priority_timeout` so that the pin stays with this client while it pulls.
+pub fn keyed_group_messages(
+    consumer: jetstream::consumer::Consumer<pull::Config>,
+    group: String,
+    expires: Duration,
+    cancel: CancellationToken,
+) -> impl futures::Stream<Item = (i64, jetstream::Message)> + Unpin {
+    keyed(consumer, Some((group, expires)), cancel)
+}
+
+fn keyed(
+    consumer: jetstream::consumer::Consumer<pull::Config>,
+    group: Option<(String, Duration)>,
+    cancel: CancellationToken,
+) -> impl futures::Stream<Item = (i64, jetstream::Message)> + Unpin {
     let (tx, mut rx) = mpsc::channel::<(i64, jetstream::Message)>(256);
     tokio::spawn(async move {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         while !cancel.is_cancelled() {
-            let mut messages = match consumer.messages().await {
+            let messages = match &group {
+                None => consumer.messages().await,
+                Some((group, expires)) => {
+                    consumer
+                        .stream()
+                        .group(group.clone())
+                        .expires(*expires)
+                        .heartbeat(*expires / 4)
+                        .messages()
+                        .await
+                }
+            };
+            let mut messages = match messages {
                 Ok(m) => m,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot pull messages; retrying");

@@ -157,26 +157,6 @@ pub async fn ensure_streams(js: &jetstream::Context, partitions: u32) -> Result<
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn subjects_have_the_documented_shape() {
-        assert_eq!(
-            update_subject(42, 7, -100123),
-            "courier.updates.42.7.-100123"
-        );
-        assert_eq!(update_msg_id(42, 9), "42:9");
-        assert_eq!(outbound_subject(42, 5), "courier.outbound.42.5");
-        assert_eq!(outbound_msg_id(17), "out:17");
-        assert_eq!(partition_filter(42, 3), "courier.updates.42.3.>");
-        let cfgs = stream_configs(8);
-        assert_eq!(cfgs[0].metadata[PARTITIONS_METADATA_KEY], "8");
-        assert!(cfgs.iter().all(|c| c.allow_direct));
-    }
-}
-
 /// Publishes `payload` to the dead-letter stream with its reason and source subject, and
 /// waits for JetStream's acknowledgement. `false` when it was not stored (the caller must then
 /// keep the original message unacknowledged, so it is redelivered rather than lost).
@@ -200,3 +180,23 @@ pub async fn publish_dead_letter(
 
 /// Header on a dead letter that names the subject it came from.
 pub const DLQ_SOURCE_HEADER: &str = "Courier-Dlq-Source";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_have_the_documented_shape() {
+        assert_eq!(
+            update_subject(42, 7, -100123),
+            "courier.updates.42.7.-100123"
+        );
+        assert_eq!(update_msg_id(42, 9), "42:9");
+        assert_eq!(outbound_subject(42, 5), "courier.outbound.42.5");
+        assert_eq!(outbound_msg_id(17), "out:17");
+        assert_eq!(partition_filter(42, 3), "courier.updates.42.3.>");
+        let cfgs = stream_configs(8);
+        assert_eq!(cfgs[0].metadata[PARTITIONS_METADATA_KEY], "8");
+        assert!(cfgs.iter().all(|c| c.allow_direct));
+    }
+}

@@ -1,40 +1,49 @@
-//! Courier worker: applies updates to the notes bot, per chat strictly in order.
+//! Courier worker: applies updates to the notes bot, per chat strictly in order, scaled out
+//! over partitions.
 //!
-//! The worker pulls `courier.updates.<bot>.>` from JetStream, dispatches each message to its
-//! chat's lane ([`courier_common::lanes`]: one update at a time per chat, many chats at once),
-//! and for each update runs one PostgreSQL transaction ([`store::apply`]) that records it in
-//! `processed_updates`, runs the pure FSM ([`courier_bot::step`]), writes its effects, the new
-//! dialogue state and the outgoing messages (the outbox). After commit the outbox rows are
-//! published to `COURIER_OUTBOUND` ([`outbox::publish`]); then the update is acknowledged.
+//! Ingress publishes each update to `courier.updates.<bot>.<partition>.<chat>`. Each partition
+//! has a durable pull consumer with the pinned-client priority policy; workers announce
+//! themselves in a key-value bucket ([`membership`]) and split the partitions between them by
+//! bounded rendezvous hashing ([`assign`], [`partitions`]). A partition's messages go to
+//! per-chat lanes ([`courier_common::lanes`]: one update at a time per chat, many chats at
+//! once), and each update is applied in one PostgreSQL transaction ([`store::apply`]) that
+//! records it in `processed_updates`, checks the chat's order (`last_seq`), runs the pure FSM
+//! ([`courier_bot::step`]), writes its effects, the new dialogue state and the outgoing
+//! messages (the outbox). After commit the outbox rows are published to `COURIER_OUTBOUND`
+//! ([`outbox::publish`]); then the update is acknowledged ([`apply::Applier`]).
 //!
 //! Failures: a database that cannot be reached is retried forever with backoff (the update is
 //! kept alive with in-progress acks and its chat waits, so nothing is skipped or reordered);
-//! an update that cannot be parsed, or fails for a non-transient reason more than
-//! `max_attempts` times, is published to `COURIER_DLQ` with the reason and recorded as
-//! handled, so its chat carries on.
+//! an update that cannot be parsed, or fails for a non-transient reason `max_attempts` times,
+//! is published to `COURIER_DLQ` with the reason and recorded as handled, so its chat carries
+//! on.
 #![deny(missing_docs)]
 
+pub mod apply;
+pub mod assign;
+pub mod membership;
 pub mod outbox;
+pub mod partitions;
 pub mod store;
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use async_nats::jetstream::{self, AckKind};
+use async_nats::jetstream;
+use axum::{extract::State, routing::get, Json, Router};
 use courier_common::{
     backoff::Backoff,
     config::{parse_duration, ConfigError, NatsArgs, SecretArgs},
-    health, lanes, pull, topology, CancellationToken,
+    health, topology, CancellationToken,
 };
-use courier_proto::{v1::InboundUpdate, Message as _};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::store::{Applied, UpdateRef};
+use crate::apply::Applier;
 
 /// The embedded migrations (`migrations/` at the repository root).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
@@ -46,25 +55,68 @@ pub struct Config {
     #[arg(long = "database-url", env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
     /// Connections in the database pool.
-    #[arg(long = "db-pool-size", env = "COURIER_DB_POOL_SIZE", default_value_t = 8)]
+    #[arg(
+        long = "db-pool-size",
+        env = "COURIER_DB_POOL_SIZE",
+        default_value_t = 8
+    )]
     pub db_pool_size: u32,
     /// Run the migrations at start-up.
     #[arg(long = "migrate", env = "COURIER_WORKER_MIGRATE", default_value_t = true, action = clap::ArgAction::Set)]
     pub migrate: bool,
-    /// Address of the health and readiness endpoints.
-    #[arg(long = "health-addr", env = "COURIER_WORKER_HEALTH_ADDR", default_value = "0.0.0.0:9091")]
+    /// Address of the health, readiness and metrics endpoints.
+    #[arg(
+        long = "health-addr",
+        env = "COURIER_WORKER_HEALTH_ADDR",
+        default_value = "0.0.0.0:9091"
+    )]
     pub health_addr: SocketAddr,
-    /// Chats processed concurrently.
-    #[arg(long = "max-lanes", env = "COURIER_WORKER_MAX_LANES", default_value_t = 256)]
+    /// This worker's id in the membership (default: host name, process id and a random suffix).
+    #[arg(long = "worker-id", env = "COURIER_WORKER_ID")]
+    pub worker_id: Option<String>,
+    /// Partitions to own regardless of membership, e.g. `0-7,12` (manual operation and tests);
+    /// unset: share the partitions with the other live workers.
+    #[arg(long = "fixed-partitions", env = "COURIER_WORKER_FIXED_PARTITIONS", value_parser = parse_partitions)]
+    pub fixed_partitions: Option<Vec<u32>>,
+    /// How often a worker heartbeats and recomputes its partitions.
+    #[arg(long = "heartbeat", env = "COURIER_WORKER_HEARTBEAT", default_value = "1s", value_parser = parse_duration)]
+    pub heartbeat: Duration,
+    /// A worker without a heartbeat for this long is considered gone.
+    #[arg(long = "member-ttl", env = "COURIER_WORKER_MEMBER_TTL", default_value = "4s", value_parser = parse_duration)]
+    pub member_ttl: Duration,
+    /// A partition's pin moves to another worker after this long without pulls.
+    #[arg(long = "priority-timeout", env = "COURIER_WORKER_PRIORITY_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
+    pub priority_timeout: Duration,
+    /// Chats processed concurrently per partition.
+    #[arg(
+        long = "max-lanes",
+        env = "COURIER_WORKER_MAX_LANES",
+        default_value_t = 64
+    )]
     pub max_lanes: usize,
-    /// Unacknowledged updates the server hands this consumer at most (bounds memory).
-    #[arg(long = "max-ack-pending", env = "COURIER_WORKER_MAX_ACK_PENDING", default_value_t = 2048)]
+    /// Updates applied concurrently by the whole worker (bounds database load).
+    #[arg(
+        long = "max-in-flight",
+        env = "COURIER_WORKER_MAX_IN_FLIGHT",
+        default_value_t = 64
+    )]
+    pub max_in_flight: usize,
+    /// Unacknowledged updates the server hands out per partition at most (bounds memory).
+    #[arg(
+        long = "max-ack-pending",
+        env = "COURIER_WORKER_MAX_ACK_PENDING",
+        default_value_t = 512
+    )]
     pub max_ack_pending: i64,
     /// How long JetStream waits for an ack before redelivering (kept alive by progress acks).
-    #[arg(long = "ack-wait", env = "COURIER_WORKER_ACK_WAIT", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long = "ack-wait", env = "COURIER_WORKER_ACK_WAIT", default_value = "15s", value_parser = parse_duration)]
     pub ack_wait: Duration,
     /// Attempts for an update failing with a non-transient error before it is dead-lettered.
-    #[arg(long = "max-attempts", env = "COURIER_WORKER_MAX_ATTEMPTS", default_value_t = 5)]
+    #[arg(
+        long = "max-attempts",
+        env = "COURIER_WORKER_MAX_ATTEMPTS",
+        default_value_t = 5
+    )]
     pub max_attempts: u32,
     /// Time between sweeps of the outbox relay.
     #[arg(long = "relay-interval", env = "COURIER_OUTBOX_RELAY_INTERVAL", default_value = "5s", value_parser = parse_duration)]
@@ -80,6 +132,30 @@ pub struct Config {
     pub secrets: SecretArgs,
 }
 
+/// Parses `0-7,12` into partition numbers.
+pub fn parse_partitions(raw: &str) -> Result<Vec<u32>, String> {
+    let mut out = BTreeSet::new();
+    for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let bad = || format!("`{part}` is not a partition or a range like 0-7");
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (u32, u32) = (
+                    a.trim().parse().map_err(|_| bad())?,
+                    b.trim().parse().map_err(|_| bad())?,
+                );
+                if a > b {
+                    return Err(bad());
+                }
+                out.extend(a..=b);
+            }
+            None => {
+                out.insert(part.parse().map_err(|_| bad())?);
+            }
+        }
+    }
+    Ok(out.into_iter().collect())
+}
+
 /// What can stop the worker.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -89,9 +165,12 @@ pub enum Error {
     /// The streams could not be created or do not match.
     #[error(transparent)]
     Topology(#[from] topology::TopologyError),
-    /// JetStream consumer trouble.
+    /// JetStream trouble.
     #[error("JetStream: {0}")]
     JetStream(String),
+    /// The membership bucket could not be used.
+    #[error(transparent)]
+    Membership(#[from] membership::MembershipError),
     /// Migrations failed.
     #[error("migrations: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
@@ -100,7 +179,7 @@ pub enum Error {
     Io(#[from] std::io::Error),
 }
 
-/// Counters of what the worker did (also used by tests).
+/// Counters of what the worker did (exported on `/metrics`, read by tests).
 #[derive(Debug, Default)]
 pub struct Stats {
     /// Updates applied.
@@ -113,16 +192,25 @@ pub struct Stats {
     pub dead_lettered: AtomicU64,
     /// Transient failures retried.
     pub retries: AtomicU64,
+    /// Times an earlier update of a chat was found unapplied and applied first.
+    pub reordered: AtomicU64,
 }
 
 /// A running worker.
 pub struct Worker {
+    id: String,
     health_addr: SocketAddr,
     stats: Arc<Stats>,
+    owned: partitions::Owned,
     task: JoinHandle<Result<(), Error>>,
 }
 
 impl Worker {
+    /// This worker's membership id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
     /// The bound address of the health endpoints.
     pub fn health_addr(&self) -> SocketAddr {
         self.health_addr
@@ -133,8 +221,18 @@ impl Worker {
         self.stats.clone()
     }
 
-    /// Waits until the worker stopped (after the shutdown token fired and in-flight updates
-    /// finished).
+    /// The partitions this worker pulls right now.
+    pub fn partitions(&self) -> Vec<u32> {
+        self.owned
+            .read()
+            .expect("owned lock")
+            .iter()
+            .copied()
+            .collect()
+    }
+
+    /// Waits until the worker stopped (after the shutdown token fired, in-flight updates
+    /// finished and its partitions were handed back).
     pub async fn wait(self) -> Result<(), Error> {
         self.task
             .await
@@ -142,33 +240,83 @@ impl Worker {
     }
 }
 
-struct Ctx {
-    bot_id: i64,
-    pool: PgPool,
-    js: jetstream::Context,
-    max_attempts: u32,
-    marker: mpsc::UnboundedSender<Vec<i64>>,
-    stats: Arc<Stats>,
-    cancel: CancellationToken,
+fn default_worker_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "worker".to_owned());
+    let host: String = host
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!(
+        "{host}-{}-{:04x}",
+        std::process::id(),
+        rand::random::<u16>()
+    )
 }
 
-/// The name of the worker's durable consumer for a bot.
-pub fn consumer_name(bot_id: i64) -> String {
-    format!("courier-worker-{bot_id}")
-}
-
-/// Validates the configuration, connects, migrates, and starts consuming.
+/// Validates the configuration, connects, migrates, joins the membership and starts consuming.
 pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Worker, Error> {
     let token = config.secrets.bot_token()?;
     let bot_id = token.bot_id();
-    let url = config.database_url.clone().filter(|u| !u.is_empty()).ok_or(ConfigError {
-        var: "DATABASE_URL",
-        reason: "is required (postgres://user:password@host:port/database)".into(),
-    })?;
-    let connect_options: sqlx::postgres::PgConnectOptions = url.parse().map_err(|e: sqlx::Error| ConfigError {
-        var: "DATABASE_URL",
-        reason: format!("is not a PostgreSQL URL: {e}"),
-    })?;
+    let url = config
+        .database_url
+        .clone()
+        .filter(|u| !u.is_empty())
+        .ok_or(ConfigError {
+            var: "DATABASE_URL",
+            reason: "is required (postgres://user:password@host:port/database)".into(),
+        })?;
+    let connect_options: sqlx::postgres::PgConnectOptions =
+        url.parse().map_err(|e: sqlx::Error| ConfigError {
+            var: "DATABASE_URL",
+            reason: format!("is not a PostgreSQL URL: {e}"),
+        })?;
+    if config.member_ttl <= config.heartbeat * 2 {
+        return Err(ConfigError {
+            var: "COURIER_WORKER_MEMBER_TTL",
+            reason: "must be more than twice COURIER_WORKER_HEARTBEAT".into(),
+        }
+        .into());
+    }
+    if let Some(bad) = config
+        .fixed_partitions
+        .iter()
+        .flatten()
+        .find(|p| **p >= config.nats.partitions)
+    {
+        return Err(ConfigError {
+            var: "COURIER_WORKER_FIXED_PARTITIONS",
+            reason: format!(
+                "partition {bad} does not exist (COURIER_PARTITIONS={})",
+                config.nats.partitions
+            ),
+        }
+        .into());
+    }
+    let worker_id = config
+        .worker_id
+        .clone()
+        .filter(|i| !i.is_empty())
+        .unwrap_or_else(default_worker_id);
+    if !worker_id
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(ConfigError {
+            var: "COURIER_WORKER_ID",
+            reason: "may contain only A-Z a-z 0-9 - _".into(),
+        }
+        .into());
+    }
     let pool = PgPoolOptions::new()
         .max_connections(config.db_pool_size.max(1))
         .acquire_timeout(Duration::from_secs(5))
@@ -182,39 +330,29 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Worker
         migrate_with_retry(&pool, &shutdown).await?;
     }
 
-    let stream = js
+    let updates = js
         .get_stream(topology::UPDATES_STREAM)
         .await
         .map_err(|e| Error::JetStream(e.to_string()))?;
-    let name = consumer_name(bot_id);
-    let consumer: jetstream::consumer::Consumer<jetstream::consumer::pull::Config> = stream
-        .get_or_create_consumer(
-            &name,
-            jetstream::consumer::pull::Config {
-                durable_name: Some(name.clone()),
-                filter_subject: topology::updates_filter(bot_id),
-                ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                ack_wait: config.ack_wait,
-                max_ack_pending: config.max_ack_pending,
-                max_deliver: -1,
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(|e| Error::JetStream(e.to_string()))?;
+    let membership =
+        membership::Membership::join(&js, bot_id, &worker_id, config.member_ttl).await?;
 
-    let health_pool = pool.clone();
-    let db_probe: health::Probe = Arc::new(move || {
-        let pool = health_pool.clone();
-        Box::pin(async move {
-            tokio::time::timeout(Duration::from_secs(2), sqlx::query("SELECT 1").execute(&pool))
-                .await
-                .map_err(|_| "postgres: timeout".to_owned())?
-                .map(|_| ())
-                .map_err(|e| format!("postgres: {e}"))
-        })
-    });
-    let app = health::router(vec![("nats", health::nats_probe(nats)), ("postgres", db_probe)]);
+    let stats = Arc::new(Stats::default());
+    let owned: partitions::Owned = Arc::new(RwLock::new(BTreeSet::new()));
+    let app = health::router(vec![
+        ("nats", health::nats_probe(nats)),
+        ("postgres", db_probe(pool.clone())),
+    ])
+    .merge(
+        Router::new()
+            .route("/partitions", get(owned_partitions))
+            .route("/metrics", get(metrics))
+            .with_state(Observed {
+                id: worker_id.clone(),
+                owned: owned.clone(),
+                stats: stats.clone(),
+            }),
+    );
     let listener = tokio::net::TcpListener::bind(config.health_addr).await?;
     let health_addr = listener.local_addr()?;
     let http_shutdown = shutdown.clone();
@@ -235,26 +373,30 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Worker
         },
         shutdown.clone(),
     ));
-    let stats = Arc::new(Stats::default());
-    let ctx = Arc::new(Ctx {
+    let applier = Arc::new(Applier {
         bot_id,
         pool: pool.clone(),
         js,
+        updates,
         max_attempts: config.max_attempts.max(1),
         marker,
         stats: stats.clone(),
         cancel: shutdown.clone(),
+        permits: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight.max(1))),
     });
-    tracing::info!(bot_id, consumer = %name, %health_addr, "worker consuming");
-    let max_lanes = config.max_lanes;
+    let settings = partitions::Settings {
+        partitions: config.nats.partitions,
+        heartbeat: config.heartbeat,
+        priority_timeout: config.priority_timeout,
+        ack_wait: config.ack_wait,
+        max_ack_pending: config.max_ack_pending,
+        max_lanes: config.max_lanes,
+        fixed: config.fixed_partitions.clone(),
+    };
+    tracing::info!(bot_id, worker = %worker_id, %health_addr, "worker started");
+    let task_owned = owned.clone();
     let task = tokio::spawn(async move {
-        let input = pull::keyed_messages(consumer, shutdown.clone());
-        let handler_ctx = ctx.clone();
-        lanes::run(input, max_lanes, shutdown.clone(), move |_chat, msg| {
-            handle(handler_ctx.clone(), msg)
-        })
-        .await;
-        drop(ctx);
+        partitions::run(applier, membership, settings, task_owned, shutdown).await;
         let _ = relay.await;
         let _ = marker_task.await;
         let _ = http.await;
@@ -263,8 +405,10 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Worker
         Ok(())
     });
     Ok(Worker {
+        id: worker_id,
         health_addr,
         stats,
+        owned,
         task,
     })
 }
@@ -272,6 +416,103 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Worker
 /// Runs the worker until `shutdown` fires.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
     spawn(config, shutdown).await?.wait().await
+}
+
+fn db_probe(pool: PgPool) -> health::Probe {
+    Arc::new(move || {
+        let pool = pool.clone();
+        Box::pin(async move {
+            tokio::time::timeout(
+                Duration::from_secs(2),
+                sqlx::query("SELECT 1").execute(&pool),
+            )
+            .await
+            .map_err(|_| "postgres: timeout".to_owned())?
+            .map(|_| ())
+            .map_err(|e| format!("postgres: {e}"))
+        })
+    })
+}
+
+#[derive(Clone)]
+struct Observed {
+    id: String,
+    owned: partitions::Owned,
+    stats: Arc<Stats>,
+}
+
+async fn owned_partitions(State(o): State<Observed>) -> Json<serde_json::Value> {
+    let owned: Vec<u32> = o
+        .owned
+        .read()
+        .expect("owned lock")
+        .iter()
+        .copied()
+        .collect();
+    Json(serde_json::json!({ "worker": o.id, "partitions": owned }))
+}
+
+/// Prometheus text exposition of the worker's counters and owned partitions. A handful of
+/// lines, written out rather than pulled in through a metrics framework.
+async fn metrics(
+    State(o): State<Observed>,
+) -> ([(axum::http::HeaderName, &'static str); 1], String) {
+    use std::fmt::Write;
+    use std::sync::atomic::Ordering::Relaxed;
+    let s = &o.stats;
+    let mut out = String::new();
+    let counters = [
+        (
+            "courier_worker_updates_applied_total",
+            "Updates applied.",
+            &s.applied,
+        ),
+        (
+            "courier_worker_updates_duplicate_total",
+            "Updates skipped as duplicates.",
+            &s.duplicates,
+        ),
+        (
+            "courier_worker_updates_ignored_total",
+            "Updates of kinds the bot ignores.",
+            &s.ignored,
+        ),
+        (
+            "courier_worker_updates_dead_lettered_total",
+            "Updates parked in COURIER_DLQ.",
+            &s.dead_lettered,
+        ),
+        (
+            "courier_worker_retries_total",
+            "Transient failures retried.",
+            &s.retries,
+        ),
+        (
+            "courier_worker_reordered_total",
+            "Earlier updates found unapplied and applied first.",
+            &s.reordered,
+        ),
+    ];
+    for (name, help, v) in counters {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+            v.load(Relaxed)
+        );
+    }
+    let owned = o.owned.read().expect("owned lock").clone();
+    let _ = writeln!(out, "# HELP courier_worker_partitions_owned Partitions this worker pulls.\n# TYPE courier_worker_partitions_owned gauge\ncourier_worker_partitions_owned {}", owned.len());
+    let _ = writeln!(out, "# HELP courier_worker_partition_owned 1 for each partition this worker pulls.\n# TYPE courier_worker_partition_owned gauge");
+    for p in owned {
+        let _ = writeln!(out, "courier_worker_partition_owned{{partition=\"{p}\"}} 1");
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        out,
+    )
 }
 
 async fn migrate_with_retry(pool: &PgPool, cancel: &CancellationToken) -> Result<(), Error> {
@@ -291,119 +532,15 @@ async fn migrate_with_retry(pool: &PgPool, cancel: &CancellationToken) -> Result
     }
 }
 
-async fn handle(ctx: Arc<Ctx>, msg: jetstream::Message) {
-    let seq = match msg.info() {
-        Ok(info) => info.stream_sequence,
-        Err(e) => {
-            tracing::error!(error = %e, "message without JetStream info");
-            return;
-        }
-    };
-    let envelope = match InboundUpdate::decode(msg.payload.clone()) {
-        Ok(env) => env,
-        Err(e) => {
-            dead_letter(&ctx, &msg, None, &format!("undecodable envelope: {e}")).await;
-            return;
-        }
-    };
-    let upd = UpdateRef {
-        bot_id: envelope.bot_id,
-        update_id: envelope.update_id,
-        chat_id: envelope.chat_id,
-        seq,
-    };
-    let update: teloxide_core::types::Update = match serde_json::from_slice(&envelope.update_json) {
-        Ok(u) => u,
-        Err(e) => {
-            dead_letter(&ctx, &msg, Some(upd), &format!("update is not valid JSON: {e}")).await;
-            return;
-        }
-    };
-    let Some(incoming) = courier_bot::classify(&update) else {
-        ctx.stats.ignored.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(update_id = upd.update_id, "update kind ignored by the bot");
-        ack(&msg).await;
-        return;
-    };
-
-    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
-    let mut failures = 0u32;
-    loop {
-        match store::apply(&ctx.pool, upd, &incoming).await {
-            Ok(Applied::Applied(rows)) => {
-                ctx.stats.applied.fetch_add(1, Ordering::Relaxed);
-                if !rows.is_empty() {
-                    let published = outbox::publish(&ctx.js, ctx.bot_id, &rows).await;
-                    if !published.is_empty() {
-                        let _ = ctx.marker.send(published);
-                    }
-                }
-                ack(&msg).await;
-                return;
-            }
-            Ok(Applied::Duplicate) => {
-                ctx.stats.duplicates.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(update_id = upd.update_id, seq, "duplicate update skipped");
-                ack(&msg).await;
-                return;
-            }
-            Err(e) if e.is_transient() => {
-                ctx.stats.retries.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(update_id = upd.update_id, error = %e, "transient failure; retrying");
-                // Keep the delivery alive while the chat waits.
-                let _ = msg.ack_with(AckKind::Progress).await;
-            }
-            Err(e) => {
-                failures += 1;
-                tracing::warn!(update_id = upd.update_id, attempt = failures, error = %e, "update failed");
-                if failures >= ctx.max_attempts {
-                    dead_letter(&ctx, &msg, Some(upd), &e.to_string()).await;
-                    return;
-                }
-            }
-        }
-        tokio::select! {
-            // Not acknowledged: JetStream redelivers it to whoever consumes next.
-            _ = ctx.cancel.cancelled() => return,
-            _ = tokio::time::sleep(backoff.next_delay()) => {}
-        }
-    }
-}
-
-/// Parks a poison update in `COURIER_DLQ` with its reason, records it as handled, and acks it.
-/// If the dead-letter publish itself fails, the update is left unacknowledged (redelivered).
-async fn dead_letter(ctx: &Ctx, msg: &jetstream::Message, upd: Option<UpdateRef>, reason: &str) {
-    tracing::error!(update_id = upd.map(|u| u.update_id), reason, "dead-lettering update");
-    let published = topology::publish_dead_letter(
-        &ctx.js,
-        ctx.bot_id,
-        "updates",
-        &msg.subject,
-        msg.payload.clone(),
-        reason,
-    )
-    .await;
-    if !published {
-        tracing::error!("dead-letter publish failed; the update will be redelivered");
-        return;
-    }
-    if let Some(upd) = upd {
-        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
-        while let Err(e) = store::record_dead_letter(&ctx.pool, upd).await {
-            tracing::warn!(error = %e, "cannot record dead letter yet; retrying");
-            tokio::select! {
-                _ = ctx.cancel.cancelled() => return,
-                _ = tokio::time::sleep(backoff.next_delay()) => {}
-            }
-        }
-    }
-    ctx.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-    ack(msg).await;
-}
-
-async fn ack(msg: &jetstream::Message) {
-    if let Err(e) = msg.ack().await {
-        // Redelivered later and then skipped as a duplicate.
-        tracing::warn!(error = %e, "ack failed");
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn partition_lists_parse() {
+        assert_eq!(
+            super::parse_partitions("0-3,7, 5").unwrap(),
+            vec![0, 1, 2, 3, 5, 7]
+        );
+        assert!(super::parse_partitions("3-1").is_err());
+        assert!(super::parse_partitions("x").is_err());
     }
 }

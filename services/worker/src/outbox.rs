@@ -53,7 +53,9 @@ pub async fn publish(js: &jetstream::Context, bot_id: i64, rows: &[OutboxRow]) -
 }
 
 /// Marks published rows in batches, so the hot path does not wait for that round trip.
-pub fn spawn_marker(pool: PgPool) -> (mpsc::UnboundedSender<Vec<i64>>, tokio::task::JoinHandle<()>) {
+pub fn spawn_marker(
+    pool: PgPool,
+) -> (mpsc::UnboundedSender<Vec<i64>>, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::unbounded_channel::<Vec<i64>>();
     let task = tokio::spawn(async move {
         while let Some(mut ids) = rx.recv().await {

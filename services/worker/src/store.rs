@@ -17,6 +17,9 @@ pub enum StoreError {
     /// The stored dialogue state could not be read.
     #[error("stored dialogue state is not valid: {0}")]
     BadState(#[from] serde_json::Error),
+    /// The stream could not be asked for earlier updates of the chat.
+    #[error("stream lookup: {0}")]
+    Stream(String),
 }
 
 impl StoreError {
@@ -27,6 +30,7 @@ impl StoreError {
         match self {
             StoreError::Db(e) => is_transient_db(e),
             StoreError::BadState(_) => false,
+            StoreError::Stream(_) => true,
         }
     }
 }
@@ -69,6 +73,19 @@ pub enum Applied {
     Applied(Vec<OutboxRow>),
     /// Applied before (same update id, or a stream sequence at or below the chat's last one).
     Duplicate,
+    /// Not applied: the chat has an earlier update at this stream sequence that is not applied
+    /// yet; it must be applied first (see [`apply`]).
+    EarlierFirst(u64),
+}
+
+/// Finds the stream sequence of the chat's first message at or after a sequence; `None` when
+/// there is none. The worker answers it with a JetStream direct get (`next_by_subj`).
+pub trait NextOnSubject {
+    /// The sequence of the first message of the update's chat subject at or after `from`.
+    fn next_from(
+        &self,
+        from: u64,
+    ) -> impl std::future::Future<Output = Result<Option<u64>, StoreError>> + Send;
 }
 
 /// The identity of an update inside the stream.
@@ -84,9 +101,23 @@ pub struct UpdateRef {
     pub seq: u64,
 }
 
-/// Applies one update in one transaction: dedup, load state, run the FSM, write the effects,
-/// the new state and the outbox.
-pub async fn apply(pool: &PgPool, upd: UpdateRef, incoming: &Incoming) -> Result<Applied, StoreError> {
+/// Applies one update in one transaction: dedup, lock the chat's state, check the order, run
+/// the FSM, write the effects, the new state and the outbox.
+///
+/// **Order guard.** The chat's row holds `last_seq`, the stream sequence of its last applied
+/// update, locked for the transaction. An update at or below it is a duplicate. Otherwise
+/// `next` is asked for the chat's first message after `max(last_seq, handled)` (`handled`:
+/// sequences the caller already dealt with in this catch-up, such as updates the bot ignores);
+/// if that is an earlier one, nothing is written and [`Applied::EarlierFirst`] names it. So a
+/// chat's updates are applied in stream order whatever order they are delivered in, and by
+/// however many workers.
+pub async fn apply(
+    pool: &PgPool,
+    upd: UpdateRef,
+    incoming: &Incoming,
+    handled: u64,
+    next: &impl NextOnSubject,
+) -> Result<Applied, StoreError> {
     let mut tx = pool.begin().await?;
     if !claim(&mut tx, upd, "applied").await? {
         tx.rollback().await?;
@@ -109,6 +140,15 @@ pub async fn apply(pool: &PgPool, upd: UpdateRef, incoming: &Incoming) -> Result
     if upd.seq as i64 <= last_seq {
         tx.rollback().await?;
         return Ok(Applied::Duplicate);
+    }
+    let from = (last_seq as u64).max(handled) + 1;
+    if from < upd.seq {
+        if let Some(earlier) = next.next_from(from).await? {
+            if earlier < upd.seq {
+                tx.rollback().await?;
+                return Ok(Applied::EarlierFirst(earlier));
+            }
+        }
     }
     let mut ctx = Context::default();
     if let (Some(Read::History), Some(user)) = (courier_bot::reads(incoming), &incoming.from) {
@@ -193,11 +233,14 @@ pub async fn apply(pool: &PgPool, upd: UpdateRef, incoming: &Incoming) -> Result
             }
         }
     }
-    sqlx::query(
+    // The WHERE makes a concurrent first update of a new chat (no row to lock yet) safe: if a
+    // later update got there first, this one is not applied.
+    let written = sqlx::query(
         "INSERT INTO dialogue_states (bot_id, chat_id, state, last_update_id, last_seq) \
          VALUES ($1, $2, $3, $4, $5) \
          ON CONFLICT (bot_id, chat_id) DO UPDATE SET state = EXCLUDED.state, \
-         last_update_id = EXCLUDED.last_update_id, last_seq = EXCLUDED.last_seq, updated_at = now()",
+         last_update_id = EXCLUDED.last_update_id, last_seq = EXCLUDED.last_seq, updated_at = now() \
+         WHERE dialogue_states.last_seq < EXCLUDED.last_seq",
     )
     .bind(upd.bot_id)
     .bind(incoming.chat_id)
@@ -205,17 +248,42 @@ pub async fn apply(pool: &PgPool, upd: UpdateRef, incoming: &Incoming) -> Result
     .bind(upd.update_id)
     .bind(upd.seq as i64)
     .execute(&mut *tx)
-    .await?;
+    .await?
+    .rows_affected();
+    if written == 0 {
+        tx.rollback().await?;
+        return Ok(Applied::Duplicate);
+    }
     tx.commit().await?;
     Ok(Applied::Applied(outbox))
 }
 
-/// Records an update that went to the dead-letter stream, so it counts as handled.
-pub async fn record_dead_letter(pool: &PgPool, upd: UpdateRef) -> Result<(), StoreError> {
+/// Starts recording a poison update: claims it as `dead_lettered` and moves its chat's
+/// `last_seq` past it, so the chat carries on. Returns `None` when it was handled before. The
+/// caller publishes the dead letter, then commits (or drops the transaction if that failed).
+pub async fn begin_dead_letter(
+    pool: &PgPool,
+    upd: UpdateRef,
+) -> Result<Option<Transaction<'static, Postgres>>, StoreError> {
     let mut tx = pool.begin().await?;
-    claim(&mut tx, upd, "dead_lettered").await?;
-    tx.commit().await?;
-    Ok(())
+    if !claim(&mut tx, upd, "dead_lettered").await? {
+        tx.rollback().await?;
+        return Ok(None);
+    }
+    sqlx::query(
+        "INSERT INTO dialogue_states (bot_id, chat_id, state, last_update_id, last_seq) \
+         VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (bot_id, chat_id) DO UPDATE SET \
+         last_seq = GREATEST(dialogue_states.last_seq, EXCLUDED.last_seq), updated_at = now()",
+    )
+    .bind(upd.bot_id)
+    .bind(upd.chat_id)
+    .bind(serde_json::to_value(DialogueState::default())?)
+    .bind(upd.update_id)
+    .bind(upd.seq as i64)
+    .execute(&mut *tx)
+    .await?;
+    Ok(Some(tx))
 }
 
 /// Inserts the update's `processed_updates` row; `false` when it was there already.
@@ -241,10 +309,12 @@ async fn claim(
 
 /// Marks outbox rows as published.
 pub async fn mark_published(pool: &PgPool, ids: &[i64]) -> Result<(), StoreError> {
-    sqlx::query("UPDATE outbox SET published_at = now() WHERE id = ANY($1) AND published_at IS NULL")
-        .bind(ids)
-        .execute(pool)
-        .await?;
+    sqlx::query(
+        "UPDATE outbox SET published_at = now() WHERE id = ANY($1) AND published_at IS NULL",
+    )
+    .bind(ids)
+    .execute(pool)
+    .await?;
     Ok(())
 }
 

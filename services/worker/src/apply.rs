@@ -1,0 +1,279 @@
+//! Applying one delivered update: decode, classify, order guard, transaction, outbox, ack
+//! policy, retries and dead letters.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind};
+use bytes::Bytes;
+use courier_common::{backoff::Backoff, topology, CancellationToken};
+use courier_proto::{v1::InboundUpdate, Message as _};
+use sqlx::PgPool;
+use tokio::sync::{mpsc, Semaphore};
+
+use crate::outbox;
+use crate::store::{self, Applied, NextOnSubject, StoreError, UpdateRef};
+use crate::Stats;
+
+/// One update as the stream holds it.
+#[derive(Debug, Clone)]
+pub struct Delivered {
+    /// Its stream sequence.
+    pub seq: u64,
+    /// Its subject (`courier.updates.<bot>.<partition>.<chat>`).
+    pub subject: String,
+    /// The `InboundUpdate` envelope.
+    pub payload: Bytes,
+}
+
+/// How processing an update ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Applied, skipped as a duplicate or ignored, or parked in the dead-letter stream: ack it.
+    Done,
+    /// Given up because the worker is shutting down: do not ack (JetStream redelivers it).
+    Abandoned,
+}
+
+/// Applies updates; shared by every partition of a worker.
+pub struct Applier {
+    pub(crate) bot_id: i64,
+    pub(crate) pool: PgPool,
+    pub(crate) js: jetstream::Context,
+    pub(crate) updates: jetstream::stream::Stream,
+    pub(crate) max_attempts: u32,
+    pub(crate) marker: mpsc::UnboundedSender<Vec<i64>>,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) cancel: CancellationToken,
+    pub(crate) permits: Arc<Semaphore>,
+}
+
+struct Subject<'a> {
+    stream: &'a jetstream::stream::Stream,
+    subject: &'a str,
+}
+
+impl NextOnSubject for Subject<'_> {
+    async fn next_from(&self, from: u64) -> Result<Option<u64>, StoreError> {
+        use async_nats::jetstream::stream::DirectGetErrorKind;
+        match self
+            .stream
+            .direct_get_next_for_subject(self.subject, Some(from))
+            .await
+        {
+            Ok(m) => Ok(Some(m.sequence)),
+            Err(e) if matches!(e.kind(), DirectGetErrorKind::NotFound) => Ok(None),
+            Err(e) => Err(StoreError::Stream(e.to_string())),
+        }
+    }
+}
+
+impl Applier {
+    /// Handles one message of a lane: process it, then ack (or leave it for redelivery).
+    pub async fn handle(self: Arc<Self>, msg: jetstream::Message) {
+        let Ok(_permit) = self.permits.clone().acquire_owned().await else {
+            return;
+        };
+        let seq = match msg.info() {
+            Ok(info) => info.stream_sequence,
+            Err(e) => {
+                tracing::error!(error = %e, "message without JetStream info");
+                return;
+            }
+        };
+        let delivered = Delivered {
+            seq,
+            subject: msg.subject.to_string(),
+            payload: msg.payload.clone(),
+        };
+        if self.process(&delivered, 0, Some(&msg)).await == Outcome::Done {
+            if let Err(e) = msg.ack().await {
+                // Redelivered later and then skipped as a duplicate.
+                tracing::warn!(error = %e, "ack failed");
+            }
+        }
+    }
+
+    /// Applies one delivered update, applying earlier unapplied updates of its chat first.
+    /// `handled`: sequences up to which this chat's updates were already dealt with by the
+    /// caller. `keepalive`: the JetStream message to send in-progress acks for while retrying.
+    pub async fn process(
+        &self,
+        d: &Delivered,
+        mut handled: u64,
+        keepalive: Option<&jetstream::Message>,
+    ) -> Outcome {
+        let envelope = match InboundUpdate::decode(d.payload.clone()) {
+            Ok(env) => env,
+            Err(e) => {
+                return self
+                    .dead_letter(d, None, &format!("undecodable envelope: {e}"))
+                    .await
+            }
+        };
+        let upd = UpdateRef {
+            bot_id: envelope.bot_id,
+            update_id: envelope.update_id,
+            chat_id: envelope.chat_id,
+            seq: d.seq,
+        };
+        let update: teloxide_core::types::Update =
+            match serde_json::from_slice(&envelope.update_json) {
+                Ok(u) => u,
+                Err(e) => {
+                    return self
+                        .dead_letter(d, Some(upd), &format!("update is not valid JSON: {e}"))
+                        .await
+                }
+            };
+        let Some(incoming) = courier_bot::classify(&update) else {
+            self.stats.ignored.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(update_id = upd.update_id, "update kind ignored by the bot");
+            return Outcome::Done;
+        };
+
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
+        let mut failures = 0u32;
+        loop {
+            let next = Subject {
+                stream: &self.updates,
+                subject: &d.subject,
+            };
+            match store::apply(&self.pool, upd, &incoming, handled, &next).await {
+                Ok(Applied::Applied(rows)) => {
+                    self.stats.applied.fetch_add(1, Ordering::Relaxed);
+                    if !rows.is_empty() {
+                        let published = outbox::publish(&self.js, self.bot_id, &rows).await;
+                        if !published.is_empty() {
+                            let _ = self.marker.send(published);
+                        }
+                    }
+                    return Outcome::Done;
+                }
+                Ok(Applied::Duplicate) => {
+                    self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(
+                        update_id = upd.update_id,
+                        seq = d.seq,
+                        "duplicate update skipped"
+                    );
+                    return Outcome::Done;
+                }
+                Ok(Applied::EarlierFirst(seq)) => {
+                    self.stats.reordered.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(
+                        update_id = upd.update_id,
+                        seq = d.seq,
+                        earlier = seq,
+                        "applying an earlier update of the chat first"
+                    );
+                    match self.fetch(seq).await {
+                        Ok(earlier) => {
+                            if Box::pin(self.process(&earlier, handled, keepalive)).await
+                                == Outcome::Abandoned
+                            {
+                                return Outcome::Abandoned;
+                            }
+                            handled = seq;
+                            continue;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, seq, "cannot fetch the earlier update; retrying");
+                        }
+                    }
+                }
+                Err(e) if e.is_transient() => {
+                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(update_id = upd.update_id, error = %e, "transient failure; retrying");
+                }
+                Err(e) => {
+                    failures += 1;
+                    tracing::warn!(update_id = upd.update_id, attempt = failures, error = %e, "update failed");
+                    if failures >= self.max_attempts {
+                        return self.dead_letter(d, Some(upd), &e.to_string()).await;
+                    }
+                }
+            }
+            if let Some(msg) = keepalive {
+                // Keep the delivery alive while the chat waits.
+                let _ = msg.ack_with(AckKind::Progress).await;
+            }
+            tokio::select! {
+                _ = self.cancel.cancelled() => return Outcome::Abandoned,
+                _ = tokio::time::sleep(backoff.next_delay()) => {}
+            }
+        }
+    }
+
+    async fn fetch(&self, seq: u64) -> Result<Delivered, String> {
+        let m = self
+            .updates
+            .direct_get(seq)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Delivered {
+            seq: m.sequence,
+            subject: m.subject.to_string(),
+            payload: m.payload,
+        })
+    }
+
+    /// Parks a poison update in `COURIER_DLQ` with its reason and records it as handled (its
+    /// chat moves on). If the dead letter cannot be stored yet, retries until it can or the
+    /// worker stops: a poison update is never dropped silently.
+    async fn dead_letter(&self, d: &Delivered, upd: Option<UpdateRef>, reason: &str) -> Outcome {
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
+        loop {
+            match self.try_dead_letter(d, upd, reason).await {
+                Ok(()) => return Outcome::Done,
+                Err(e) => tracing::warn!(error = %e, "cannot dead-letter yet; retrying"),
+            }
+            tokio::select! {
+                _ = self.cancel.cancelled() => return Outcome::Abandoned,
+                _ = tokio::time::sleep(backoff.next_delay()) => {}
+            }
+        }
+    }
+
+    async fn try_dead_letter(
+        &self,
+        d: &Delivered,
+        upd: Option<UpdateRef>,
+        reason: &str,
+    ) -> Result<(), String> {
+        let tx = match upd {
+            Some(upd) => match store::begin_dead_letter(&self.pool, upd)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                Some(tx) => Some(tx),
+                None => return Ok(()), // dead-lettered before
+            },
+            None => None,
+        };
+        tracing::error!(
+            update_id = upd.map(|u| u.update_id),
+            seq = d.seq,
+            reason,
+            "dead-lettering update"
+        );
+        let stored = topology::publish_dead_letter(
+            &self.js,
+            self.bot_id,
+            "updates",
+            &d.subject,
+            d.payload.clone(),
+            reason,
+        )
+        .await;
+        if !stored {
+            return Err("dead-letter publish not acknowledged".into());
+        }
+        if let Some(tx) = tx {
+            tx.commit().await.map_err(|e| e.to_string())?;
+        }
+        self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
