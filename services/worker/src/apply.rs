@@ -70,6 +70,30 @@ impl NextOnSubject for Subject<'_> {
 }
 
 impl Applier {
+    /// An applier on its own (tests, tools): the worker builds one per process in `spawn`.
+    /// Spawns the background task that marks published outbox rows.
+    pub fn new(
+        bot_id: i64,
+        pool: PgPool,
+        js: jetstream::Context,
+        updates: jetstream::stream::Stream,
+        stats: Arc<Stats>,
+        cancel: CancellationToken,
+    ) -> Arc<Self> {
+        let (marker, _task) = outbox::spawn_marker(pool.clone());
+        Arc::new(Self {
+            bot_id,
+            pool,
+            js,
+            updates,
+            max_attempts: 3,
+            marker,
+            stats,
+            cancel,
+            permits: Arc::new(Semaphore::new(64)),
+        })
+    }
+
     /// Handles one message of a lane: process it, then ack (or leave it for redelivery).
     pub async fn handle(self: Arc<Self>, msg: jetstream::Message) {
         let Ok(_permit) = self.permits.clone().acquire_owned().await else {

@@ -5,3 +5,4 @@ mod conversation;
 mod delivery;
 mod ingress;
 mod outages;
+mod scaling;

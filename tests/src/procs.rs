@@ -1,0 +1,104 @@
+//! Courier services as separate processes, for tests that kill them.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _, Result};
+use tokio::process::{Child, Command};
+
+use crate::infra::workspace_root;
+
+/// The path of a service binary, building it first when it is missing.
+pub async fn binary(name: &str) -> Result<PathBuf> {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
+    let path = target.join("debug").join(name);
+    if !path.exists() {
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["build", "--bin", name])
+            .current_dir(workspace_root())
+            .status()
+            .await
+            .context("running cargo build")?;
+        if !status.success() {
+            bail!("cargo build --bin {name} failed");
+        }
+    }
+    Ok(path)
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A `courier-worker` process.
+pub struct WorkerProcess {
+    /// Its membership id.
+    pub id: String,
+    /// Its health address (`/readyz`, `/partitions`, `/metrics`).
+    pub health: String,
+    child: Child,
+}
+
+impl WorkerProcess {
+    /// Starts a worker process against the given NATS and database.
+    pub async fn start(id: &str, nats_url: &str, database_url: &str) -> Result<Self> {
+        let bin = binary("courier-worker").await?;
+        let port = free_port()?;
+        let log = std::env::var_os("COURIER_TEST_LOG").is_some();
+        let child = Command::new(bin)
+            .env("NATS_URL", nats_url)
+            .env("DATABASE_URL", database_url)
+            .env("COURIER_BOT_TOKEN", crate::TOKEN)
+            .env("COURIER_WORKER_ID", id)
+            .env("COURIER_WORKER_HEALTH_ADDR", format!("127.0.0.1:{port}"))
+            .env("COURIER_WORKER_HEARTBEAT", "300ms")
+            .env("COURIER_WORKER_MEMBER_TTL", "1500ms")
+            .env("COURIER_WORKER_PRIORITY_TIMEOUT", "1s")
+            .env("COURIER_DB_POOL_SIZE", "4")
+            .env("RUST_LOG", if log { "info" } else { "warn" })
+            .stdout(if log { Stdio::inherit() } else { Stdio::null() })
+            .stderr(if log { Stdio::inherit() } else { Stdio::null() })
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting courier-worker")?;
+        let me = Self {
+            id: id.to_owned(),
+            health: format!("http://127.0.0.1:{port}"),
+            child,
+        };
+        Ok(me)
+    }
+
+    /// The partitions it reports owning; `None` while it does not answer.
+    pub async fn partitions(&self, http: &reqwest::Client) -> Option<Vec<u32>> {
+        let resp = http
+            .get(format!("{}/partitions", self.health))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .ok()?;
+        let body: serde_json::Value = resp.json().await.ok()?;
+        serde_json::from_value(body["partitions"].clone()).ok()
+    }
+
+    /// SIGKILL: no goodbye, no unpin, no membership leave.
+    pub async fn kill(&mut self) -> Result<()> {
+        self.child.start_kill()?;
+        self.child.wait().await?;
+        Ok(())
+    }
+
+    /// SIGTERM and wait for a graceful exit.
+    pub async fn terminate(&mut self) -> Result<()> {
+        if let Some(pid) = self.child.id() {
+            Command::new("kill").arg(pid.to_string()).status().await?;
+        }
+        tokio::time::timeout(Duration::from_secs(20), self.child.wait())
+            .await
+            .context("worker did not exit after SIGTERM")??;
+        Ok(())
+    }
+}
