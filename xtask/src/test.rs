@@ -50,6 +50,15 @@ fn with_cluster(tools: &provision::Tools, dir: &Path, args: &[String]) -> Result
     eprintln!("xtask: COURIER_NATS_SERVER={}", tools.nats_server.display());
 
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    // Tests that kill services run the real binaries: build them once, up front.
+    let built = Command::new(&cargo)
+        .args(["build", "--bins"])
+        .current_dir(paths::root())
+        .status()
+        .context("running cargo build --bins")?;
+    if !built.success() {
+        anyhow::bail!("cargo build --bins failed");
+    }
     let nextest = Command::new(&cargo)
         .args(["nextest", "--version"])
         .stdin(Stdio::null())
