@@ -43,8 +43,14 @@ pub struct WorkerProcess {
 }
 
 impl WorkerProcess {
-    /// Starts a worker process against the given NATS and database.
+    /// Starts a worker process against the given NATS and database, with the test timings
+    /// (heartbeat 300 ms, member TTL 1.5 s, priority timeout 1 s).
     pub async fn start(id: &str, nats_url: &str, database_url: &str) -> Result<Self> {
+        Self::start_with(id, nats_url, database_url, &[]).await
+    }
+
+    /// Like [`WorkerProcess::start`], with extra environment variables (they win).
+    pub async fn start_with(id: &str, nats_url: &str, database_url: &str, env: &[(&str, &str)]) -> Result<Self> {
         let bin = binary("courier-worker").await?;
         let port = free_port()?;
         let log = std::env::var_os("COURIER_TEST_LOG").is_some();
@@ -61,6 +67,7 @@ impl WorkerProcess {
             .env("RUST_LOG", if log { "info" } else { "warn" })
             .stdout(if log { Stdio::inherit() } else { Stdio::null() })
             .stderr(if log { Stdio::inherit() } else { Stdio::null() })
+            .envs(env.iter().copied())
             .kill_on_drop(true)
             .spawn()
             .context("starting courier-worker")?;
