@@ -1,7 +1,9 @@
 //! The Bot API: `/bot<token>/<method>`, GET or POST, parameters from the query string, a JSON
 //! body or a form body, answered in Telegram's envelope.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -10,17 +12,31 @@ use axum::Json;
 use bytes::Bytes;
 use courier_common::secret::WebhookSecret;
 use serde_json::{json, Map, Value};
+use tokio::time::Instant;
 
-use crate::state::{utf16_len, Shared, Webhook, BOT_FIRST_NAME, BOT_USERNAME, MAX_TEXT_LEN};
+use crate::faults::Injected;
+use crate::state::{
+    now_unix_ms, utf16_len, CallRecord, Inner, Shared, Webhook, BOT_FIRST_NAME, BOT_USERNAME,
+    MAX_TEXT_LEN,
+};
 
 /// Telegram's default and bounds of `max_connections`.
 const DEFAULT_MAX_CONNECTIONS: i64 = 40;
+
+/// How long a dropped call is held at most before the sandbox gives up on it too.
+const DROP_HOLD: Duration = Duration::from_secs(600);
+/// Longest `getUpdates` long poll.
+const MAX_POLL_TIMEOUT: u64 = 600;
 
 /// An error in Telegram's shape; the HTTP status is the error code.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ApiError {
     pub code: u16,
     pub description: String,
+    /// `parameters.retry_after` (429).
+    pub retry_after: Option<u32>,
+    /// `parameters.migrate_to_chat_id` (a group upgraded to a supergroup).
+    pub migrate_to_chat_id: Option<i64>,
 }
 
 impl ApiError {
@@ -28,7 +44,34 @@ impl ApiError {
         Self {
             code,
             description: description.into(),
+            retry_after: None,
+            migrate_to_chat_id: None,
         }
+    }
+
+    /// Telegram's 429: `Too Many Requests: retry after N` with `parameters.retry_after`.
+    pub(crate) fn too_many_requests(retry_after: u32) -> Self {
+        Self {
+            retry_after: Some(retry_after),
+            ..Self::new(429, format!("Too Many Requests: retry after {retry_after}"))
+        }
+    }
+
+    /// An injected error of `status`, described like Telegram describes it.
+    fn injected(status: u16) -> Self {
+        let reason = StatusCode::from_u16(status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("Error");
+        Self::new(status, reason)
+    }
+
+    fn blocked() -> Self {
+        Self::new(403, "Forbidden: bot was blocked by the user")
+    }
+
+    fn chat_not_found() -> Self {
+        Self::bad_request("chat not found")
     }
 
     /// A 400 `Bad Request: <detail>`.
@@ -48,7 +91,14 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.code).unwrap_or(StatusCode::BAD_REQUEST);
-        let body = json!({ "ok": false, "error_code": self.code, "description": self.description });
+        let mut body =
+            json!({ "ok": false, "error_code": self.code, "description": self.description });
+        if let Some(n) = self.retry_after {
+            body["parameters"] = json!({ "retry_after": n });
+        }
+        if let Some(id) = self.migrate_to_chat_id {
+            body["parameters"] = json!({ "migrate_to_chat_id": id });
+        }
         (status, Json(body)).into_response()
     }
 }
@@ -232,11 +282,40 @@ pub(crate) async fn handle(
     if token != shared.token {
         return ApiError::unauthorized().into_response();
     }
-    let result = Params::collect(query.as_deref(), &headers, &body)
-        .and_then(|params| call(&shared, &method.to_ascii_lowercase(), &params));
+    let lower = method.to_ascii_lowercase();
+    let params = match Params::collect(query.as_deref(), &headers, &body) {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    let delay_ms = shared.lock().faults.delay_ms;
+    if delay_ms > 0 {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(delay_ms)) => {}
+            _ = shared.stop.cancelled() => return ApiError::injected(503).into_response(),
+        }
+    }
+    let result = match lower.as_str() {
+        "getupdates" => get_updates(&shared, &params).await,
+        "sendmessage" | "editmessagetext" => match sending_call(&shared, &lower, &params) {
+            Sent::Done(result) => result,
+            Sent::Dropped => {
+                // Never answered: held until the client gives up (hyper then drops this
+                // future), the sandbox stops, or DROP_HOLD passes.
+                tokio::select! {
+                    _ = tokio::time::sleep(DROP_HOLD) => {}
+                    _ = shared.stop.cancelled() => {}
+                }
+                Err(ApiError::injected(504))
+            }
+        },
+        _ => call(&shared, &lower, &params),
+    };
     match result {
         Ok(response) => response,
         Err(e) => {
+            if e.code == 429 && !matches!(lower.as_str(), "sendmessage" | "editmessagetext") {
+                shared.lock().stats.responses_429 += 1;
+            }
             tracing::debug!(%method, code = e.code, description = %e.description, "Bot API error");
             e.into_response()
         }
@@ -248,13 +327,76 @@ pub(crate) async fn not_found() -> ApiError {
     ApiError::not_found()
 }
 
+/// The outcome of a sending call.
+enum Sent {
+    Done(Result<Response, ApiError>),
+    Dropped,
+}
+
+/// A sending method (`sendMessage`, `editMessageText`): injected faults, then the method with
+/// its rate limits, all under one lock so the call log is in decision order.
+fn sending_call(shared: &Shared, method: &str, params: &Params) -> Sent {
+    let mut inner = shared.lock();
+    let name = if method == "sendmessage" {
+        "sendMessage"
+    } else {
+        "editMessageText"
+    };
+    let chat_id = params
+        .str("chat_id")
+        .ok()
+        .flatten()
+        .and_then(|s| s.trim().parse::<i64>().ok())
+        .unwrap_or(0);
+    let text = params.str("text").ok().flatten();
+    let injected = inner.faults.decide(rand::random::<f64>);
+    let (outcome, status) = match injected {
+        Some(fault) => {
+            inner.stats.faults_injected += 1;
+            match fault {
+                Injected::Drop => {
+                    inner.stats.calls_dropped += 1;
+                    (Sent::Dropped, 0)
+                }
+                Injected::RetryAfter(n) => (Sent::Done(Err(ApiError::too_many_requests(n))), 429),
+                Injected::Error(code) => (Sent::Done(Err(ApiError::injected(code))), code),
+            }
+        }
+        None => {
+            let result = if method == "sendmessage" {
+                send_message(shared, &mut inner, params)
+            } else {
+                edit_message_text(shared, &mut inner, params)
+            };
+            let status = result.as_ref().map_or_else(|e| e.code, |_| 200);
+            (Sent::Done(result.map(ok)), status)
+        }
+    };
+    if status == 429 {
+        inner.stats.responses_429 += 1;
+    }
+    inner.log_call(CallRecord {
+        method: name.to_owned(),
+        chat_id,
+        at_unix_ms: now_unix_ms(),
+        status,
+        text,
+    });
+    outcome
+}
+
 fn call(shared: &Shared, method: &str, params: &Params) -> Result<Response, ApiError> {
     match method {
         "getme" => Ok(ok(get_me(shared))),
+        "logout" | "close" => Ok(ok(json!(true))),
         "setwebhook" => set_webhook(shared, params),
         "deletewebhook" => delete_webhook(shared, params),
         "getwebhookinfo" => Ok(ok(webhook_info(shared))),
-        "sendmessage" => send_message(shared, params).map(ok),
+        "sendchataction" => send_chat_action(shared, params).map(ok),
+        "answercallbackquery" => answer_callback_query(shared, params).map(ok),
+        "setmycommands" => set_my_commands(shared, params).map(ok),
+        "getmycommands" => get_my_commands(shared, params).map(ok),
+        "deletemycommands" => delete_my_commands(shared, params).map(ok),
         _ => Err(ApiError::not_found()),
     }
 }
@@ -271,6 +413,53 @@ fn get_me(shared: &Shared) -> Value {
         "can_connect_to_business": false,
         "has_main_web_app": false,
     })
+}
+
+/// The update kinds the sandbox can create (and Telegram's other kinds, accepted and ignored).
+const UPDATE_KINDS: &[&str] = &[
+    "message",
+    "edited_message",
+    "channel_post",
+    "edited_channel_post",
+    "business_connection",
+    "business_message",
+    "edited_business_message",
+    "deleted_business_messages",
+    "message_reaction",
+    "message_reaction_count",
+    "inline_query",
+    "chosen_inline_result",
+    "callback_query",
+    "shipping_query",
+    "pre_checkout_query",
+    "purchased_paid_media",
+    "poll",
+    "poll_answer",
+    "my_chat_member",
+    "chat_member",
+    "chat_join_request",
+    "chat_boost",
+    "removed_chat_boost",
+];
+
+/// The `allowed_updates` parameter: `None` when absent (keep the previous setting).
+fn allowed_updates(params: &Params) -> Result<Option<Vec<String>>, ApiError> {
+    let bad = || ApiError::bad_request("can't parse allowed updates");
+    match params.json("allowed_updates") {
+        None => Ok(None),
+        Some(Ok(Value::Array(kinds))) => {
+            let mut out = Vec::new();
+            for k in kinds {
+                let k = k.as_str().ok_or_else(bad)?;
+                // Telegram ignores unknown kinds.
+                if UPDATE_KINDS.contains(&k) {
+                    out.push(k.to_owned());
+                }
+            }
+            Ok(Some(out))
+        }
+        Some(_) => Err(bad()),
+    }
 }
 
 fn set_webhook(shared: &Shared, params: &Params) -> Result<Response, ApiError> {
@@ -302,6 +491,7 @@ fn set_webhook(shared: &Shared, params: &Params) -> Result<Response, ApiError> {
             "max_connections must be between 1 and 100",
         ));
     }
+    let allowed = allowed_updates(params)?;
     let webhook = Webhook {
         url: parsed.to_string(),
         secret,
@@ -311,6 +501,9 @@ fn set_webhook(shared: &Shared, params: &Params) -> Result<Response, ApiError> {
         let mut inner = shared.lock();
         if drop_pending {
             inner.drop_pending();
+        }
+        if let Some(allowed) = allowed {
+            inner.allowed_updates = Some(allowed);
         }
         let same = inner.webhook.as_ref() == Some(&webhook);
         inner.webhook = Some(webhook);
@@ -322,6 +515,8 @@ fn set_webhook(shared: &Shared, params: &Params) -> Result<Response, ApiError> {
     };
     tracing::info!(url = %parsed, "webhook set");
     shared.wake.notify_one();
+    // Long polls in progress end with 409.
+    shared.updates.send_modify(|n| *n += 1);
     Ok(ok_described(json!(true), description))
 }
 
@@ -354,6 +549,9 @@ fn webhook_info(shared: &Shared) -> Value {
     });
     if let Some(w) = &inner.webhook {
         info["max_connections"] = json!(w.max_connections);
+        if let Some(allowed) = &inner.allowed_updates {
+            info["allowed_updates"] = json!(allowed);
+        }
     }
     if let Some((date, message)) = &inner.last_error {
         info["last_error_date"] = json!(date);
@@ -362,11 +560,74 @@ fn webhook_info(shared: &Shared) -> Value {
     info
 }
 
-fn send_message(shared: &Shared, params: &Params) -> Result<Value, ApiError> {
-    let chat_id = params
+/// `getUpdates`: 409 while a webhook is set; otherwise the pending updates after `offset`,
+/// waiting up to `timeout` seconds for one. A newer getUpdates call ends this one with 409.
+async fn get_updates(shared: &Shared, params: &Params) -> Result<Response, ApiError> {
+    let offset = params.i64("offset")?;
+    let limit = params.i64("limit")?.unwrap_or(100).clamp(1, 100) as usize;
+    let timeout = params
+        .i64("timeout")?
+        .unwrap_or(0)
+        .clamp(0, MAX_POLL_TIMEOUT as i64) as u64;
+    let allowed = allowed_updates(params)?;
+    let deadline = Instant::now() + Duration::from_secs(timeout);
+    let generation = shared.poll_generation.fetch_add(1, Ordering::SeqCst) + 1;
+    let mut changed = shared.updates.subscribe();
+    // Wake an older long poll so it ends with 409.
+    shared.updates.send_modify(|n| *n += 1);
+    changed.mark_unchanged();
+    loop {
+        let updates = {
+            let mut inner = shared.lock();
+            if inner.webhook.is_some() {
+                return Err(ApiError::new(
+                    409,
+                    "Conflict: can't use getUpdates method while webhook is active; \
+                     use deleteWebhook to delete the webhook first",
+                ));
+            }
+            if shared.poll_generation.load(Ordering::SeqCst) != generation {
+                return Err(ApiError::new(
+                    409,
+                    "Conflict: terminated by other getUpdates request; \
+                     make sure that only one bot instance is running",
+                ));
+            }
+            if let Some(allowed) = &allowed {
+                inner.allowed_updates = Some(allowed.clone());
+            }
+            inner.poll(offset, limit)
+        };
+        if !updates.is_empty() || Instant::now() >= deadline {
+            let mut body = Vec::from(&b"{\"ok\":true,\"result\":["[..]);
+            for (i, u) in updates.iter().enumerate() {
+                if i > 0 {
+                    body.push(b',');
+                }
+                body.extend_from_slice(u);
+            }
+            body.extend_from_slice(b"]}");
+            return Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response());
+        }
+        tokio::select! {
+            r = changed.changed() => if r.is_err() { return Err(ApiError::injected(503)) },
+            _ = tokio::time::sleep_until(deadline) => {}
+            _ = shared.stop.cancelled() => return Err(ApiError::injected(503)),
+        }
+    }
+}
+
+/// The `chat_id` parameter as a number; an `@username` is a chat the sandbox never knows.
+fn chat_id_param(params: &Params) -> Result<i64, ApiError> {
+    let raw = params
         .str("chat_id")?
         .filter(|s| !s.trim().is_empty())
         .ok_or_else(|| ApiError::bad_request("chat_id is empty"))?;
+    raw.trim().parse().map_err(|_| ApiError::chat_not_found())
+}
+
+/// A message text: not empty, at most 4096 UTF-16 code units.
+fn text_param(params: &Params) -> Result<String, ApiError> {
     let text = params.str("text")?.unwrap_or_default();
     if text.trim().is_empty() {
         return Err(ApiError::bad_request("message text is empty"));
@@ -374,6 +635,10 @@ fn send_message(shared: &Shared, params: &Params) -> Result<Value, ApiError> {
     if utf16_len(&text) > MAX_TEXT_LEN {
         return Err(ApiError::bad_request("message is too long"));
     }
+    Ok(text)
+}
+
+fn check_parse_mode(params: &Params) -> Result<(), ApiError> {
     if let Some(mode) = params.str("parse_mode")?.filter(|m| !m.is_empty()) {
         if !["html", "markdown", "markdownv2"].contains(&mode.to_ascii_lowercase().as_str()) {
             return Err(ApiError::bad_request(format!(
@@ -381,40 +646,297 @@ fn send_message(shared: &Shared, params: &Params) -> Result<Value, ApiError> {
             )));
         }
     }
-    let reply_markup = match params.json("reply_markup") {
-        None => None,
-        Some(Ok(v @ Value::Object(_))) => Some(v),
+    Ok(())
+}
+
+/// The `reply_markup` parameter: an inline keyboard is validated and kept (Telegram echoes
+/// only inline keyboards); other keyboards are accepted and not echoed.
+fn reply_markup_param(params: &Params) -> Result<Option<Value>, ApiError> {
+    let markup = match params.json("reply_markup") {
+        None => return Ok(None),
+        Some(Ok(v @ Value::Object(_))) => v,
         Some(_) => {
             return Err(ApiError::bad_request(
                 "can't parse reply keyboard markup JSON object",
             ))
         }
     };
-    // A chat id that is not a number is an @username, which the sandbox never knows.
-    let chat_id: i64 = chat_id
-        .trim()
-        .parse()
-        .map_err(|_| ApiError::bad_request("chat not found"))?;
-    let date = chrono::Utc::now().timestamp();
-    let mut inner = shared.lock();
+    let Some(keyboard) = markup.get("inline_keyboard") else {
+        return Ok(None);
+    };
+    let rows = keyboard
+        .as_array()
+        .ok_or_else(|| ApiError::bad_request("field \"inline_keyboard\" must be an Array"))?;
+    for row in rows {
+        let buttons = row.as_array().ok_or_else(|| {
+            ApiError::bad_request("field \"inline_keyboard\" must be an Array of Arrays")
+        })?;
+        for button in buttons {
+            let text = button.get("text").and_then(Value::as_str).unwrap_or("");
+            if text.is_empty() {
+                return Err(ApiError::bad_request(
+                    "can't parse inline keyboard button: Text must be non-empty",
+                ));
+            }
+            let kinds = [
+                "url",
+                "callback_data",
+                "web_app",
+                "login_url",
+                "switch_inline_query",
+                "switch_inline_query_current_chat",
+                "switch_inline_query_chosen_chat",
+                "copy_text",
+                "callback_game",
+                "pay",
+            ];
+            if !kinds.iter().any(|k| button.get(k).is_some()) {
+                return Err(ApiError::bad_request(
+                    "can't parse inline keyboard button: Text buttons are unallowed in the inline keyboard",
+                ));
+            }
+            if let Some(data) = button.get("callback_data") {
+                let len = data.as_str().map_or(0, str::len);
+                if !(1..=64).contains(&len) {
+                    return Err(ApiError::bad_request("BUTTON_DATA_INVALID"));
+                }
+            }
+        }
+    }
+    Ok(Some(markup))
+}
+
+/// The chat a sending method targets: known, not migrated, not blocked.
+fn target_chat(inner: &Inner, chat_id: i64) -> Result<(), ApiError> {
     let chat = inner
         .chats
-        .get_mut(&chat_id)
-        .ok_or_else(|| ApiError::bad_request("chat not found"))?;
-    let message_id = chat.append(true, &text, date);
-    let mut message = json!({
-        "message_id": message_id,
-        "from": shared.bot_user(),
-        "chat": chat.object.clone(),
-        "date": date,
-        "text": text,
-    });
-    // Telegram echoes inline keyboards only.
-    if let Some(markup) = reply_markup.filter(|m| m.get("inline_keyboard").is_some()) {
-        message["reply_markup"] = markup;
+        .get(&chat_id)
+        .ok_or_else(ApiError::chat_not_found)?;
+    if let Some(to) = chat.migrated_to {
+        return Err(ApiError {
+            migrate_to_chat_id: Some(to),
+            ..ApiError::bad_request("group chat was upgraded to a supergroup chat")
+        });
+    }
+    if inner.faults.is_blocked(chat_id) {
+        return Err(ApiError::blocked());
+    }
+    Ok(())
+}
+
+fn send_message(shared: &Shared, inner: &mut Inner, params: &Params) -> Result<Value, ApiError> {
+    let raw_chat = params
+        .str("chat_id")?
+        .filter(|s| !s.trim().is_empty())
+        .ok_or_else(|| ApiError::bad_request("chat_id is empty"))?;
+    let text = text_param(params)?;
+    check_parse_mode(params)?;
+    let reply_markup = reply_markup_param(params)?;
+    let (reply_to, allow_without) = match params.json("reply_parameters") {
+        None => (
+            params.i64("reply_to_message_id")?,
+            params.bool("allow_sending_without_reply")?.unwrap_or(false),
+        ),
+        Some(Ok(v @ Value::Object(_))) => (
+            v.get("message_id").and_then(Value::as_i64),
+            v.get("allow_sending_without_reply")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+        ),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "can't parse reply parameters JSON object",
+            ))
+        }
+    };
+    let chat_id: i64 = raw_chat
+        .trim()
+        .parse()
+        .map_err(|_| ApiError::chat_not_found())?;
+    target_chat(inner, chat_id)?;
+    let chat = &inner.chats[&chat_id];
+    let replied = match reply_to {
+        Some(id) => match chat.message(id) {
+            Some(entry) => Some(chat.message_object(entry, &shared.bot_user())),
+            None if allow_without => None,
+            None => return Err(ApiError::bad_request("message to be replied not found")),
+        },
+        None => None,
+    };
+    inner
+        .limiter
+        .acquire(chat_id, Instant::now())
+        .map_err(ApiError::too_many_requests)?;
+    let bot = shared.bot_user();
+    let chat = inner.chats.get_mut(&chat_id).expect("checked above");
+    let (entry, duplicate) = chat.append_bot(&text, reply_markup);
+    let entry = entry.clone();
+    let mut message = chat.message_object(&entry, &bot);
+    if let Some(replied) = replied {
+        message["reply_to_message"] = replied;
     }
     inner.stats.messages_from_bot += 1;
+    if duplicate {
+        inner.stats.duplicate_replies += 1;
+    }
+    shared.emit(json!({ "type": "message", "chat_id": chat_id, "message": entry }));
     Ok(message)
+}
+
+fn edit_message_text(
+    shared: &Shared,
+    inner: &mut Inner,
+    params: &Params,
+) -> Result<Value, ApiError> {
+    if params
+        .str("inline_message_id")?
+        .is_some_and(|s| !s.is_empty())
+    {
+        return Err(ApiError::bad_request("MESSAGE_ID_INVALID"));
+    }
+    let chat_id = chat_id_param(params)?;
+    let message_id = params
+        .i64("message_id")?
+        .ok_or_else(|| ApiError::bad_request("message identifier is not specified"))?;
+    let text = text_param(params)?;
+    check_parse_mode(params)?;
+    let reply_markup = reply_markup_param(params)?;
+    target_chat(inner, chat_id)?;
+    let chat = &inner.chats[&chat_id];
+    let entry = chat
+        .message(message_id)
+        .ok_or_else(|| ApiError::bad_request("message to edit not found"))?;
+    if !entry.from_bot {
+        return Err(ApiError::bad_request("message can't be edited"));
+    }
+    if entry.text == text && entry.reply_markup == reply_markup {
+        return Err(ApiError::bad_request(
+            "message is not modified: specified new message content and reply markup are \
+             exactly the same as a current content and reply markup of the message",
+        ));
+    }
+    inner
+        .limiter
+        .acquire(chat_id, Instant::now())
+        .map_err(ApiError::too_many_requests)?;
+    let bot = shared.bot_user();
+    let chat = inner.chats.get_mut(&chat_id).expect("checked above");
+    let entry = chat.message_mut(message_id).expect("checked above");
+    entry.text = text;
+    entry.reply_markup = reply_markup;
+    entry.edit_date = Some(chrono::Utc::now().timestamp());
+    let entry = entry.clone();
+    let message = chat.message_object(&entry, &bot);
+    inner.stats.messages_edited += 1;
+    shared.emit(json!({ "type": "edit", "chat_id": chat_id, "message": entry }));
+    Ok(message)
+}
+
+/// Telegram's chat actions.
+const CHAT_ACTIONS: &[&str] = &[
+    "typing",
+    "upload_photo",
+    "record_video",
+    "upload_video",
+    "record_voice",
+    "upload_voice",
+    "upload_document",
+    "choose_sticker",
+    "find_location",
+    "record_video_note",
+    "upload_video_note",
+];
+
+fn send_chat_action(shared: &Shared, params: &Params) -> Result<Value, ApiError> {
+    let chat_id = chat_id_param(params)?;
+    let action = params.str("action")?.unwrap_or_default();
+    if !CHAT_ACTIONS.contains(&action.as_str()) {
+        return Err(ApiError::bad_request("wrong parameter action in request"));
+    }
+    target_chat(&shared.lock(), chat_id)?;
+    shared.emit(json!({ "type": "chat_action", "chat_id": chat_id, "action": action }));
+    Ok(json!(true))
+}
+
+fn answer_callback_query(shared: &Shared, params: &Params) -> Result<Value, ApiError> {
+    let id = params.str("callback_query_id")?.unwrap_or_default();
+    let text = params.str("text")?.unwrap_or_default();
+    if text.chars().count() > 200 {
+        return Err(ApiError::bad_request("MESSAGE_TOO_LONG"));
+    }
+    let show_alert = params.bool("show_alert")?.unwrap_or(false);
+    let pending = shared.lock().callbacks.remove(&id).ok_or_else(|| {
+        ApiError::bad_request(
+            "query is too old and response timeout expired or query ID is invalid",
+        )
+    })?;
+    shared.emit(json!({
+        "type": "callback_answer", "chat_id": pending.chat_id,
+        "message_id": pending.message_id, "text": text, "show_alert": show_alert,
+    }));
+    Ok(json!(true))
+}
+
+/// The key commands are stored under: the scope (default `{"type":"default"}`) and language.
+fn commands_key(params: &Params) -> Result<String, ApiError> {
+    let scope = match params.json("scope") {
+        None => json!({"type": "default"}),
+        Some(Ok(v @ Value::Object(_))) if v.get("type").is_some_and(Value::is_string) => v,
+        Some(_) => return Err(ApiError::bad_request("can't parse BotCommandScope")),
+    };
+    let language = params.str("language_code")?.unwrap_or_default();
+    if !(language.is_empty()
+        || (language.len() == 2 && language.chars().all(|c| c.is_ascii_lowercase())))
+    {
+        return Err(ApiError::bad_request("invalid language code specified"));
+    }
+    Ok(format!("{scope}|{language}"))
+}
+
+fn set_my_commands(shared: &Shared, params: &Params) -> Result<Value, ApiError> {
+    let commands = match params.json("commands") {
+        Some(Ok(Value::Array(c))) => c,
+        _ => return Err(ApiError::bad_request("can't parse commands JSON object")),
+    };
+    if commands.len() > 100 {
+        return Err(ApiError::bad_request("too many commands specified"));
+    }
+    let mut clean = Vec::new();
+    for c in &commands {
+        let command = c.get("command").and_then(Value::as_str).unwrap_or("");
+        let description = c.get("description").and_then(Value::as_str).unwrap_or("");
+        let command = command.strip_prefix('/').unwrap_or(command);
+        let valid = (1..=32).contains(&command.len())
+            && command
+                .chars()
+                .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_');
+        if !valid {
+            return Err(ApiError::bad_request("BOT_COMMAND_INVALID"));
+        }
+        if !(1..=256).contains(&description.chars().count()) {
+            return Err(ApiError::bad_request("command description is invalid"));
+        }
+        clean.push(json!({"command": command, "description": description}));
+    }
+    let key = commands_key(params)?;
+    shared.lock().commands.insert(key, Value::Array(clean));
+    Ok(json!(true))
+}
+
+fn get_my_commands(shared: &Shared, params: &Params) -> Result<Value, ApiError> {
+    let key = commands_key(params)?;
+    Ok(shared
+        .lock()
+        .commands
+        .get(&key)
+        .cloned()
+        .unwrap_or_else(|| json!([])))
+}
+
+fn delete_my_commands(shared: &Shared, params: &Params) -> Result<Value, ApiError> {
+    let key = commands_key(params)?;
+    shared.lock().commands.remove(&key);
+    Ok(json!(true))
 }
 
 #[cfg(test)]

@@ -5,24 +5,40 @@
 //! `COURIER_DEV=1`) and speaks the Bot API's wire format, so `teloxide-core` talks to it
 //! unchanged (`Bot::new(token).set_api_url(sandbox_url)`).
 //!
-//! - **Bot API**, `/bot<token>/<method>` (GET or POST; parameters in the query string, a JSON
-//!   body or a form body; method names case-insensitive): `getMe`, `setWebhook`,
-//!   `deleteWebhook`, `getWebhookInfo`, `sendMessage`. Any other token gets 401, any other
-//!   method 404, in Telegram's `{"ok":false,"error_code":…,"description":…}` shape.
-//! - **Control API** (JSON): `POST /sandbox/messages` (a user sends a message; the sandbox
-//!   creates the update), `GET /sandbox/chats/{chat_id}/messages` (the transcript),
-//!   `GET /sandbox/stats` (counters, see [`Stats`]), `GET /` (a page to chat by hand),
-//!   `/healthz` and `/readyz`.
+//! - **Bot API**, `/bot<token>/<method>` (GET or POST; parameters in the query string, a JSON,
+//!   form or multipart body; method names case-insensitive): `getMe`, `setWebhook`,
+//!   `deleteWebhook`, `getWebhookInfo`, `getUpdates` (long polling; 409 while a webhook is
+//!   set), `sendMessage` (inline keyboards, `reply_parameters`), `editMessageText`,
+//!   `answerCallbackQuery`, `sendChatAction`, `setMyCommands`/`getMyCommands`/
+//!   `deleteMyCommands`. Errors in Telegram's shape (`ok:false`, `error_code`, `description`,
+//!   `parameters.retry_after` / `parameters.migrate_to_chat_id`).
+//! - **Rate limits** like Telegram's on the sending methods (`sendMessage`,
+//!   `editMessageText`), on by default: 30 calls in any second per bot, 1/s per private chat
+//!   with a burst of 3, 20 per minute per group; past them 429 with `retry_after`.
+//! - **Fault injection** (`/sandbox/faults`, `--fault-*`): shares of 5xx, 429 and dropped
+//!   calls, a delay, a burst of 429s, users who blocked the bot.
+//! - **Control API** (JSON): `POST /sandbox/messages` (a user sends a message),
+//!   `POST /sandbox/callbacks` (a user presses an inline button),
+//!   `GET /sandbox/chats/{chat_id}/messages` (the transcript), `GET /sandbox/chats`,
+//!   `POST /sandbox/chats/{chat_id}/migrate`, `GET|DELETE /sandbox/calls` (the sending calls),
+//!   `GET /sandbox/latency` (each user message's replies and latency),
+//!   `GET /sandbox/stats` (see [`Stats`]), `GET /sandbox/events` (server-sent events),
+//!   `GET /` (the web chat), `/healthz` and `/readyz`.
 //! - **Webhook delivery** like Telegram's: at most `max_connections` deliveries in flight, at
 //!   most one per chat, each chat's updates in creation order, failures retried with backoff
 //!   (100 ms doubling to 5 s) before any later update of the chat.
+//! - **Load generator** ([`load`], `courier-sandbox load`).
 //!
-//! Not emulated yet: `getUpdates`, rate limiting (429), file uploads (multipart), parsing of
-//! `parse_mode` markup into entities, answering a method in the webhook's response body.
+//! The user guide is `docs/SANDBOX.md`. Not emulated: files and media, `parse_mode` markup
+//! parsed into entities (the mode is validated, the text kept as sent), answering a method
+//! in the webhook's response body, inline mode, payments.
 
 mod api;
 mod control;
 mod delivery;
+mod faults;
+mod limits;
+pub mod load;
 mod state;
 
 use std::net::SocketAddr;
@@ -35,8 +51,12 @@ use courier_common::config::{parse_duration, ConfigError, SecretArgs, WebhookSec
 use courier_common::CancellationToken;
 use tokio::task::JoinHandle;
 
+pub use control::MessageLatency;
 pub use delivery::SECRET_HEADER;
-pub use state::{Stats, BOT_FIRST_NAME, BOT_USERNAME};
+pub use faults::{Burst429, FaultArgs, Faults};
+pub use state::{CallRecord, Stats, BOT_FIRST_NAME, BOT_USERNAME, MAX_CALL_LOG};
+
+use limits::LimitConfig;
 
 use state::{Shared, Webhook};
 
@@ -67,6 +87,41 @@ pub struct Config {
     #[arg(long = "webhook-timeout", env = "COURIER_SANDBOX_WEBHOOK_TIMEOUT", default_value = "10s",
           value_parser = parse_duration)]
     pub webhook_timeout: Duration,
+    /// Enforce Telegram's rate limits on sendMessage/editMessageText (429 past them).
+    #[arg(long = "rate-limits", env = "COURIER_SANDBOX_RATE_LIMITS", default_value_t = true,
+          action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    pub rate_limits: bool,
+    /// Bot-wide limit: sending calls accepted in any 1-second window (0: no limit).
+    #[arg(
+        long = "bot-rate",
+        env = "COURIER_SANDBOX_BOT_RATE",
+        default_value_t = 30
+    )]
+    pub bot_rate_per_sec: u32,
+    /// Per private chat: sustained sending calls per second (0: no limit).
+    #[arg(
+        long = "private-chat-rate",
+        env = "COURIER_SANDBOX_PRIVATE_CHAT_RATE",
+        default_value_t = 1
+    )]
+    pub private_chat_rate_per_sec: u32,
+    /// Per private chat: how many calls may come back to back before the rate applies.
+    #[arg(
+        long = "private-chat-burst",
+        env = "COURIER_SANDBOX_PRIVATE_CHAT_BURST",
+        default_value_t = 3
+    )]
+    pub private_chat_burst: u32,
+    /// Per group chat: sending calls accepted in any 60-second window (0: no limit).
+    #[arg(
+        long = "group-rate",
+        env = "COURIER_SANDBOX_GROUP_RATE",
+        default_value_t = 20
+    )]
+    pub group_rate_per_min: u32,
+    /// Faults in force from the start (see `POST /sandbox/faults`).
+    #[command(flatten)]
+    pub faults: FaultArgs,
 }
 
 impl Config {
@@ -85,6 +140,22 @@ impl Config {
                 webhook_secret: None,
             },
             webhook_timeout: Duration::from_secs(10),
+            rate_limits: true,
+            bot_rate_per_sec: 30,
+            private_chat_rate_per_sec: 1,
+            private_chat_burst: 3,
+            group_rate_per_min: 20,
+            faults: FaultArgs::default(),
+        }
+    }
+
+    fn limit_config(&self) -> LimitConfig {
+        LimitConfig {
+            enabled: self.rate_limits,
+            bot_per_sec: self.bot_rate_per_sec,
+            private_per_sec: self.private_chat_rate_per_sec,
+            private_burst: self.private_chat_burst,
+            group_per_min: self.group_rate_per_min,
         }
     }
 
@@ -104,6 +175,9 @@ pub enum Error {
     /// A configuration value is missing or wrong.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// A `--fault-*` flag is out of range.
+    #[error("fault flags: {0}")]
+    Faults(String),
     /// `COURIER_SANDBOX_WEBHOOK_URL` is not an http(s) URL.
     #[error("COURIER_SANDBOX_WEBHOOK_URL: `{0}` is not an http or https URL")]
     WebhookUrl(String),
@@ -155,6 +229,7 @@ impl Sandbox {
 /// when `shutdown` is cancelled: serving stops gracefully, deliveries in flight are abandoned.
 pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Sandbox, Error> {
     let token = config.secrets.bot_token()?;
+    let faults = config.faults.to_faults().map_err(Error::Faults)?;
     let webhook = match config.webhook_url.as_deref().map(str::trim) {
         None | Some("") => None,
         Some(raw) => Some(startup_webhook(raw, &config)?),
@@ -172,13 +247,16 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Sandbo
         .local_addr()
         .map_err(|source| Error::Bind { addr, source })?;
 
+    let stop = shutdown.child_token();
     let shared = Arc::new(Shared::new(
         token.expose().to_owned(),
         token.bot_id(),
         webhook,
+        config.limit_config(),
+        faults,
+        stop.clone(),
     ));
     let app = router(shared.clone());
-    let stop = shutdown.child_token();
     let server = {
         let stop = stop.clone();
         async move {
@@ -241,6 +319,21 @@ fn router(shared: Arc<Shared>) -> Router {
             "/sandbox/chats/{chat_id}/messages",
             get(control::transcript),
         )
+        .route("/sandbox/chats/{chat_id}/migrate", post(control::migrate))
+        .route("/sandbox/chats", get(control::chats))
+        .route("/sandbox/callbacks", post(control::post_callback))
+        .route(
+            "/sandbox/faults",
+            get(control::get_faults)
+                .post(control::post_faults)
+                .delete(control::delete_faults),
+        )
+        .route(
+            "/sandbox/calls",
+            get(control::get_calls).delete(control::delete_calls),
+        )
+        .route("/sandbox/latency", get(control::latency))
+        .route("/sandbox/events", get(control::events))
         .route("/sandbox/stats", get(control::stats))
         .route("/{token}/{method}", any(api::handle))
         .fallback(api::not_found)

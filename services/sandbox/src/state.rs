@@ -2,15 +2,20 @@
 //! the counters. One mutex guards it all; it is never held across an `.await`.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
 use courier_common::backoff::Backoff;
+use courier_common::CancellationToken;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use tokio::sync::Notify;
+use tokio::sync::{broadcast, watch, Notify};
 use tokio::time::Instant;
+
+use crate::faults::Faults;
+use crate::limits::{LimitConfig, Limiter};
 
 /// The emulated bot's username.
 pub const BOT_USERNAME: &str = "courier_sandbox_bot";
@@ -24,8 +29,12 @@ const RETRY_BASE: Duration = Duration::from_millis(100);
 /// Largest retry delay of a failed webhook delivery.
 const RETRY_CAP: Duration = Duration::from_secs(5);
 
+/// Most entries `GET /sandbox/calls` keeps (the oldest are forgotten first).
+pub const MAX_CALL_LOG: usize = 100_000;
+
 /// Counters of the sandbox, as `GET /sandbox/stats` returns them.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Stats {
     /// Updates created through the control API.
     pub updates_created: u64,
@@ -37,8 +46,19 @@ pub struct Stats {
     pub messages_from_bot: u64,
     /// Webhook deliveries that failed (non-2xx, timeout, connection error).
     pub webhook_failures: u64,
-    /// Bot API calls answered with 429 (always 0: the sandbox does not rate-limit yet).
+    /// Bot API calls answered with 429 (rate limits and injected 429s).
     pub responses_429: u64,
+    /// Sending calls answered by an injected fault (error, 429 or drop).
+    pub faults_injected: u64,
+    /// Sending calls dropped (never answered) by fault injection.
+    pub calls_dropped: u64,
+    /// Messages the bot edited (`editMessageText` successes).
+    pub messages_edited: u64,
+    /// Callback queries created by pressing inline buttons.
+    pub callback_queries: u64,
+    /// Bot replies correlated with a user message that already had one (see
+    /// `GET /sandbox/latency`).
+    pub duplicate_replies: u64,
     /// Updates created and not delivered yet (including those being delivered).
     pub pending_updates: u64,
     /// Webhook deliveries in flight right now.
@@ -74,13 +94,38 @@ impl ChatType {
     }
 }
 
-/// One line of a chat's transcript.
+/// One line of a chat's transcript, as `GET /sandbox/chats/{id}/messages` returns it.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct TranscriptEntry {
     pub message_id: i64,
     pub from_bot: bool,
     pub text: String,
+    /// Unix time in seconds (Telegram's `date`).
     pub date: i64,
+    /// Unix time in milliseconds: when the user's update was created, or when the bot's
+    /// `sendMessage` was accepted.
+    pub at_unix_ms: i64,
+    /// The user who sent it (user messages).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<i64>,
+    /// The inline keyboard of a bot message.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reply_markup: Option<Value>,
+    /// Bot messages: the user message this reply is counted for (the chat's oldest user
+    /// message without a reply, or the last one when all have one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<i64>,
+    /// User messages: how many bot replies were counted for it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replies: Option<u32>,
+    /// User messages: milliseconds from the update's creation to its first reply.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<f64>,
+    /// Unix time of the last edit (bot messages).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub edit_date: Option<i64>,
+    #[serde(skip)]
+    created: Option<Instant>,
 }
 
 /// A chat the sandbox knows.
@@ -88,8 +133,18 @@ pub(crate) struct Chat {
     pub kind: ChatType,
     /// The Telegram `Chat` object.
     pub object: Value,
-    last_message_id: i64,
+    /// Set when a group was upgraded to a supergroup: its new id.
+    pub migrated_to: Option<i64>,
     pub transcript: Vec<TranscriptEntry>,
+    /// User messages without a reply yet, oldest first (indexes into the transcript).
+    unanswered: VecDeque<usize>,
+    /// The user message the last reply was counted for.
+    last_answered: Option<usize>,
+}
+
+/// Unix time now, in milliseconds.
+pub(crate) fn now_unix_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
 }
 
 impl Chat {
@@ -97,22 +152,141 @@ impl Chat {
         Self {
             kind,
             object,
-            last_message_id: 0,
+            migrated_to: None,
             transcript: Vec::new(),
+            unanswered: VecDeque::new(),
+            last_answered: None,
         }
     }
 
-    /// Appends a message; message ids are per chat, shared by the users and the bot.
-    pub(crate) fn append(&mut self, from_bot: bool, text: &str, date: i64) -> i64 {
-        self.last_message_id += 1;
+    fn push(&mut self, from_bot: bool, text: &str) -> &mut TranscriptEntry {
+        let at_unix_ms = now_unix_ms();
         self.transcript.push(TranscriptEntry {
-            message_id: self.last_message_id,
+            // Message ids are per chat, shared by the users and the bot, from 1.
+            message_id: self.transcript.len() as i64 + 1,
             from_bot,
             text: text.to_owned(),
-            date,
+            date: at_unix_ms.div_euclid(1000),
+            at_unix_ms,
+            user_id: None,
+            reply_markup: None,
+            reply_to: None,
+            replies: None,
+            latency_ms: None,
+            edit_date: None,
+            created: None,
         });
-        self.last_message_id
+        self.transcript.last_mut().expect("just pushed")
     }
+
+    /// Appends a user's message; it waits for its reply.
+    pub(crate) fn append_user(&mut self, user_id: i64, text: &str) -> &TranscriptEntry {
+        let index = self.transcript.len();
+        let entry = self.push(false, text);
+        entry.user_id = Some(user_id);
+        entry.replies = Some(0);
+        entry.created = Some(Instant::now());
+        self.unanswered.push_back(index);
+        &self.transcript[index]
+    }
+
+    /// Appends a bot message and counts it as the reply to the chat's oldest unanswered user
+    /// message (the bot answers a chat in order); returns it and whether it was a duplicate
+    /// (every user message already had its reply).
+    pub(crate) fn append_bot(
+        &mut self,
+        text: &str,
+        reply_markup: Option<Value>,
+    ) -> (&TranscriptEntry, bool) {
+        let now = Instant::now();
+        let (target, duplicate) = match self.unanswered.pop_front() {
+            Some(i) => (Some(i), false),
+            None => (self.last_answered, self.last_answered.is_some()),
+        };
+        if let Some(i) = target {
+            self.last_answered = Some(i);
+            let user = &mut self.transcript[i];
+            user.replies = Some(user.replies.unwrap_or(0) + 1);
+            if user.latency_ms.is_none() {
+                if let Some(created) = user.created {
+                    user.latency_ms = Some(now.duration_since(created).as_secs_f64() * 1000.0);
+                }
+            }
+        }
+        let reply_to = target.map(|i| self.transcript[i].message_id);
+        let entry = self.push(true, text);
+        entry.reply_markup = reply_markup;
+        entry.reply_to = reply_to;
+        (entry, duplicate)
+    }
+
+    /// A message of the chat by id.
+    pub(crate) fn message(&self, message_id: i64) -> Option<&TranscriptEntry> {
+        usize::try_from(message_id.checked_sub(1)?)
+            .ok()
+            .and_then(|i| self.transcript.get(i))
+    }
+
+    /// A message of the chat by id, to change it.
+    pub(crate) fn message_mut(&mut self, message_id: i64) -> Option<&mut TranscriptEntry> {
+        usize::try_from(message_id.checked_sub(1)?)
+            .ok()
+            .and_then(|i| self.transcript.get_mut(i))
+    }
+
+    /// A message as a Telegram `Message` object; `bot` is the bot's `User`.
+    pub(crate) fn message_object(&self, entry: &TranscriptEntry, bot: &Value) -> Value {
+        let from = if entry.from_bot {
+            bot.clone()
+        } else {
+            let mut from = json!({
+                "id": entry.user_id.unwrap_or(0),
+                "is_bot": false,
+                "first_name": self.object.get("first_name").cloned().unwrap_or(json!("User")),
+            });
+            if self.kind != ChatType::Private {
+                from["first_name"] = json!("User");
+            }
+            from
+        };
+        let mut message = json!({
+            "message_id": entry.message_id,
+            "from": from,
+            "chat": self.object.clone(),
+            "date": entry.date,
+            "text": entry.text,
+        });
+        if let Some(markup) = &entry.reply_markup {
+            message["reply_markup"] = markup.clone();
+        }
+        if let Some(edit_date) = entry.edit_date {
+            message["edit_date"] = json!(edit_date);
+        }
+        message
+    }
+}
+
+/// One Bot API sending call, as `GET /sandbox/calls` lists it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CallRecord {
+    /// The method, as Telegram spells it (`sendMessage`, `editMessageText`).
+    pub method: String,
+    /// The `chat_id` parameter (0 when missing or not a number).
+    pub chat_id: i64,
+    /// When the sandbox decided the call (after any injected delay), Unix milliseconds.
+    pub at_unix_ms: i64,
+    /// The HTTP status answered; 0 for a call dropped by fault injection.
+    pub status: u16,
+    /// The `text` parameter.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+}
+
+/// A callback query the bot has not answered yet.
+#[derive(Debug, Clone)]
+pub(crate) struct PendingCallback {
+    pub chat_id: i64,
+    pub message_id: i64,
 }
 
 /// Where updates go.
@@ -162,6 +336,17 @@ pub(crate) struct Inner {
     /// Unix time and message of the last failed delivery.
     pub last_error: Option<(i64, String)>,
     pub stats: Stats,
+    /// The update kinds to create (`allowed_updates` of setWebhook/getUpdates); `None`: all.
+    pub allowed_updates: Option<Vec<String>>,
+    pub faults: Faults,
+    pub limiter: Limiter,
+    /// The sending calls, oldest first.
+    pub calls: VecDeque<CallRecord>,
+    /// Bot commands by scope and language (`setMyCommands`).
+    pub commands: HashMap<String, Value>,
+    /// Callback queries not answered yet, by id.
+    pub callbacks: HashMap<String, PendingCallback>,
+    last_callback_id: u64,
 }
 
 impl Inner {
@@ -169,6 +354,64 @@ impl Inner {
     pub(crate) fn next_update_id(&mut self) -> i64 {
         self.last_update_id += 1;
         self.last_update_id
+    }
+
+    /// A new callback query id.
+    pub(crate) fn next_callback_id(&mut self) -> String {
+        self.last_callback_id += 1;
+        format!("{}", 4_000_000_000_000_000_000u64 + self.last_callback_id)
+    }
+
+    /// Whether updates of this kind (`message`, `callback_query`) are created.
+    pub(crate) fn allows(&self, kind: &str) -> bool {
+        self.allowed_updates
+            .as_ref()
+            .is_none_or(|kinds| kinds.is_empty() || kinds.iter().any(|k| k == kind))
+    }
+
+    /// Records a sending call.
+    pub(crate) fn log_call(&mut self, record: CallRecord) {
+        if self.calls.len() >= MAX_CALL_LOG {
+            self.calls.pop_front();
+        }
+        self.calls.push_back(record);
+    }
+
+    /// `getUpdates`: forgets the updates before `offset` (a negative offset keeps only the
+    /// last `-offset`), then returns up to `limit` of the rest, oldest first.
+    pub(crate) fn poll(&mut self, offset: Option<i64>, limit: usize) -> Vec<Bytes> {
+        let confirm_below = match offset {
+            Some(o) if o > 0 => Some(o),
+            Some(o) if o < 0 => {
+                let mut ids: Vec<i64> = self
+                    .queues
+                    .values()
+                    .flat_map(|q| q.updates.iter().map(|u| u.update_id))
+                    .collect();
+                ids.sort_unstable();
+                let keep = o.unsigned_abs().min(ids.len() as u64) as usize;
+                ids.get(ids.len() - keep).copied().or(Some(i64::MAX))
+            }
+            _ => None,
+        };
+        if let Some(below) = confirm_below {
+            let mut removed = 0;
+            self.queues.retain(|_, q| {
+                while q.updates.front().is_some_and(|u| u.update_id < below) {
+                    q.updates.pop_front();
+                    removed += 1;
+                }
+                !q.updates.is_empty() || q.in_flight || q.waiting
+            });
+            self.pending = self.pending.saturating_sub(removed);
+        }
+        let mut all: Vec<(i64, Bytes)> = self
+            .queues
+            .values()
+            .flat_map(|q| q.updates.iter().map(|u| (u.update_id, u.body.clone())))
+            .collect();
+        all.sort_unstable_by_key(|(id, _)| *id);
+        all.into_iter().take(limit).map(|(_, b)| b).collect()
     }
 
     /// Queues an update of a chat for delivery.
@@ -309,19 +552,53 @@ pub(crate) struct Shared {
     inner: Mutex<Inner>,
     /// Wakes the delivery loop (updates queued, webhook changed).
     pub wake: Notify,
+    /// Bumped when an update is queued or a getUpdates call starts (wakes long polls).
+    pub updates: watch::Sender<u64>,
+    /// The newest getUpdates call; an older one still waiting ends with 409.
+    pub poll_generation: AtomicU64,
+    /// Live events for the web page (`GET /sandbox/events`).
+    pub events: broadcast::Sender<Value>,
+    /// Cancelled when the sandbox stops (ends held calls).
+    pub stop: CancellationToken,
 }
 
 impl Shared {
-    pub(crate) fn new(token: String, bot_id: i64, webhook: Option<Webhook>) -> Self {
+    pub(crate) fn new(
+        token: String,
+        bot_id: i64,
+        webhook: Option<Webhook>,
+        limits: LimitConfig,
+        faults: Faults,
+        stop: CancellationToken,
+    ) -> Self {
         Self {
             token,
             bot_id,
             inner: Mutex::new(Inner {
                 webhook,
+                faults,
+                limiter: Limiter::new(limits),
                 ..Inner::default()
             }),
             wake: Notify::new(),
+            updates: watch::channel(0).0,
+            poll_generation: AtomicU64::new(0),
+            events: broadcast::channel(4096).0,
+            stop,
         }
+    }
+
+    /// Sends a live event to the web pages listening, if any.
+    pub(crate) fn emit(&self, event: Value) {
+        if self.events.receiver_count() > 0 {
+            let _ = self.events.send(event);
+        }
+    }
+
+    /// Wakes the delivery loop and long polls after an update was queued.
+    pub(crate) fn updates_queued(&self) {
+        self.wake.notify_one();
+        self.updates.send_modify(|n| *n += 1);
     }
 
     /// Locks the state (a poisoned lock is still usable: every update of it is a few

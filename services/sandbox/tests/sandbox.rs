@@ -716,3 +716,644 @@ async fn teloxide_core_understands_the_sandbox() -> Result<(), Box<dyn std::erro
     h.stop().await;
     Ok(())
 }
+
+impl Harness {
+    async fn control(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.sandbox.url()));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let res = req.send().await.unwrap();
+        (res.status().as_u16(), res.json().await.unwrap())
+    }
+
+    async fn calls(&self) -> Vec<courier_sandbox::CallRecord> {
+        let (status, body) = self
+            .control(reqwest::Method::GET, "/sandbox/calls", None)
+            .await;
+        assert_eq!(status, 200);
+        serde_json::from_value(body).unwrap()
+    }
+}
+
+fn assert_429(got: &(u16, Value), retry_after: u64) {
+    assert_eq!(got.0, 429, "{}", got.1);
+    assert_eq!(
+        got.1,
+        json!({"ok": false, "error_code": 429,
+               "description": format!("Too Many Requests: retry after {retry_after}"),
+               "parameters": {"retry_after": retry_after}})
+    );
+}
+
+#[tokio::test]
+async fn private_chats_get_a_burst_of_three_then_429_with_retry_after() {
+    let h = Harness::dev().await;
+    h.say(42, "hi").await;
+    for i in 0..3 {
+        let (status, body) = h
+            .call(
+                "sendMessage",
+                json!({"chat_id": 42, "text": format!("r{i}")}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let refused = h
+        .call("sendMessage", json!({"chat_id": 42, "text": "r3"}))
+        .await;
+    assert_429(&refused, 1);
+    // getMe is not a sending method: never limited.
+    for _ in 0..5 {
+        assert_eq!(h.call("getMe", json!({})).await.0, 200);
+    }
+    let stats = h.stats().await;
+    assert_eq!(stats.responses_429, 1);
+    assert_eq!(stats.messages_from_bot, 3);
+    let calls = h.calls().await;
+    let got: Vec<_> = calls
+        .iter()
+        .map(|c| {
+            (
+                c.method.as_str(),
+                c.chat_id,
+                c.status,
+                c.text.clone().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("sendMessage", 42, 200, "r0".to_owned()),
+            ("sendMessage", 42, 200, "r1".to_owned()),
+            ("sendMessage", 42, 200, "r2".to_owned()),
+            ("sendMessage", 42, 429, "r3".to_owned()),
+        ]
+    );
+    assert!(calls.windows(2).all(|w| w[0].at_unix_ms <= w[1].at_unix_ms));
+    let (status, _) = h
+        .control(reqwest::Method::DELETE, "/sandbox/calls", None)
+        .await;
+    assert_eq!(status, 200);
+    assert!(h.calls().await.is_empty());
+    // The transcript has the three replies only.
+    let (_, transcript) = h.transcript(42).await;
+    assert_eq!(transcript.as_array().unwrap().len(), 4);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn bot_wide_limit_and_groups_and_switching_limits_off() {
+    let h = Harness::dev().await;
+    for chat in 1..=40 {
+        h.say(chat, "hi").await;
+    }
+    let mut statuses = Vec::new();
+    for chat in 1..=40 {
+        statuses.push(
+            h.call("sendMessage", json!({"chat_id": chat, "text": "x"}))
+                .await
+                .0,
+        );
+    }
+    // Sent well within a second on any machine that runs the tests at all; if not, fewer
+    // than 10 are refused, but never more than 30 pass in one second.
+    let passed = statuses.iter().filter(|s| **s == 200).count();
+    assert!(passed <= 30, "{passed} passed");
+    assert!(statuses.iter().all(|s| *s == 200 || *s == 429));
+    let calls = h.calls().await;
+    let accepted: Vec<i64> = calls
+        .iter()
+        .filter(|c| c.status == 200)
+        .map(|c| c.at_unix_ms)
+        .collect();
+    for (i, t) in accepted.iter().enumerate() {
+        assert!(accepted[i..].iter().take_while(|u| **u < t + 1000).count() <= 30);
+    }
+
+    h.say(-7, "group hi").await;
+    let mut group = Vec::new();
+    for i in 0..21 {
+        group.push(
+            h.call(
+                "sendMessage",
+                json!({"chat_id": -7, "text": format!("g{i}")}),
+            )
+            .await,
+        );
+    }
+    // The bot-wide window may refuse some; the 21st in a minute is refused by the group's.
+    let group_ok = group.iter().filter(|g| g.0 == 200).count();
+    assert!(group_ok <= 20);
+    let last = group.last().unwrap();
+    assert_eq!(last.0, 429);
+    h.stop().await;
+
+    let mut config = Config::dev();
+    config.rate_limits = false;
+    let h = Harness::start(config).await;
+    h.say(5, "hi").await;
+    for _ in 0..50 {
+        assert_eq!(
+            h.call("sendMessage", json!({"chat_id": 5, "text": "x"}))
+                .await
+                .0,
+            200
+        );
+    }
+    assert_eq!(h.stats().await.responses_429, 0);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn injected_faults_are_answered_logged_and_not_sent() {
+    let h = Harness::dev().await;
+    h.say(42, "hi").await;
+    h.say(43, "hi").await;
+    let (status, faults) = h
+        .control(
+            reqwest::Method::POST,
+            "/sandbox/faults",
+            Some(json!({"burst_429": {"count": 2, "retry_after": 5}, "blocked_users": [43]})),
+        )
+        .await;
+    assert_eq!(status, 200, "{faults}");
+    assert_eq!(faults["burst_429"], json!({"count": 2, "retry_after": 5}));
+    assert_429(
+        &h.call("sendMessage", json!({"chat_id": 42, "text": "a"}))
+            .await,
+        5,
+    );
+    assert_429(
+        &h.call("sendMessage", json!({"chat_id": 42, "text": "b"}))
+            .await,
+        5,
+    );
+    assert_eq!(
+        h.call("sendMessage", json!({"chat_id": 42, "text": "c"}))
+            .await
+            .0,
+        200
+    );
+    assert_error(
+        h.call("sendMessage", json!({"chat_id": 43, "text": "d"}))
+            .await,
+        403,
+        "Forbidden: bot was blocked by the user",
+    );
+
+    let (_, faults) = h
+        .control(
+            reqwest::Method::POST,
+            "/sandbox/faults",
+            Some(json!({"error_rate": 1.0})),
+        )
+        .await;
+    assert_eq!(faults["error_rate"], 1.0);
+    assert_eq!(
+        faults["blocked_users"],
+        json!([43]),
+        "a patch keeps the rest"
+    );
+    assert_error(
+        h.call("sendMessage", json!({"chat_id": 42, "text": "e"}))
+            .await,
+        500,
+        "Internal Server Error",
+    );
+    h.control(
+        reqwest::Method::POST,
+        "/sandbox/faults",
+        Some(json!({"error_rate": 0.0, "retry_after_rate": 1.0, "retry_after": 2})),
+    )
+    .await;
+    assert_429(
+        &h.call("sendMessage", json!({"chat_id": 42, "text": "f"}))
+            .await,
+        2,
+    );
+    let (status, _) = h
+        .control(
+            reqwest::Method::POST,
+            "/sandbox/faults",
+            Some(json!({"drop_rate": 2})),
+        )
+        .await;
+    assert_eq!(status, 400);
+
+    let (_, faults) = h
+        .control(reqwest::Method::DELETE, "/sandbox/faults", None)
+        .await;
+    assert_eq!(faults["retry_after_rate"], 0.0);
+    assert_eq!(faults["blocked_users"], json!([]));
+    let (_, got) = h
+        .control(reqwest::Method::GET, "/sandbox/faults", None)
+        .await;
+    assert_eq!(got, faults);
+    assert_eq!(
+        h.call("sendMessage", json!({"chat_id": 43, "text": "g"}))
+            .await
+            .0,
+        200
+    );
+
+    let statuses: Vec<_> = h.calls().await.iter().map(|c| c.status).collect();
+    assert_eq!(statuses, vec![429, 429, 200, 403, 500, 429, 200]);
+    let stats = h.stats().await;
+    assert_eq!(stats.messages_from_bot, 2, "faulted calls are not sent");
+    assert_eq!(stats.responses_429, 3);
+    assert_eq!(stats.faults_injected, 4);
+    let (_, t) = h.transcript(42).await;
+    let texts: Vec<_> = t
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].clone())
+        .collect();
+    assert_eq!(texts, vec![json!("hi"), json!("c")]);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn dropped_calls_are_never_answered_and_delay_slows_every_call() {
+    let mut config = Config::dev();
+    config.faults.drop_rate = Some(1.0);
+    let h = Harness::start(config).await;
+    h.say(42, "hi").await;
+    let res = h
+        .http
+        .post(h.method_url("sendMessage"))
+        .timeout(Duration::from_millis(300))
+        .json(&json!({"chat_id": 42, "text": "lost"}))
+        .send()
+        .await;
+    assert!(res.is_err_and(|e| e.is_timeout()));
+    let stats = h.stats().await;
+    assert_eq!((stats.calls_dropped, stats.messages_from_bot), (1, 0));
+    assert_eq!(h.calls().await[0].status, 0);
+
+    h.control(
+        reqwest::Method::POST,
+        "/sandbox/faults",
+        Some(json!({"drop_rate": 0.0, "delay_ms": 200})),
+    )
+    .await;
+    let started = std::time::Instant::now();
+    assert_eq!(h.call("getMe", json!({})).await.0, 200);
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn get_updates_long_polls_confirms_and_conflicts_with_a_webhook() {
+    let h = Harness::dev().await;
+    let (status, body) = h.call("getUpdates", json!({})).await;
+    assert_eq!((status, body), (200, json!({"ok": true, "result": []})));
+
+    // A long poll returns as soon as an update is created.
+    let poll = {
+        let http = h.http.clone();
+        let url = h.method_url("getUpdates");
+        tokio::spawn(async move {
+            let res = http
+                .post(url)
+                .json(&json!({"timeout": 20}))
+                .send()
+                .await
+                .unwrap();
+            (res.status().as_u16(), res.json::<Value>().await.unwrap())
+        })
+    };
+    // The poll must have started before the update for this to test the wait; either way
+    // the update must come back.
+    let started = std::time::Instant::now();
+    h.say(5, "one").await;
+    let (status, body) = tokio::time::timeout(DEADLINE, poll).await.unwrap().unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["result"][0]["update_id"], 1);
+    assert_eq!(body["result"][0]["message"]["text"], "one");
+    assert!(started.elapsed() < Duration::from_secs(15));
+
+    h.say(6, "two").await;
+    h.say(5, "three").await;
+    let (_, body) = h.call("getUpdates", json!({"limit": 2})).await;
+    let ids: Vec<_> = body["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["update_id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, vec![1, 2]);
+    let (_, body) = h.call("getUpdates", json!({"offset": 2})).await;
+    let ids: Vec<_> = body["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["update_id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, vec![2, 3]);
+    assert_eq!(h.stats().await.pending_updates, 2, "update 1 confirmed");
+    let (_, body) = h.call("getUpdates", json!({"offset": -1})).await;
+    assert_eq!(body["result"].as_array().unwrap().len(), 1);
+    assert_eq!(body["result"][0]["update_id"], 3);
+
+    // A newer getUpdates call ends an older long poll with 409.
+    let older = {
+        let http = h.http.clone();
+        let url = h.method_url("getUpdates");
+        tokio::spawn(async move {
+            let res = http
+                .post(url)
+                .json(&json!({"offset": 4, "timeout": 30}))
+                .send()
+                .await
+                .unwrap();
+            (res.status().as_u16(), res.json::<Value>().await.unwrap())
+        })
+    };
+    // Keep polling until the older one has been terminated.
+    let got = tokio::time::timeout(DEADLINE, async {
+        loop {
+            h.call("getUpdates", json!({"offset": 4})).await;
+            if older.is_finished() {
+                return older.await.unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(got.0, 409, "{}", got.1);
+    assert!(got.1["description"]
+        .as_str()
+        .unwrap()
+        .starts_with("Conflict: terminated by other getUpdates request"));
+
+    h.call("setWebhook", json!({"url": "http://127.0.0.1:9/hook"}))
+        .await;
+    assert_error(
+        h.call("getUpdates", json!({})).await,
+        409,
+        "Conflict: can't use getUpdates method while webhook is active; use deleteWebhook to delete the webhook first",
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn inline_buttons_callbacks_edits_and_answers() {
+    let h = Harness::dev().await;
+    h.say(42, "menu").await;
+    let markup = json!({"inline_keyboard": [[{"text": "Yes", "callback_data": "yes"},
+                                             {"text": "Docs", "url": "https://core.telegram.org"}]]});
+    let (status, sent) = h
+        .call(
+            "sendMessage",
+            json!({"chat_id": 42, "text": "Sure?", "reply_markup": markup,
+                   "reply_parameters": {"message_id": 1}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{sent}");
+    assert_eq!(sent["result"]["reply_markup"], markup);
+    assert_eq!(sent["result"]["reply_to_message"]["text"], "menu");
+    let bot_message = sent["result"]["message_id"].as_i64().unwrap();
+
+    // Pressing a button that is not there is refused.
+    let (status, _) = h
+        .control(
+            reqwest::Method::POST,
+            "/sandbox/callbacks",
+            Some(json!({"chat_id": 42, "message_id": bot_message, "user_id": 42, "data": "no"})),
+        )
+        .await;
+    assert_eq!(status, 400);
+    let (status, pressed) = h
+        .control(
+            reqwest::Method::POST,
+            "/sandbox/callbacks",
+            Some(json!({"chat_id": 42, "message_id": bot_message, "user_id": 42, "data": "yes"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{pressed}");
+    let (_, updates) = h.call("getUpdates", json!({"offset": 2})).await;
+    let cq = &updates["result"][0]["callback_query"];
+    assert_eq!(cq["data"], "yes");
+    assert_eq!(cq["from"]["id"], 42);
+    assert_eq!(cq["message"]["message_id"], bot_message);
+    assert_eq!(cq["message"]["reply_markup"], markup);
+    assert_eq!(cq["id"], pressed["callback_query_id"]);
+
+    let (status, body) = h
+        .call(
+            "answerCallbackQuery",
+            json!({"callback_query_id": cq["id"], "text": "Done"}),
+        )
+        .await;
+    assert_eq!((status, body["result"].clone()), (200, json!(true)));
+    assert_error(
+        h.call(
+            "answerCallbackQuery",
+            json!({"callback_query_id": cq["id"]}),
+        )
+        .await,
+        400,
+        "Bad Request: query is too old and response timeout expired or query ID is invalid",
+    );
+
+    let (status, edited) = h
+        .call(
+            "editMessageText",
+            json!({"chat_id": 42, "message_id": bot_message, "text": "Confirmed"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{edited}");
+    assert_eq!(edited["result"]["text"], "Confirmed");
+    assert!(edited["result"]["edit_date"].is_i64());
+    assert!(
+        edited["result"].get("reply_markup").is_none(),
+        "markup removed"
+    );
+    assert_error(
+        h.call(
+            "editMessageText",
+            json!({"chat_id": 42, "message_id": bot_message, "text": "Confirmed"}),
+        )
+        .await,
+        400,
+        "Bad Request: message is not modified: specified new message content and reply markup are exactly the same as a current content and reply markup of the message",
+    );
+    assert_error(
+        h.call(
+            "editMessageText",
+            json!({"chat_id": 42, "message_id": 99, "text": "x"}),
+        )
+        .await,
+        400,
+        "Bad Request: message to edit not found",
+    );
+    assert_error(
+        h.call(
+            "editMessageText",
+            json!({"chat_id": 42, "message_id": 1, "text": "x"}),
+        )
+        .await,
+        400,
+        "Bad Request: message can't be edited",
+    );
+    assert_error(
+        h.call(
+            "sendMessage",
+            json!({"chat_id": 42, "text": "x", "reply_parameters": {"message_id": 77}}),
+        )
+        .await,
+        400,
+        "Bad Request: message to be replied not found",
+    );
+    assert_error(
+        h.call(
+            "sendMessage",
+            json!({"chat_id": 42, "text": "x",
+                   "reply_markup": {"inline_keyboard": [[{"text": "bare"}]]}}),
+        )
+        .await,
+        400,
+        "Bad Request: can't parse inline keyboard button: Text buttons are unallowed in the inline keyboard",
+    );
+    let (_, t) = h.transcript(42).await;
+    assert_eq!(t[1]["text"], "Confirmed");
+    assert_eq!(h.stats().await.messages_edited, 1);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn chat_actions_commands_and_migrated_groups() {
+    let h = Harness::dev().await;
+    h.say(42, "hi").await;
+    let (status, body) = h
+        .call("sendChatAction", json!({"chat_id": 42, "action": "typing"}))
+        .await;
+    assert_eq!((status, body["result"].clone()), (200, json!(true)));
+    assert_error(
+        h.call(
+            "sendChatAction",
+            json!({"chat_id": 42, "action": "dancing"}),
+        )
+        .await,
+        400,
+        "Bad Request: wrong parameter action in request",
+    );
+    assert_error(
+        h.call("sendChatAction", json!({"chat_id": 1, "action": "typing"}))
+            .await,
+        400,
+        "Bad Request: chat not found",
+    );
+
+    let commands = json!([{"command": "start", "description": "Start"},
+                          {"command": "history", "description": "Your notes"}]);
+    assert_eq!(
+        h.call("getMyCommands", json!({})).await.1["result"],
+        json!([])
+    );
+    let (status, _) = h.call("setMyCommands", json!({"commands": commands})).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        h.call("getMyCommands", json!({})).await.1["result"],
+        commands
+    );
+    assert_eq!(
+        h.call("getMyCommands", json!({"language_code": "de"}))
+            .await
+            .1["result"],
+        json!([])
+    );
+    assert_error(
+        h.call(
+            "setMyCommands",
+            json!({"commands": [{"command": "Bad Cmd", "description": "x"}]}),
+        )
+        .await,
+        400,
+        "Bad Request: BOT_COMMAND_INVALID",
+    );
+    h.call("deleteMyCommands", json!({})).await;
+    assert_eq!(
+        h.call("getMyCommands", json!({})).await.1["result"],
+        json!([])
+    );
+
+    h.say(-55, "hello group").await;
+    let (status, migrated) = h
+        .control(reqwest::Method::POST, "/sandbox/chats/-55/migrate", None)
+        .await;
+    assert_eq!(status, 200);
+    let to = migrated["migrate_to_chat_id"].as_i64().unwrap();
+    let (status, body) = h
+        .call("sendMessage", json!({"chat_id": -55, "text": "x"}))
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        body,
+        json!({"ok": false, "error_code": 400,
+               "description": "Bad Request: group chat was upgraded to a supergroup chat",
+               "parameters": {"migrate_to_chat_id": to}})
+    );
+    assert_eq!(
+        h.call("sendMessage", json!({"chat_id": to, "text": "x"}))
+            .await
+            .0,
+        200
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn replies_are_correlated_for_latency() {
+    let h = Harness::dev().await;
+    let since = chrono::Utc::now().timestamp_millis();
+    h.say(42, "a").await;
+    h.say(42, "b").await;
+    h.call("sendMessage", json!({"chat_id": 42, "text": "re a"}))
+        .await;
+    h.call("sendMessage", json!({"chat_id": 42, "text": "re b"}))
+        .await;
+    h.call("sendMessage", json!({"chat_id": 42, "text": "re b again"}))
+        .await;
+    let (_, t) = h.transcript(42).await;
+    let reply_to: Vec<_> = t
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["reply_to"].clone())
+        .collect();
+    assert_eq!(
+        reply_to,
+        vec![Value::Null, Value::Null, json!(1), json!(2), json!(2)]
+    );
+    assert_eq!(t[0]["replies"], 1);
+    assert_eq!(t[1]["replies"], 2);
+    assert!(t[0]["latency_ms"].as_f64().unwrap() >= 0.0);
+    let (status, body) = h
+        .control(
+            reqwest::Method::GET,
+            &format!("/sandbox/latency?since_ms={since}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let mut got: Vec<courier_sandbox::MessageLatency> = serde_json::from_value(body).unwrap();
+    got.sort_by_key(|m| m.message_id);
+    assert_eq!(
+        got.iter().map(|m| m.replies).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    assert_eq!(h.stats().await.duplicate_replies, 1);
+    h.stop().await;
+}
