@@ -273,3 +273,41 @@ mod tests {
         assert!(parse_version("v2.9.10").unwrap() < super::NATS_MIN);
     }
 }
+
+/// The browser test's tools: Debian's Chromium and the npm package `playwright-core` (pinned
+/// by `services/sandbox/tests/browser/package-lock.json`). Installed when missing; never a
+/// browser download of playwright's own (that needs hosts these machines cannot reach).
+pub fn browser() -> Result<()> {
+    let chromium = std::env::var_os("CHROMIUM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
+    if !chromium.exists() {
+        if !nix::unistd::geteuid().is_root() {
+            bail!(
+                "{} is missing: install Debian's chromium (`apt-get install -y chromium`), \
+                 or set COURIER_SKIP_BROWSER=1 to skip the browser test",
+                chromium.display()
+            );
+        }
+        eprintln!("xtask: installing chromium (apt-get install -y chromium)");
+        output(Command::new("apt-get").arg("update"), "apt-get update")?;
+        output(
+            Command::new("apt-get")
+                .args(["install", "-y", "--no-install-recommends", "chromium"])
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+            "apt-get install -y chromium",
+        )?;
+    }
+    let dir = crate::paths::root().join("services/sandbox/tests/browser");
+    if !dir.join("node_modules/playwright-core").exists() {
+        eprintln!("xtask: installing playwright-core (npm ci in {})", dir.display());
+        output(
+            Command::new("npm")
+                .args(["ci", "--no-audit", "--no-fund", "--prefix"])
+                .arg(&dir)
+                .env("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1"),
+            "npm ci (needs node and npm: apt-get install -y nodejs npm)",
+        )?;
+    }
+    Ok(())
+}

@@ -23,6 +23,9 @@ const FAST: [&str; 3] = [
 pub fn run(args: &[String]) -> Result<ExitCode> {
     proc::catch_signals()?;
     let tools = provision::tools()?;
+    if std::env::var_os("COURIER_SKIP_BROWSER").is_none() {
+        provision::browser()?;
+    }
     let base = paths::target().join("courier-test");
     fs::create_dir_all(&base)?;
     remove_stale(&base, &tools);
