@@ -1,0 +1,63 @@
+//! `docs/CONFIGURATION.md` is generated from the services' own argument definitions, and this
+//! test fails when it is out of date. Regenerate with:
+//! `COURIER_BLESS=1 cargo test -p courier-tests --test config_docs`.
+
+use clap::{Args, Command};
+
+fn table(name: &str, what: &str, cmd: Command) -> String {
+    let mut out = format!("## `{name}`\n\n{what}\n\n| variable | flag | default | meaning |\n|---|---|---|---|\n");
+    for arg in cmd.get_arguments() {
+        let Some(long) = arg.get_long() else { continue };
+        if long == "help" || long == "version" {
+            continue;
+        }
+        let env = arg
+            .get_env()
+            .map(|e| format!("`{}`", e.to_string_lossy()))
+            .unwrap_or_else(|| "—".into());
+        let default: Vec<String> = arg.get_default_values().iter().map(|v| v.to_string_lossy().into_owned()).collect();
+        let default = if default.is_empty() { "—".to_owned() } else { format!("`{}`", default.join(",")) };
+        let help = arg
+            .get_long_help()
+            .or(arg.get_help())
+            .map(|h| h.to_string().replace('\n', " "))
+            .unwrap_or_default();
+        out.push_str(&format!("| {env} | `--{long}` | {default} | {help} |\n"));
+    }
+    out.push('\n');
+    out
+}
+
+fn render() -> String {
+    let mut doc = String::from(
+        "# Configuration\n\n\
+         Every service reads its configuration from environment variables or the matching flags \
+         (`--help` prints the same list), validates it at start-up and refuses to start with a \
+         message that names the variable at fault. Secrets (`COURIER_BOT_TOKEN`, \
+         `COURIER_WEBHOOK_SECRET`, `DATABASE_URL`) are never printed or logged. Without \
+         `COURIER_DEV=1` a service refuses to start when a secret it needs is missing; with it, \
+         the development values `100001:courier-dev-token` and `courier-dev-secret` are used.\n\n\
+         Durations take `ms`, `s` or `m` (`500ms`, `5s`, `2m`); a bare number is milliseconds.\n\n\
+         This file is generated from the code by `tests/tests/config_docs.rs`.\n\n",
+    );
+    doc += &table("courier-ingress", "The webhook endpoint.", courier_ingress::Config::augment_args(Command::new("x")));
+    doc += &table("courier-worker", "Applies updates with the notes bot.", courier_worker::Config::augment_args(Command::new("x")));
+    doc += &table("courier-sender", "Calls the Bot API.", courier_sender::Config::augment_args(Command::new("x")));
+    doc += &table("courier-sandbox", "The Telegram Bot API emulator.", courier_sandbox::Config::augment_args(Command::new("x")));
+    doc.trim_end().to_owned() + "\n"
+}
+
+#[test]
+fn configuration_reference_is_current() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/CONFIGURATION.md");
+    let want = render();
+    if std::env::var_os("COURIER_BLESS").is_some() {
+        std::fs::write(&path, &want).unwrap();
+        return;
+    }
+    let have = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        have == want,
+        "docs/CONFIGURATION.md is out of date: run COURIER_BLESS=1 cargo test -p courier-tests --test config_docs"
+    );
+}
