@@ -11,17 +11,29 @@ use serde_json::json;
 pub type Probe =
     Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
 
+/// Extra facts a service reports on `/readyz` (the worker: the partitions it owns).
+pub type Info = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
+
+struct Checks {
+    probes: Vec<(&'static str, Probe)>,
+    info: Option<Info>,
+}
+
 /// Routes `/healthz` and `/readyz` over the given named probes.
 pub fn router(probes: Vec<(&'static str, Probe)>) -> Router {
+    router_with_info(probes, None)
+}
+
+/// Like [`router`], with `info` merged into the `/readyz` answer.
+pub fn router_with_info(probes: Vec<(&'static str, Probe)>, info: Option<Info>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .with_state(Arc::new(probes))
+        .with_state(Arc::new(Checks { probes, info }))
 }
 
-async fn readyz(
-    State(probes): State<Arc<Vec<(&'static str, Probe)>>>,
-) -> (StatusCode, Json<serde_json::Value>) {
+async fn readyz(State(state): State<Arc<Checks>>) -> (StatusCode, Json<serde_json::Value>) {
+    let probes = &state.probes;
     let mut ready = true;
     let mut checks = serde_json::Map::new();
     for (name, probe) in probes.iter() {
@@ -39,7 +51,17 @@ async fn readyz(
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (code, Json(json!({ "ready": ready, "checks": checks })))
+    let mut body = json!({ "ready": ready, "checks": checks });
+    if let (Some(info), Some(obj)) = (&checks_info(&state), body.as_object_mut()) {
+        if let Some(extra) = info.as_object() {
+            obj.extend(extra.clone());
+        }
+    }
+    (code, Json(body))
+}
+
+fn checks_info(checks: &Checks) -> Option<serde_json::Value> {
+    checks.info.as_ref().map(|f| f())
 }
 
 /// A probe that is ready while the NATS client is connected.

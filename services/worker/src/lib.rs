@@ -339,10 +339,24 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Worker
 
     let stats = Arc::new(Stats::default());
     let owned: partitions::Owned = Arc::new(RwLock::new(BTreeSet::new()));
-    let app = health::router(vec![
-        ("nats", health::nats_probe(nats)),
-        ("postgres", db_probe(pool.clone())),
-    ])
+    let info_owned = owned.clone();
+    let info_id = worker_id.clone();
+    let info: health::Info = Arc::new(move || {
+        let owned: Vec<u32> = info_owned
+            .read()
+            .expect("owned lock")
+            .iter()
+            .copied()
+            .collect();
+        serde_json::json!({ "worker": info_id, "partitions": owned })
+    });
+    let app = health::router_with_info(
+        vec![
+            ("nats", health::nats_probe(nats)),
+            ("postgres", db_probe(pool.clone())),
+        ],
+        Some(info),
+    )
     .merge(
         Router::new()
             .route("/partitions", get(owned_partitions))

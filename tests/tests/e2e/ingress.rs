@@ -7,9 +7,19 @@ use courier_tests::{eventually, text_update, Stack, DEADLINE, SECRET};
 async fn wrong_or_missing_secret_is_401_and_publishes_nothing() -> anyhow::Result<()> {
     let stack = Stack::start().await?;
     let body = text_update(1, 10, "hi").to_string();
-    assert_eq!(stack.post_webhook(body.clone(), Some("wrong-secret")).await?, 401);
+    assert_eq!(
+        stack
+            .post_webhook(body.clone(), Some("wrong-secret"))
+            .await?,
+        401
+    );
     assert_eq!(stack.post_webhook(body.clone(), None).await?, 401);
-    assert_eq!(stack.post_webhook(body.clone(), Some(&SECRET[..SECRET.len() - 1])).await?, 401);
+    assert_eq!(
+        stack
+            .post_webhook(body.clone(), Some(&SECRET[..SECRET.len() - 1]))
+            .await?,
+        401
+    );
     assert_eq!(stack.stream_messages(topology::UPDATES_STREAM).await?, 0);
     // The right secret goes through, so the 401s above were about the secret alone.
     assert_eq!(stack.post_webhook(body, Some(SECRET)).await?, 200);
@@ -20,7 +30,13 @@ async fn wrong_or_missing_secret_is_401_and_publishes_nothing() -> anyhow::Resul
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_and_oversized_bodies_are_refused() -> anyhow::Result<()> {
     let stack = Stack::start().await?;
-    for bad in ["not json", "{\"update_id\":", "[1,2]", "{}", "{\"update_id\":\"7\"}"] {
+    for bad in [
+        "not json",
+        "{\"update_id\":",
+        "[1,2]",
+        "{}",
+        "{\"update_id\":\"7\"}",
+    ] {
         assert_eq!(stack.post_webhook(bad, Some(SECRET)).await?, 400, "{bad}");
     }
     let huge = text_update(2, 10, &"x".repeat(100 * 1024)).to_string();
@@ -30,10 +46,13 @@ async fn malformed_and_oversized_bodies_are_refused() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_update_kind_is_accepted_and_the_bot_ignores_what_it_does_not_handle() -> anyhow::Result<()> {
+async fn every_update_kind_is_accepted_and_the_bot_ignores_what_it_does_not_handle(
+) -> anyhow::Result<()> {
     let stack = Stack::start().await?;
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/updates");
-    let mut names: Vec<_> = std::fs::read_dir(&dir)?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>()?;
+    let mut names: Vec<_> = std::fs::read_dir(&dir)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()?;
     names.sort();
     assert!(names.len() >= 10, "fixtures present");
     for path in &names {
@@ -45,24 +64,62 @@ async fn every_update_kind_is_accepted_and_the_bot_ignores_what_it_does_not_hand
     let n = names.len() as u64;
     eventually("every fixture handled", DEADLINE, || async {
         use std::sync::atomic::Ordering::Relaxed;
-        let handled = stats.applied.load(Relaxed) + stats.ignored.load(Relaxed) + stats.dead_lettered.load(Relaxed);
+        let handled = stats.applied.load(Relaxed)
+            + stats.ignored.load(Relaxed)
+            + stats.dead_lettered.load(Relaxed);
         Ok((handled >= n).then_some(()))
     })
     .await?;
     use std::sync::atomic::Ordering::Relaxed;
     assert_eq!(stats.dead_lettered.load(Relaxed), 0, "no fixture is poison");
-    assert!(stats.ignored.load(Relaxed) >= 5, "non-message kinds are ignored");
+    assert!(
+        stats.ignored.load(Relaxed) >= 5,
+        "non-message kinds are ignored"
+    );
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_readiness_answer() -> anyhow::Result<()> {
     let stack = Stack::start().await?;
-    let ingress = stack.http.get(format!("{}/readyz", stack.ingress_url())).send().await?;
+    let ingress = stack
+        .http
+        .get(format!("{}/readyz", stack.ingress_url()))
+        .send()
+        .await?;
     assert_eq!(ingress.status(), 200);
-    let worker = stack.http.get(format!("http://{}/readyz", stack.worker_health())).send().await?;
+    let worker = stack
+        .http
+        .get(format!("http://{}/readyz", stack.worker_health()))
+        .send()
+        .await?;
     assert_eq!(worker.status(), 200);
     let body: serde_json::Value = worker.json().await?;
     assert_eq!(body["checks"]["postgres"], "ok");
+    // The worker says which partitions it owns (all of them: it is alone).
+    let owned = eventually("the worker to own every partition", DEADLINE, || async {
+        let body: serde_json::Value = stack
+            .http
+            .get(format!("http://{}/readyz", stack.worker_health()))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let n = body["partitions"].as_array().map(Vec::len).unwrap_or(0);
+        Ok((n == 32).then_some(n))
+    })
+    .await?;
+    assert_eq!(owned, 32);
+    let metrics = stack
+        .http
+        .get(format!("http://{}/metrics", stack.worker_health()))
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert!(
+        metrics.contains("courier_worker_partitions_owned 32"),
+        "{metrics}"
+    );
     Ok(())
 }
