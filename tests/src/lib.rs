@@ -6,6 +6,7 @@
 //! mocked: the only emulated party is Telegram.
 
 pub mod infra;
+pub mod procs;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -66,6 +67,15 @@ pub struct Line {
     pub date: i64,
 }
 
+/// Which services [`Stack::start_with`] runs besides the sandbox and ingress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Services {
+    /// Worker and sender too.
+    All,
+    /// Only the sandbox and ingress: the test runs its own workers.
+    IngressOnly,
+}
+
 struct Running<T> {
     service: T,
     cancel: CancellationToken,
@@ -109,6 +119,11 @@ fn local0() -> SocketAddr {
 impl Stack {
     /// Starts NATS, a fresh database and every service.
     pub async fn start() -> Result<Self> {
+        Self::start_with(Services::All).await
+    }
+
+    /// Starts NATS, a fresh database, the sandbox, ingress, and the services `which` says.
+    pub async fn start_with(which: Services) -> Result<Self> {
         // Logs only when asked, so test output stays readable: COURIER_TEST_LOG=1.
         if std::env::var_os("COURIER_TEST_LOG").is_some() {
             courier_common::telemetry::init();
@@ -134,9 +149,21 @@ impl Stack {
             sender: None,
         };
         stack.start_ingress().await?;
-        stack.start_worker().await?;
-        stack.start_sender().await?;
+        if which == Services::All {
+            stack.start_worker().await?;
+            stack.start_sender().await?;
+        }
         Ok(stack)
+    }
+
+    /// Starts one more worker in-process with this configuration; the caller owns it.
+    pub async fn spawn_worker(
+        &self,
+        config: courier_worker::Config,
+    ) -> Result<(courier_worker::Worker, CancellationToken)> {
+        let cancel = CancellationToken::new();
+        let worker = courier_worker::spawn(config, cancel.clone()).await?;
+        Ok((worker, cancel))
     }
 
     async fn start_sandbox(ingress: SocketAddr) -> Result<Running<courier_sandbox::Sandbox>> {
@@ -202,6 +229,16 @@ impl Stack {
             max_lanes: 64,
             max_ack_pending: 1024,
             ack_wait: Duration::from_secs(10),
+            database_url: Some(self.pg.url().to_owned()),
+            db_pool_size: 4,
+            migrate: true,
+            bot_rate: 30.0,
+            private_chat_rate: 1.0,
+            group_rate_per_min: 20.0,
+            rate_headroom: 0.01,
+            breaker_threshold: 5,
+            breaker_cooldown: Duration::from_millis(500),
+            lease_ttl: Duration::from_secs(10),
             nats: self.nats_args(),
             secrets: secrets(),
         }

@@ -30,7 +30,9 @@ pub async fn binary(name: &str) -> Result<PathBuf> {
 }
 
 fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// A `courier-worker` process.
@@ -50,7 +52,12 @@ impl WorkerProcess {
     }
 
     /// Like [`WorkerProcess::start`], with extra environment variables (they win).
-    pub async fn start_with(id: &str, nats_url: &str, database_url: &str, env: &[(&str, &str)]) -> Result<Self> {
+    pub async fn start_with(
+        id: &str,
+        nats_url: &str,
+        database_url: &str,
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
         let bin = binary("courier-worker").await?;
         let port = free_port()?;
         let log = std::env::var_os("COURIER_TEST_LOG").is_some();

@@ -5,7 +5,9 @@
 use clap::{Args, Command};
 
 fn table(name: &str, what: &str, cmd: Command) -> String {
-    let mut out = format!("## `{name}`\n\n{what}\n\n| variable | flag | default | meaning |\n|---|---|---|---|\n");
+    let mut out = format!(
+        "## `{name}`\n\n{what}\n\n| variable | flag | default | meaning |\n|---|---|---|---|\n"
+    );
     for arg in cmd.get_arguments() {
         let Some(long) = arg.get_long() else { continue };
         if long == "help" || long == "version" {
@@ -15,8 +17,16 @@ fn table(name: &str, what: &str, cmd: Command) -> String {
             .get_env()
             .map(|e| format!("`{}`", e.to_string_lossy()))
             .unwrap_or_else(|| "—".into());
-        let default: Vec<String> = arg.get_default_values().iter().map(|v| v.to_string_lossy().into_owned()).collect();
-        let default = if default.is_empty() { "—".to_owned() } else { format!("`{}`", default.join(",")) };
+        let default: Vec<String> = arg
+            .get_default_values()
+            .iter()
+            .map(|v| v.to_string_lossy().into_owned())
+            .collect();
+        let default = if default.is_empty() {
+            "—".to_owned()
+        } else {
+            format!("`{}`", default.join(","))
+        };
         let help = arg
             .get_long_help()
             .or(arg.get_help())
@@ -40,10 +50,26 @@ fn render() -> String {
          Durations take `ms`, `s` or `m` (`500ms`, `5s`, `2m`); a bare number is milliseconds.\n\n\
          This file is generated from the code by `tests/tests/config_docs.rs`.\n\n",
     );
-    doc += &table("courier-ingress", "The webhook endpoint.", courier_ingress::Config::augment_args(Command::new("x")));
-    doc += &table("courier-worker", "Applies updates with the notes bot.", courier_worker::Config::augment_args(Command::new("x")));
-    doc += &table("courier-sender", "Calls the Bot API.", courier_sender::Config::augment_args(Command::new("x")));
-    doc += &table("courier-sandbox", "The Telegram Bot API emulator.", courier_sandbox::Config::augment_args(Command::new("x")));
+    doc += &table(
+        "courier-ingress",
+        "The webhook endpoint.",
+        courier_ingress::Config::augment_args(Command::new("x")),
+    );
+    doc += &table(
+        "courier-worker",
+        "Applies updates with the notes bot.",
+        courier_worker::Config::augment_args(Command::new("x")),
+    );
+    doc += &table(
+        "courier-sender",
+        "Calls the Bot API.",
+        courier_sender::Config::augment_args(Command::new("x")),
+    );
+    doc += &table(
+        "courier-sandbox",
+        "The Telegram Bot API emulator.",
+        courier_sandbox::Config::augment_args(Command::new("x")),
+    );
     doc.trim_end().to_owned() + "\n"
 }
 

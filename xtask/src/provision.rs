@@ -300,7 +300,10 @@ pub fn browser() -> Result<()> {
     }
     let dir = crate::paths::root().join("services/sandbox/tests/browser");
     if !dir.join("node_modules/playwright-core").exists() {
-        eprintln!("xtask: installing playwright-core (npm ci in {})", dir.display());
+        eprintln!(
+            "xtask: installing playwright-core (npm ci in {})",
+            dir.display()
+        );
         output(
             Command::new("npm")
                 .args(["ci", "--no-audit", "--no-fund", "--prefix"])

@@ -47,7 +47,11 @@ fn start_registers_and_enters_receive_note() {
 
 #[test]
 fn start_with_bot_suffix_and_payload_is_start() {
-    let t = step(DialogueState::Start, &msg("/START@courier_bot ref42"), &Context::default());
+    let t = step(
+        DialogueState::Start,
+        &msg("/START@courier_bot ref42"),
+        &Context::default(),
+    );
     assert_eq!(t.state, DialogueState::ReceiveNote);
 }
 
@@ -102,7 +106,11 @@ fn unknown_command_points_at_help_in_every_state() {
 
 #[test]
 fn slash_text_that_is_no_command_is_a_note() {
-    let t = step(DialogueState::ReceiveNote, &msg("/usr/bin is a path"), &Context::default());
+    let t = step(
+        DialogueState::ReceiveNote,
+        &msg("/usr/bin is a path"),
+        &Context::default(),
+    );
     assert!(matches!(t.effects[0], Effect::SaveNote { .. }));
 }
 
@@ -125,8 +133,14 @@ fn history_needs_a_read_and_lists_newest_first_with_times() {
     let at = |h| Utc.with_ymd_and_hms(2026, 11, 26, h, 0, 0).unwrap();
     let ctx = Context {
         history: vec![
-            Note { text: "second".into(), at: at(10) },
-            Note { text: "first".into(), at: at(9) },
+            Note {
+                text: "second".into(),
+                at: at(10),
+            },
+            Note {
+                text: "first".into(),
+                at: at(9),
+            },
         ],
     };
     let t = step(DialogueState::ReceiveNote, &m, &ctx);
@@ -134,7 +148,10 @@ fn history_needs_a_read_and_lists_newest_first_with_times() {
     let r = replies(&t)[0];
     let (i2, i1) = (r.find("] second").unwrap(), r.find("] first").unwrap());
     assert!(i2 < i1, "newest first: {r}");
-    assert!(r.contains("2026-11-26 10:00 UTC") && r.contains("2026-11-26 09:00 UTC"), "{r}");
+    assert!(
+        r.contains("2026-11-26 10:00 UTC") && r.contains("2026-11-26 09:00 UTC"),
+        "{r}"
+    );
 }
 
 #[test]
@@ -147,7 +164,13 @@ fn empty_history_says_so() {
 fn history_of_five_long_notes_fits_one_telegram_message() {
     let long = "x".repeat(4096);
     let ctx = Context {
-        history: vec![Note { text: long, at: Utc::now() }; HISTORY_LEN],
+        history: vec![
+            Note {
+                text: long,
+                at: Utc::now()
+            };
+            HISTORY_LEN
+        ],
     };
     let t = step(DialogueState::ReceiveNote, &msg("/history"), &ctx);
     assert!(replies(&t)[0].chars().count() <= 4096);
@@ -158,7 +181,10 @@ fn anonymous_text_is_not_saved() {
     let mut m = msg("hi");
     m.from = None;
     let t = step(DialogueState::ReceiveNote, &m, &Context::default());
-    assert!(!t.effects.iter().any(|e| matches!(e, Effect::SaveNote { .. })));
+    assert!(!t
+        .effects
+        .iter()
+        .any(|e| matches!(e, Effect::SaveNote { .. })));
 }
 
 #[test]

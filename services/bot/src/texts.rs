@@ -36,7 +36,9 @@ pub(crate) fn unknown_command(name: &str) -> String {
 }
 
 pub(crate) fn only_text(kind: &str) -> String {
-    format!("I can only save text notes, not a {kind}. Send me some text, or /help for the commands.")
+    format!(
+        "I can only save text notes, not a {kind}. Send me some text, or /help for the commands."
+    )
 }
 
 pub(crate) fn history(notes: &[Note]) -> String {
@@ -50,7 +52,11 @@ pub(crate) fn history(notes: &[Note]) -> String {
     );
     for (i, note) in notes.iter().enumerate() {
         let text: String = note.text.chars().take(HISTORY_NOTE_CHARS).collect();
-        let ellipsis = if text.len() < note.text.len() { "…" } else { "" };
+        let ellipsis = if text.len() < note.text.len() {
+            "…"
+        } else {
+            ""
+        };
         out.push_str(&format!(
             "\n{}. [{}] {text}{ellipsis}",
             i + 1,

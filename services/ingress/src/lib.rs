@@ -51,10 +51,18 @@ pub const SECRET_HEADER: &str = "x-telegram-bot-api-secret-token";
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
     /// Address to listen on.
-    #[arg(long = "addr", env = "COURIER_INGRESS_ADDR", default_value = "0.0.0.0:8081")]
+    #[arg(
+        long = "addr",
+        env = "COURIER_INGRESS_ADDR",
+        default_value = "0.0.0.0:8081"
+    )]
     pub addr: SocketAddr,
     /// Path of the webhook endpoint.
-    #[arg(long = "webhook-path", env = "COURIER_WEBHOOK_PATH", default_value = "/webhook")]
+    #[arg(
+        long = "webhook-path",
+        env = "COURIER_WEBHOOK_PATH",
+        default_value = "/webhook"
+    )]
     pub webhook_path: String,
     /// Largest accepted update body, in bytes (larger: 413).
     #[arg(long = "max-body-bytes", env = "COURIER_INGRESS_MAX_BODY_BYTES", default_value_t = 256 * 1024)]
@@ -186,8 +194,15 @@ async fn webhook(State(app): State<Arc<AppState>>, body: Bytes) -> Response {
     if app.nats.connection_state() != async_nats::connection::State::Connected {
         // Fail fast: Telegram retries, and a publish buffered in a disconnected client could
         // outlive this request.
-        tracing::warn!(update_id = probe.update_id, "NATS not connected; answering 503");
-        return (StatusCode::SERVICE_UNAVAILABLE, "queue unavailable, retry later\n").into_response();
+        tracing::warn!(
+            update_id = probe.update_id,
+            "NATS not connected; answering 503"
+        );
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "queue unavailable, retry later\n",
+        )
+            .into_response();
     }
     let envelope = InboundUpdate {
         bot_id: app.bot_id,
@@ -207,16 +222,32 @@ async fn webhook(State(app): State<Arc<AppState>>, body: Bytes) -> Response {
     .await;
     match result {
         Ok(Ok(ack)) => {
-            tracing::debug!(update_id = probe.update_id, seq = ack.sequence, duplicate = ack.duplicate, "accepted");
+            tracing::debug!(
+                update_id = probe.update_id,
+                seq = ack.sequence,
+                duplicate = ack.duplicate,
+                "accepted"
+            );
             StatusCode::OK.into_response()
         }
         Ok(Err(e)) => {
             tracing::warn!(update_id = probe.update_id, error = %e, "publish failed; answering 503");
-            (StatusCode::SERVICE_UNAVAILABLE, "queue unavailable, retry later\n").into_response()
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "queue unavailable, retry later\n",
+            )
+                .into_response()
         }
         Err(_) => {
-            tracing::warn!(update_id = probe.update_id, "publish not acknowledged in time; answering 503");
-            (StatusCode::SERVICE_UNAVAILABLE, "queue timeout, retry later\n").into_response()
+            tracing::warn!(
+                update_id = probe.update_id,
+                "publish not acknowledged in time; answering 503"
+            );
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "queue timeout, retry later\n",
+            )
+                .into_response()
         }
     }
 }

@@ -102,7 +102,9 @@ pub fn probe(body: &[u8]) -> Result<Probe, ProbeError> {
         &raw.chat_boost,
         &raw.removed_chat_boost,
     ];
-    let chat_id = kinds.iter().find_map(|k| k.as_ref().and_then(WithChat::chat_id));
+    let chat_id = kinds
+        .iter()
+        .find_map(|k| k.as_ref().and_then(WithChat::chat_id));
     Ok(Probe {
         update_id: raw.update_id,
         chat_id,
@@ -119,34 +121,69 @@ mod tests {
 
     #[test]
     fn message_routes_by_chat() {
-        let got = p(r#"{"update_id":1,"message":{"message_id":2,"date":0,"chat":{"id":-100,"type":"group"},"from":{"id":7,"is_bot":false,"first_name":"A"},"text":"hi"}}"#);
-        assert_eq!(got, Probe { update_id: 1, chat_id: Some(-100) });
+        let got = p(
+            r#"{"update_id":1,"message":{"message_id":2,"date":0,"chat":{"id":-100,"type":"group"},"from":{"id":7,"is_bot":false,"first_name":"A"},"text":"hi"}}"#,
+        );
+        assert_eq!(
+            got,
+            Probe {
+                update_id: 1,
+                chat_id: Some(-100)
+            }
+        );
     }
 
     #[test]
     fn callback_routes_by_its_message_chat_else_sender() {
-        let with_msg = p(r#"{"update_id":1,"callback_query":{"id":"x","from":{"id":7},"message":{"message_id":1,"chat":{"id":55}},"data":"d"}}"#);
+        let with_msg = p(
+            r#"{"update_id":1,"callback_query":{"id":"x","from":{"id":7},"message":{"message_id":1,"chat":{"id":55}},"data":"d"}}"#,
+        );
         assert_eq!(with_msg.chat_id, Some(55));
-        let inline = p(r#"{"update_id":1,"callback_query":{"id":"x","from":{"id":7},"inline_message_id":"i"}}"#);
+        let inline = p(
+            r#"{"update_id":1,"callback_query":{"id":"x","from":{"id":7},"inline_message_id":"i"}}"#,
+        );
         assert_eq!(inline.chat_id, Some(7));
     }
 
     #[test]
     fn chatless_kinds_route_by_sender() {
-        assert_eq!(p(r#"{"update_id":1,"inline_query":{"id":"q","from":{"id":9},"query":""}}"#).chat_id, Some(9));
-        assert_eq!(p(r#"{"update_id":1,"poll_answer":{"poll_id":"p","user":{"id":4},"option_ids":[0]}}"#).chat_id, Some(4));
+        assert_eq!(
+            p(r#"{"update_id":1,"inline_query":{"id":"q","from":{"id":9},"query":""}}"#).chat_id,
+            Some(9)
+        );
+        assert_eq!(
+            p(r#"{"update_id":1,"poll_answer":{"poll_id":"p","user":{"id":4},"option_ids":[0]}}"#)
+                .chat_id,
+            Some(4)
+        );
         assert_eq!(p(r#"{"update_id":1,"poll_answer":{"poll_id":"p","voter_chat":{"id":-3},"option_ids":[0]}}"#).chat_id, Some(-3));
     }
 
     #[test]
     fn unknown_kinds_are_accepted_without_chat() {
-        assert_eq!(p(r#"{"update_id":12,"some_future_kind":{"x":1}}"#), Probe { update_id: 12, chat_id: None });
-        assert_eq!(p(r#"{"update_id":13,"poll":{"id":"p","question":"q"}}"#).chat_id, None);
+        assert_eq!(
+            p(r#"{"update_id":12,"some_future_kind":{"x":1}}"#),
+            Probe {
+                update_id: 12,
+                chat_id: None
+            }
+        );
+        assert_eq!(
+            p(r#"{"update_id":13,"poll":{"id":"p","question":"q"}}"#).chat_id,
+            None
+        );
     }
 
     #[test]
     fn bad_bodies_are_refused() {
-        for bad in ["", "not json", "[]", "{}", r#"{"update_id":"1"}"#, r#"{"update_id":1.5}"#] {
+        for bad in [
+            "",
+            "not json",
+            "[]",
+            "{}",
+            r#"{"update_id":"1"}"#,
+            r#"{"update_id":1.5}"#,
+        ] {
             assert!(probe(bad.as_bytes()).is_err(), "{bad}");
         }
     }

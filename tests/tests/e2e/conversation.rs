@@ -10,7 +10,10 @@ async fn seed_conversation_end_to_end() -> anyhow::Result<()> {
     // Text before /start: a fallback, nothing saved.
     stack.say(ada, "Ada", "hello there").await?;
     let r = stack.bot_replies(ada, 1).await?;
-    assert!(r[0].contains("/start") && r[0].contains("/help"), "fallback: {r:?}");
+    assert!(
+        r[0].contains("/start") && r[0].contains("/help"),
+        "fallback: {r:?}"
+    );
 
     stack.say(ada, "Ada", "/start").await?;
     let r = stack.bot_replies(ada, 2).await?;
@@ -20,19 +23,28 @@ async fn seed_conversation_end_to_end() -> anyhow::Result<()> {
     stack.bot_replies(ada, 3).await?;
     stack.say(ada, "Ada", "call Bob").await?;
     let r = stack.bot_replies(ada, 4).await?;
-    assert!(r[2].starts_with("Saved your note") && r[3].starts_with("Saved your note"), "{r:?}");
+    assert!(
+        r[2].starts_with("Saved your note") && r[3].starts_with("Saved your note"),
+        "{r:?}"
+    );
 
     stack.say(ada, "Ada", "/history").await?;
     let r = stack.bot_replies(ada, 5).await?;
     let history = &r[4];
     let (bob, milk) = (history.find("] call Bob"), history.find("] buy milk"));
-    assert!(bob.is_some() && milk.is_some(), "both notes listed: {history}");
+    assert!(
+        bob.is_some() && milk.is_some(),
+        "both notes listed: {history}"
+    );
     assert!(bob < milk, "newest first: {history}");
     assert!(history.contains(" UTC]"), "with times: {history}");
 
     stack.say(ada, "Ada", "/help").await?;
     let r = stack.bot_replies(ada, 6).await?;
-    assert!(r[5].contains("/history") && r[5].contains("/start"), "{r:?}");
+    assert!(
+        r[5].contains("/history") && r[5].contains("/start"),
+        "{r:?}"
+    );
 
     stack.say(ada, "Ada", "/dance").await?;
     let r = stack.bot_replies(ada, 7).await?;
@@ -41,7 +53,12 @@ async fn seed_conversation_end_to_end() -> anyhow::Result<()> {
     // The transcript alternates user and bot: every message got exactly one reply, in order.
     let t = stack.transcript(ada).await?;
     assert_eq!(t.len(), 14, "{t:#?}");
-    assert!(t.iter().enumerate().all(|(i, l)| l.from_bot == (i % 2 == 1)), "{t:#?}");
+    assert!(
+        t.iter()
+            .enumerate()
+            .all(|(i, l)| l.from_bot == (i % 2 == 1)),
+        "{t:#?}"
+    );
 
     // And the database holds what the conversation says.
     assert_eq!(stack.notes(ada).await?, vec!["buy milk", "call Bob"]);
@@ -65,15 +82,22 @@ async fn seed_conversation_end_to_end() -> anyhow::Result<()> {
         sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
             .fetch_one(&stack.db)
             .await?;
-    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(&stack.db).await?;
+    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+        .fetch_one(&stack.db)
+        .await?;
     assert_eq!(total, 7);
     // The marker runs in the background; the rows are marked shortly after publishing.
-    courier_tests::eventually("outbox rows marked published", courier_tests::DEADLINE, || async {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
-            .fetch_one(&stack.db)
-            .await?;
-        Ok((n == 0).then_some(()))
-    })
+    courier_tests::eventually(
+        "outbox rows marked published",
+        courier_tests::DEADLINE,
+        || async {
+            let n: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+                    .fetch_one(&stack.db)
+                    .await?;
+            Ok((n == 0).then_some(()))
+        },
+    )
     .await
     .map_err(|e| e.context(format!("{unpublished} unpublished at first look")))?;
     Ok(())

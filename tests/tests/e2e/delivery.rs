@@ -24,7 +24,15 @@ async fn same_update_posted_twice_yields_one_note_and_one_reply() -> anyhow::Res
     // JetStream dropped the second publish (same Nats-Msg-Id): one message in the stream for it.
     assert_eq!(stack.stream_messages(topology::UPDATES_STREAM).await?, 2);
     assert_eq!(stack.notes(chat).await?, vec!["only once please"]);
-    assert_eq!(stack.transcript(chat).await?.iter().filter(|l| l.from_bot).count(), 2);
+    assert_eq!(
+        stack
+            .transcript(chat)
+            .await?
+            .iter()
+            .filter(|l| l.from_bot)
+            .count(),
+        2
+    );
     Ok(())
 }
 
@@ -46,7 +54,9 @@ async fn redelivered_update_past_the_dedup_window_is_applied_once() -> anyhow::R
         chat_id: chat,
         partition: partition_of(chat, 32),
         received_at_unix_ms: 0,
-        update_json: text_update(900_002, chat, "exactly once").to_string().into_bytes(),
+        update_json: text_update(900_002, chat, "exactly once")
+            .to_string()
+            .into_bytes(),
     };
     for msg_id in ["copy-1", "copy-2"] {
         js.send_publish(
@@ -64,11 +74,20 @@ async fn redelivered_update_past_the_dedup_window_is_applied_once() -> anyhow::R
     })
     .await?;
     assert_eq!(stack.notes(chat).await?, vec!["exactly once"]);
-    let outbox: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE origin_update_id = 900002")
-        .fetch_one(&stack.db)
-        .await?;
+    let outbox: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE origin_update_id = 900002")
+            .fetch_one(&stack.db)
+            .await?;
     assert_eq!(outbox, 1, "one reply written");
     stack.bot_replies(chat, 2).await?;
-    assert_eq!(stack.transcript(chat).await?.iter().filter(|l| l.from_bot).count(), 2);
+    assert_eq!(
+        stack
+            .transcript(chat)
+            .await?
+            .iter()
+            .filter(|l| l.from_bot)
+            .count(),
+        2
+    );
     Ok(())
 }

@@ -6,7 +6,8 @@ use courier_tests::{eventually, text_update, Stack, DEADLINE, SECRET};
 use sqlx::Connection;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nats_down_answers_503_and_telegrams_retry_goes_through_after_restart() -> anyhow::Result<()> {
+async fn nats_down_answers_503_and_telegrams_retry_goes_through_after_restart() -> anyhow::Result<()>
+{
     let mut stack = Stack::start().await?;
     let chat = 4001;
     stack.say(chat, "Nat", "/start").await?;
@@ -51,7 +52,10 @@ async fn dialogue_state_survives_a_restart_of_every_service() -> anyhow::Result<
     stack.say(chat, "Rita", "after the restart").await?;
     let replies = stack.bot_replies(chat, 3).await?;
     assert!(replies[2].starts_with("Saved your note"), "{replies:?}");
-    assert_eq!(stack.notes(chat).await?, vec!["before the restart", "after the restart"]);
+    assert_eq!(
+        stack.notes(chat).await?,
+        vec!["before the restart", "after the restart"]
+    );
     Ok(())
 }
 
@@ -63,10 +67,17 @@ async fn worker_pauses_while_postgres_refuses_and_resumes_without_loss() -> anyh
     stack.bot_replies(chat, 1).await?;
 
     // Take the database away: no new connections, existing ones terminated.
-    let admin_url = stack.pg.url().rsplit_once('/').map(|(base, _)| format!("{base}/postgres")).unwrap();
+    let admin_url = stack
+        .pg
+        .url()
+        .rsplit_once('/')
+        .map(|(base, _)| format!("{base}/postgres"))
+        .unwrap();
     let mut admin = sqlx::PgConnection::connect(&admin_url).await?;
     let db = stack.pg.name().to_owned();
-    sqlx::query(&format!("ALTER DATABASE \"{db}\" ALLOW_CONNECTIONS false")).execute(&mut admin).await?;
+    sqlx::query(&format!("ALTER DATABASE \"{db}\" ALLOW_CONNECTIONS false"))
+        .execute(&mut admin)
+        .await?;
     sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
         .bind(&db)
         .execute(&mut admin)
@@ -76,17 +87,37 @@ async fn worker_pauses_while_postgres_refuses_and_resumes_without_loss() -> anyh
         stack.say(chat, "Pia", n).await?;
     }
     let stats = stack.worker_stats();
-    eventually("the worker to retry against the missing database", DEADLINE, || async {
-        Ok((stats.retries.load(Ordering::Relaxed) >= 2).then_some(()))
-    })
+    eventually(
+        "the worker to retry against the missing database",
+        DEADLINE,
+        || async { Ok((stats.retries.load(Ordering::Relaxed) >= 2).then_some(())) },
+    )
     .await?;
-    let bot_lines = stack.transcript(chat).await?.iter().filter(|l| l.from_bot).count();
-    assert_eq!(bot_lines, 1, "nothing can be applied while the database is away");
+    let bot_lines = stack
+        .transcript(chat)
+        .await?
+        .iter()
+        .filter(|l| l.from_bot)
+        .count();
+    assert_eq!(
+        bot_lines, 1,
+        "nothing can be applied while the database is away"
+    );
 
-    sqlx::query(&format!("ALTER DATABASE \"{db}\" ALLOW_CONNECTIONS true")).execute(&mut admin).await?;
+    sqlx::query(&format!("ALTER DATABASE \"{db}\" ALLOW_CONNECTIONS true"))
+        .execute(&mut admin)
+        .await?;
     let replies = stack.bot_replies(chat, 4).await?;
-    assert!(replies[1..].iter().all(|r| r.starts_with("Saved your note")), "{replies:?}");
-    assert_eq!(stack.notes(chat).await?, vec!["during outage 1", "during outage 2", "during outage 3"]);
+    assert!(
+        replies[1..]
+            .iter()
+            .all(|r| r.starts_with("Saved your note")),
+        "{replies:?}"
+    );
+    assert_eq!(
+        stack.notes(chat).await?,
+        vec!["during outage 1", "during outage 2", "during outage 3"]
+    );
     assert_eq!(stats.dead_lettered.load(Ordering::Relaxed), 0);
     Ok(())
 }

@@ -16,55 +16,98 @@ const P: u32 = 32;
 
 /// Posts `/start` and then `notes` notes for each chat through ingress, each chat's updates
 /// one after another (as Telegram does per chat), many chats at once.
-async fn post_conversations(stack: &Stack, chats: &[i64], notes: usize, first_update_id: i64) -> anyhow::Result<()> {
+async fn post_conversations(
+    stack: &Stack,
+    chats: &[i64],
+    notes: usize,
+    first_update_id: i64,
+) -> anyhow::Result<()> {
     let per_chat = notes as i64 + 1;
-    let results: Vec<anyhow::Result<()>> = stream::iter(chats.iter().enumerate())
-        .map(|(i, &chat)| async move {
-            let base = first_update_id + i as i64 * per_chat;
-            for n in 0..per_chat {
-                let text = if n == 0 { "/start".to_owned() } else { format!("note {} of {chat}", n - 1) };
-                let body = text_update(base + n, chat, &text).to_string();
-                // Retry 503s like Telegram would (they can happen while NATS is busy).
-                eventually("the webhook to accept an update", Duration::from_secs(30), || {
-                    let body = body.clone();
-                    async move { Ok((stack.post_webhook(body, Some(SECRET)).await? == 200).then_some(())) }
-                })
-                .await?;
-            }
-            Ok(())
-        })
-        .buffer_unordered(16)
-        .collect()
-        .await;
+    let results: Vec<anyhow::Result<()>> =
+        stream::iter(chats.iter().enumerate())
+            .map(|(i, &chat)| async move {
+                let base = first_update_id + i as i64 * per_chat;
+                for n in 0..per_chat {
+                    let text = if n == 0 {
+                        "/start".to_owned()
+                    } else {
+                        format!("note {} of {chat}", n - 1)
+                    };
+                    let body = text_update(base + n, chat, &text).to_string();
+                    // Retry 503s like Telegram would (they can happen while NATS is busy).
+                    eventually(
+                        "the webhook to accept an update",
+                        Duration::from_secs(30),
+                        || {
+                            let body = body.clone();
+                            async move {
+                                Ok((stack.post_webhook(body, Some(SECRET)).await? == 200)
+                                    .then_some(()))
+                            }
+                        },
+                    )
+                    .await?;
+                }
+                Ok(())
+            })
+            .buffer_unordered(16)
+            .collect()
+            .await;
     results.into_iter().collect()
 }
 
 async fn notes_count(stack: &Stack) -> anyhow::Result<i64> {
-    Ok(sqlx::query_scalar("SELECT count(*) FROM messages").fetch_one(&stack.db).await?)
+    Ok(sqlx::query_scalar("SELECT count(*) FROM messages")
+        .fetch_one(&stack.db)
+        .await?)
 }
 
-async fn assert_every_note_once_in_order(stack: &Stack, chats: &[i64], notes: usize) -> anyhow::Result<()> {
+async fn assert_every_note_once_in_order(
+    stack: &Stack,
+    chats: &[i64],
+    notes: usize,
+) -> anyhow::Result<()> {
     for &chat in chats {
         let want: Vec<String> = (0..notes).map(|n| format!("note {n} of {chat}")).collect();
-        assert_eq!(stack.notes(chat).await?, want, "chat {chat}: every note once, in order");
+        assert_eq!(
+            stack.notes(chat).await?,
+            want,
+            "chat {chat}: every note once, in order"
+        );
     }
     Ok(())
 }
 
 /// Waits until the given workers own every partition exactly once, balanced within one.
-async fn balanced(http: &reqwest::Client, workers: &[&WorkerProcess], deadline: Duration) -> anyhow::Result<Vec<usize>> {
-    eventually("partitions balanced over the live workers", deadline, || async {
-        let mut all = Vec::new();
-        let mut loads = Vec::new();
-        for w in workers {
-            let Some(p) = w.partitions(http).await else { return Ok(None) };
-            loads.push(p.len());
-            all.extend(p);
-        }
-        let distinct: BTreeSet<u32> = all.iter().copied().collect();
-        let (min, max) = (loads.iter().min().copied().unwrap_or(0), loads.iter().max().copied().unwrap_or(0));
-        Ok((all.len() == P as usize && distinct.len() == P as usize && max - min <= 1).then_some(loads))
-    })
+async fn balanced(
+    http: &reqwest::Client,
+    workers: &[&WorkerProcess],
+    deadline: Duration,
+) -> anyhow::Result<Vec<usize>> {
+    eventually(
+        "partitions balanced over the live workers",
+        deadline,
+        || async {
+            let mut all = Vec::new();
+            let mut loads = Vec::new();
+            for w in workers {
+                let Some(p) = w.partitions(http).await else {
+                    return Ok(None);
+                };
+                loads.push(p.len());
+                all.extend(p);
+            }
+            let distinct: BTreeSet<u32> = all.iter().copied().collect();
+            let (min, max) = (
+                loads.iter().min().copied().unwrap_or(0),
+                loads.iter().max().copied().unwrap_or(0),
+            );
+            Ok(
+                (all.len() == P as usize && distinct.len() == P as usize && max - min <= 1)
+                    .then_some(loads),
+            )
+        },
+    )
     .await
 }
 
@@ -82,9 +125,11 @@ async fn three_workers_one_killed_one_added_every_note_once_in_order() -> anyhow
     let posting = post_conversations(&stack, &chats, notes, 1);
     let chaos = async {
         // Mid-run: kill one worker without warning, then add another.
-        eventually("a third of the notes applied", Duration::from_secs(60), || async {
-            Ok((notes_count(&stack).await? >= 600).then_some(()))
-        })
+        eventually(
+            "a third of the notes applied",
+            Duration::from_secs(60),
+            || async { Ok((notes_count(&stack).await? >= 600).then_some(())) },
+        )
         .await?;
         let killed_at = Instant::now();
         w1.kill().await?;
@@ -95,9 +140,11 @@ async fn three_workers_one_killed_one_added_every_note_once_in_order() -> anyhow
     posted?;
     let (killed_at, w4) = chaos?;
 
-    eventually("all 2,000 notes applied", Duration::from_secs(120), || async {
-        Ok((notes_count(&stack).await? >= 2000).then_some(()))
-    })
+    eventually(
+        "all 2,000 notes applied",
+        Duration::from_secs(120),
+        || async { Ok((notes_count(&stack).await? >= 2000).then_some(())) },
+    )
     .await?;
     let loads = balanced(&stack.http, &[&w2, &w3, &w4], Duration::from_secs(30)).await?;
     eprintln!(
@@ -107,7 +154,9 @@ async fn three_workers_one_killed_one_added_every_note_once_in_order() -> anyhow
 
     assert_every_note_once_in_order(&stack, &chats, notes).await?;
     assert_eq!(notes_count(&stack).await?, 2000, "no note twice");
-    let processed: i64 = sqlx::query_scalar("SELECT count(*) FROM processed_updates").fetch_one(&stack.db).await?;
+    let processed: i64 = sqlx::query_scalar("SELECT count(*) FROM processed_updates")
+        .fetch_one(&stack.db)
+        .await?;
     assert_eq!(processed, 2200, "every update applied once");
     Ok(())
 }
@@ -137,14 +186,24 @@ async fn a_redelivered_older_update_is_applied_first_never_after() -> anyhow::Re
             update_json: text_update(id, chat, text).to_string().into_bytes(),
         };
         let ack = js
-            .send_publish(subject.clone(), PublishMessage::build().payload(env.encode_to_vec().into()))
+            .send_publish(
+                subject.clone(),
+                PublishMessage::build().payload(env.encode_to_vec().into()),
+            )
             .await?
             .await?;
         seqs.push((ack.sequence, env));
     }
     let updates = js.get_stream(topology::UPDATES_STREAM).await?;
     let stats = std::sync::Arc::new(courier_worker::Stats::default());
-    let applier = courier_worker::apply::Applier::new(bot, stack.db.clone(), js.clone(), updates, stats.clone(), CancellationToken::new());
+    let applier = courier_worker::apply::Applier::new(
+        bot,
+        stack.db.clone(),
+        js.clone(),
+        updates,
+        stats.clone(),
+        CancellationToken::new(),
+    );
     let delivered = |i: usize| courier_worker::apply::Delivered {
         seq: seqs[i].0,
         subject: subject.clone(),
@@ -152,8 +211,15 @@ async fn a_redelivered_older_update_is_applied_first_never_after() -> anyhow::Re
     };
 
     // The newest arrives first (its predecessors are "in redelivery").
-    assert_eq!(applier.process(&delivered(2), 0, None).await, courier_worker::apply::Outcome::Done);
-    assert_eq!(stack.notes(chat).await?, vec!["older", "newer"], "the older note is applied first");
+    assert_eq!(
+        applier.process(&delivered(2), 0, None).await,
+        courier_worker::apply::Outcome::Done
+    );
+    assert_eq!(
+        stack.notes(chat).await?,
+        vec!["older", "newer"],
+        "the older note is applied first"
+    );
     assert!(stats.reordered.load(Ordering::Relaxed) >= 1);
     // Then the redeliveries arrive: skipped, never applied after the newer one.
     applier.process(&delivered(1), 0, None).await;
@@ -189,7 +255,11 @@ async fn two_workers_sharing_every_partition_keep_each_chat_in_order() -> anyhow
             while !stop.is_cancelled() {
                 for p in 0..P {
                     let name = courier_worker::partitions::consumer_name(bot, p);
-                    if updates.unpin_consumer(&name, courier_worker::partitions::GROUP).await.is_ok() {
+                    if updates
+                        .unpin_consumer(&name, courier_worker::partitions::GROUP)
+                        .await
+                        .is_ok()
+                    {
                         unpins += 1;
                     }
                 }
@@ -211,9 +281,19 @@ async fn two_workers_sharing_every_partition_keep_each_chat_in_order() -> anyhow
 
     assert_every_note_once_in_order(&stack, &chats, notes).await?;
     let (sa, sb) = (a.stats(), b.stats());
-    let (applied_a, applied_b) = (sa.applied.load(Ordering::Relaxed), sb.applied.load(Ordering::Relaxed));
-    assert_eq!(applied_a + applied_b, (chats.len() * (notes + 1)) as u64, "each update applied once");
-    assert!(applied_a > 0 && applied_b > 0, "both workers applied updates: {applied_a} / {applied_b}");
+    let (applied_a, applied_b) = (
+        sa.applied.load(Ordering::Relaxed),
+        sb.applied.load(Ordering::Relaxed),
+    );
+    assert_eq!(
+        applied_a + applied_b,
+        (chats.len() * (notes + 1)) as u64,
+        "each update applied once"
+    );
+    assert!(
+        applied_a > 0 && applied_b > 0,
+        "both workers applied updates: {applied_a} / {applied_b}"
+    );
     assert!(unpins > 0, "pins were released by hand");
     a_cancel.cancel();
     b_cancel.cancel();
