@@ -44,6 +44,9 @@ enum Command {
         /// Number of worker processes.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
         workers: u16,
+        /// Build and run optimised binaries (for load measurements).
+        #[arg(long)]
+        release: bool,
     },
     /// Run the workspace tests (nextest when installed, else cargo test) with
     /// COURIER_TEST_PG_URL and COURIER_NATS_SERVER set; arguments after `--` are passed on.
@@ -58,7 +61,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Provision => provision::run(),
-        Command::Up { workers } => up::run(workers),
+        Command::Up { workers, release } => up::run(workers, release),
         Command::Test { args } => test::run(&args),
     };
     match result {

@@ -27,7 +27,7 @@ const BINARIES: [&str; 4] = [
     "courier-sandbox",
 ];
 
-pub fn run(workers: u16) -> Result<ExitCode> {
+pub fn run(workers: u16, release: bool) -> Result<ExitCode> {
     proc::catch_signals()?;
     let tools = provision::tools()?;
     let dev = paths::target().join("courier-dev");
@@ -38,9 +38,11 @@ pub fn run(workers: u16) -> Result<ExitCode> {
 
     let sandbox_port = sandbox_port()?;
 
-    eprintln!("xtask: cargo build --bins");
+    let profile: &[&str] = if release { &["--release"] } else { &[] };
+    eprintln!("xtask: cargo build --bins {}", profile.join(" "));
     let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
         .args(["build", "--bins"])
+        .args(profile)
         .current_dir(paths::root())
         .stdin(Stdio::null())
         .status()
@@ -51,7 +53,7 @@ pub fn run(workers: u16) -> Result<ExitCode> {
     if !status.success() {
         bail!("cargo build --bins failed ({})", describe(status));
     }
-    let bin_dir = paths::target().join("debug");
+    let bin_dir = paths::target().join(if release { "release" } else { "debug" });
     for name in BINARIES {
         if !bin_dir.join(name).is_file() {
             bail!(

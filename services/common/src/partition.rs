@@ -10,11 +10,16 @@ pub const DEFAULT_PARTITIONS: u32 = 32;
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 
-/// FNV-1a (64 bit) of the chat id's little-endian bytes.
-pub fn chat_hash(chat_id: i64) -> u64 {
-    chat_id.to_le_bytes().iter().fold(FNV_OFFSET, |h, b| {
+/// FNV-1a (64 bit) of some bytes.
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(FNV_OFFSET, |h, b| {
         (h ^ u64::from(*b)).wrapping_mul(FNV_PRIME)
     })
+}
+
+/// FNV-1a (64 bit) of the chat id's little-endian bytes.
+pub fn chat_hash(chat_id: i64) -> u64 {
+    fnv1a64(&chat_id.to_le_bytes())
 }
 
 /// The partition of a chat among `partitions` (which must be at least 1).

@@ -35,9 +35,16 @@ pub fn partition_filter(bot_id: i64, partition: u32) -> String {
     format!("courier.updates.{bot_id}.{partition}.>")
 }
 
-/// `Nats-Msg-Id` of an inbound update: JetStream drops a second publish of it.
-pub fn update_msg_id(bot_id: i64, update_id: i64) -> String {
-    format!("{bot_id}:{update_id}")
+/// `Nats-Msg-Id` of an inbound update: JetStream drops a second publish of it within its
+/// duplicate window. The fingerprint tells a retry (same bytes) from a reused update id.
+pub fn update_msg_id(bot_id: i64, update_id: i64, fingerprint: u64) -> String {
+    format!("{bot_id}:{update_id}:{fingerprint:016x}")
+}
+
+/// The fingerprint of an update's raw bytes: FNV-1a 64. Stable forever (it is stored in
+/// `processed_updates`), so written out here rather than taken from a crate.
+pub fn update_fingerprint(update_json: &[u8]) -> u64 {
+    crate::partition::fnv1a64(update_json)
 }
 
 /// Subject of one outbound message.
@@ -191,7 +198,12 @@ mod tests {
             update_subject(42, 7, -100123),
             "courier.updates.42.7.-100123"
         );
-        assert_eq!(update_msg_id(42, 9), "42:9");
+        assert_eq!(update_msg_id(42, 9, 0xab), "42:9:00000000000000ab");
+        assert_eq!(update_fingerprint(b""), 0xcbf2_9ce4_8422_2325);
+        assert_ne!(
+            update_fingerprint(b"{\"a\":1}"),
+            update_fingerprint(b"{\"a\":2}")
+        );
         assert_eq!(outbound_subject(42, 5), "courier.outbound.42.5");
         assert_eq!(outbound_msg_id(17), "out:17");
         assert_eq!(partition_filter(42, 3), "courier.updates.42.3.>");

@@ -3,7 +3,7 @@
 //! `POST /webhook` (path configurable) takes one update, checks the secret header in constant
 //! time, reads only what routing needs (the update id and the chat), wraps the raw bytes in an
 //! [`InboundUpdate`] envelope and publishes it to `courier.updates.<bot>.<partition>.<chat>` with
-//! `Nats-Msg-Id = <bot>:<update_id>`. It answers 200 only after JetStream acknowledged the
+//! `Nats-Msg-Id = <bot>:<update_id>:<fingerprint>`. It answers 200 only after JetStream acknowledged the
 //! publish; anything else is a 5xx, so Telegram retries and nothing is lost.
 //!
 //! **Architecture Invariant:** ingress is stateless and never parses an update fully: it
@@ -204,6 +204,7 @@ async fn webhook(State(app): State<Arc<AppState>>, body: Bytes) -> Response {
         )
             .into_response();
     }
+    let fingerprint = topology::update_fingerprint(&body);
     let envelope = InboundUpdate {
         bot_id: app.bot_id,
         update_id: probe.update_id,
@@ -211,10 +212,15 @@ async fn webhook(State(app): State<Arc<AppState>>, body: Bytes) -> Response {
         partition,
         received_at_unix_ms: unix_ms(),
         update_json: body.to_vec(),
+        update_fingerprint: fingerprint,
     };
     let subject = topology::update_subject(app.bot_id, partition, chat_id);
     let publish = PublishMessage::build()
-        .message_id(topology::update_msg_id(app.bot_id, probe.update_id))
+        .message_id(topology::update_msg_id(
+            app.bot_id,
+            probe.update_id,
+            fingerprint,
+        ))
         .payload(envelope.encode_to_vec().into());
     let result = tokio::time::timeout(app.publish_timeout, async {
         app.js.send_publish(subject, publish).await?.await

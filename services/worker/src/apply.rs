@@ -136,11 +136,17 @@ impl Applier {
                     .await
             }
         };
+        // Envelopes from before the fingerprint existed carry 0: compute it.
+        let fingerprint = match envelope.update_fingerprint {
+            0 => topology::update_fingerprint(&envelope.update_json),
+            f => f,
+        };
         let upd = UpdateRef {
             bot_id: envelope.bot_id,
             update_id: envelope.update_id,
             chat_id: envelope.chat_id,
             seq: d.seq,
+            fingerprint,
         };
         let update: teloxide_core::types::Update =
             match serde_json::from_slice(&envelope.update_json) {

@@ -99,6 +99,8 @@ pub struct UpdateRef {
     pub chat_id: i64,
     /// The stream sequence of the message that carried it.
     pub seq: u64,
+    /// The fingerprint of the update's bytes (part of the idempotency key).
+    pub fingerprint: u64,
 }
 
 /// Applies one update in one transaction: dedup, lock the chat's state, check the order, run
@@ -293,11 +295,15 @@ async fn claim(
     outcome: &str,
 ) -> Result<bool, StoreError> {
     let inserted = sqlx::query(
-        "INSERT INTO processed_updates (bot_id, update_id, chat_id, stream_seq, outcome) \
-         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (bot_id, update_id) DO NOTHING",
+        "INSERT INTO processed_updates \
+         (bot_id, update_id, update_fingerprint, chat_id, stream_seq, outcome) \
+         VALUES ($1, $2, $3, $4, $5, $6) \
+         ON CONFLICT (bot_id, update_id, update_fingerprint) DO NOTHING",
     )
     .bind(upd.bot_id)
     .bind(upd.update_id)
+    // Stored as the same 64 bits in a BIGINT.
+    .bind(upd.fingerprint as i64)
     .bind(upd.chat_id)
     .bind(upd.seq as i64)
     .bind(outcome)

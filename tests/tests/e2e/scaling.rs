@@ -184,6 +184,7 @@ async fn a_redelivered_older_update_is_applied_first_never_after() -> anyhow::Re
             partition: p,
             received_at_unix_ms: 0,
             update_json: text_update(id, chat, text).to_string().into_bytes(),
+            update_fingerprint: 0,
         };
         let ack = js
             .send_publish(
