@@ -7,6 +7,7 @@
 
 pub mod infra;
 pub mod procs;
+pub mod sender_support;
 
 use std::net::SocketAddr;
 use std::time::Duration;

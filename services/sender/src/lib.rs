@@ -1,26 +1,42 @@
-//! Courier sender: delivers outbound messages to the Telegram Bot API.
+//! Courier sender: delivers outbound messages to the Telegram Bot API within Telegram's limits.
 //!
-//! The sender pulls `courier.outbound.<bot>.>` from JetStream, keeps each chat's messages in
-//! order with per-chat lanes ([`courier_common::lanes`]), and calls the Bot API through
-//! teloxide-core's client, against a configurable base URL (the sandbox locally, Telegram in
-//! production). A message is acknowledged only after Telegram accepted it or it was parked in
-//! `COURIER_DLQ`:
+//! The sender pulls `courier.outbound.<bot>.>` from JetStream (durable consumer
+//! `courier-sender-<bot>`), keeps each chat's messages in order with per-chat lanes
+//! ([`courier_common::lanes`]), and calls `sendMessage` through teloxide-core against a
+//! configurable base URL (the sandbox locally, Telegram in production). Design and reasoning:
+//! `docs/SENDER.md`. In short:
 //!
-//! - 429: wait exactly `retry_after`, then resend;
-//! - 5xx, timeouts, connection errors: exponential backoff with jitter, retried without limit;
-//! - 400, 403: permanent; published to `COURIER_DLQ` with the reason, then acknowledged.
+//! - **Limits** ([`limits`]): governor GCRA budgets for the bot (30/s), each private chat (1/s)
+//!   and each group (20/min); a chat waiting for its slot never holds up the others.
+//! - **Answers** ([`telegram::classify`]): 429 pauses the bot for `retry_after`, then the
+//!   message is resent; 5xx, timeouts and connection errors back off with jitter and feed a
+//!   circuit breaker ([`breaker`]) that stops pulling while Telegram is down; 400/403 park the
+//!   message in `COURIER_DLQ`; "bot was blocked by the user" also marks the chat blocked, and
+//!   later messages to it are skipped and counted; `migrate_to_chat_id` re-targets.
+//! - **Long texts** are split ([`split`]) into ordered parts of at most 4096 characters.
+//! - **Sent ledger** ([`ledger`]): a part already in `sent_messages` is never sent again.
+//! - **One active sender per bot** ([`lease`]): replicas are hot standbys.
+//! - **Graceful shutdown**: stop pulling, finish calls in flight, hand the rest back (nak).
 //!
-//! The full rate-limited sender (Telegram's per-bot and per-chat budgets) builds on this.
+//! A message is acknowledged only after every part was accepted by Telegram (or parked, or
+//! skipped); until then it is kept alive with in-progress acks, however long it waits.
 #![deny(missing_docs)]
 
+pub mod breaker;
+pub mod lease;
+pub mod ledger;
+pub mod limits;
+pub mod split;
 pub mod telegram;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::jetstream::{self, AckKind};
+use async_nats::jetstream;
+use async_nats::Subject;
 use courier_common::{
     backoff::Backoff,
     config::{parse_duration, ConfigError, NatsArgs, SecretArgs},
@@ -30,38 +46,179 @@ use courier_proto::{
     v1::{outbound_message::Action, OutboundMessage},
     Message as _,
 };
-use teloxide_core::{prelude::Requester, types::ChatId, Bot};
+use futures::StreamExt;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+use teloxide_core::{
+    payloads::SendMessageSetters,
+    prelude::Requester,
+    types::{ChatId, ParseMode},
+    Bot,
+};
 use tokio::task::JoinHandle;
 
+use crate::breaker::Breaker;
+use crate::lease::Lease;
+use crate::limits::{Limits, Rates};
 use crate::telegram::Failure;
+
+/// The embedded migrations (`migrations/` at the repository root); the sender runs them at
+/// start-up when `COURIER_SENDER_MIGRATE` is on (under sqlx's advisory lock, so running them
+/// from the worker and the sender at once is safe).
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
 
 /// Sender configuration (environment variables or the matching flags).
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
     /// Base URL of the Bot API (the sandbox's URL locally).
-    #[arg(long = "telegram-api-url", env = "COURIER_TELEGRAM_API_URL", default_value = "https://api.telegram.org")]
+    #[arg(
+        long = "telegram-api-url",
+        env = "COURIER_TELEGRAM_API_URL",
+        default_value = "https://api.telegram.org"
+    )]
     pub api_url: url::Url,
     /// Timeout of one Bot API call.
     #[arg(long = "request-timeout", env = "COURIER_SENDER_REQUEST_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
     pub request_timeout: Duration,
     /// Address of the health and readiness endpoints.
-    #[arg(long = "health-addr", env = "COURIER_SENDER_HEALTH_ADDR", default_value = "0.0.0.0:9092")]
+    #[arg(
+        long = "health-addr",
+        env = "COURIER_SENDER_HEALTH_ADDR",
+        default_value = "0.0.0.0:9092"
+    )]
     pub health_addr: SocketAddr,
-    /// Chats sent to concurrently.
-    #[arg(long = "max-lanes", env = "COURIER_SENDER_MAX_LANES", default_value_t = 256)]
+    /// Chats sent to concurrently (keep above bot rate × slowest chat period: 90 by default).
+    #[arg(
+        long = "max-lanes",
+        env = "COURIER_SENDER_MAX_LANES",
+        default_value_t = 256
+    )]
     pub max_lanes: usize,
     /// Unacknowledged messages the server hands this consumer at most (bounds memory).
-    #[arg(long = "max-ack-pending", env = "COURIER_SENDER_MAX_ACK_PENDING", default_value_t = 4096)]
+    #[arg(
+        long = "max-ack-pending",
+        env = "COURIER_SENDER_MAX_ACK_PENDING",
+        default_value_t = 4096
+    )]
     pub max_ack_pending: i64,
     /// How long JetStream waits for an ack before redelivering (kept alive by progress acks).
     #[arg(long = "ack-wait", env = "COURIER_SENDER_ACK_WAIT", default_value = "30s", value_parser = parse_duration)]
     pub ack_wait: Duration,
+    /// PostgreSQL URL (the sent ledger, blocked chats, chat migrations; never logged).
+    #[arg(long = "database-url", env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Connections in the sender's database pool.
+    #[arg(
+        long = "db-pool-size",
+        env = "COURIER_SENDER_DB_POOL_SIZE",
+        default_value_t = 4
+    )]
+    pub db_pool_size: u32,
+    /// Run the migrations at start-up.
+    #[arg(long = "migrate", env = "COURIER_SENDER_MIGRATE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub migrate: bool,
+    /// Bot API calls per second for the whole bot.
+    #[arg(
+        long = "bot-rate",
+        env = "COURIER_SENDER_BOT_RATE",
+        default_value_t = 30.0
+    )]
+    pub bot_rate: f64,
+    /// Calls per second to one private chat.
+    #[arg(
+        long = "private-chat-rate",
+        env = "COURIER_SENDER_PRIVATE_CHAT_RATE",
+        default_value_t = 1.0
+    )]
+    pub private_chat_rate: f64,
+    /// Calls per minute to one group or supergroup.
+    #[arg(
+        long = "group-rate-per-min",
+        env = "COURIER_SENDER_GROUP_RATE_PER_MIN",
+        default_value_t = 20.0
+    )]
+    pub group_rate_per_min: f64,
+    /// Fraction by which every budget's period is lengthened against network jitter
+    /// (0.01: each budget used at 99%).
+    #[arg(
+        long = "rate-headroom",
+        env = "COURIER_SENDER_RATE_HEADROOM",
+        default_value_t = 0.01
+    )]
+    pub rate_headroom: f64,
+    /// Transient failures in a row that open the circuit breaker.
+    #[arg(
+        long = "breaker-threshold",
+        env = "COURIER_SENDER_BREAKER_THRESHOLD",
+        default_value_t = 5
+    )]
+    pub breaker_threshold: u32,
+    /// First cool-down of the open breaker (doubles per failed probe, at most 60 s).
+    #[arg(long = "breaker-cooldown", env = "COURIER_SENDER_BREAKER_COOLDOWN", default_value = "1s", value_parser = parse_duration)]
+    pub breaker_cooldown: Duration,
+    /// Time to live of the active sender's lease (standbys take over after it).
+    #[arg(long = "lease-ttl", env = "COURIER_SENDER_LEASE_TTL", default_value = "10s", value_parser = parse_duration)]
+    pub lease_ttl: Duration,
     /// NATS settings.
     #[command(flatten)]
     pub nats: NatsArgs,
     /// Bot token and dev mode.
     #[command(flatten)]
     pub secrets: SecretArgs,
+}
+
+impl Config {
+    /// The rate budgets, validated (each variable must be a positive number).
+    pub fn rates(&self) -> Result<Rates, ConfigError> {
+        let check = |var: &'static str, v: f64| {
+            if v.is_finite() && v > 0.0 {
+                Ok(v)
+            } else {
+                Err(ConfigError {
+                    var,
+                    reason: format!("must be a positive number, got {v}"),
+                })
+            }
+        };
+        Ok(Rates {
+            bot_per_sec: check("COURIER_SENDER_BOT_RATE", self.bot_rate)?,
+            private_chat_per_sec: check(
+                "COURIER_SENDER_PRIVATE_CHAT_RATE",
+                self.private_chat_rate,
+            )?,
+            group_per_min: check("COURIER_SENDER_GROUP_RATE_PER_MIN", self.group_rate_per_min)?,
+            headroom: if (0.0..0.5).contains(&self.rate_headroom) {
+                self.rate_headroom
+            } else {
+                return Err(ConfigError {
+                    var: "COURIER_SENDER_RATE_HEADROOM",
+                    reason: format!("must be in [0, 0.5), got {}", self.rate_headroom),
+                });
+            },
+        })
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.lease_ttl < Duration::from_secs(1) {
+            return Err(ConfigError {
+                var: "COURIER_SENDER_LEASE_TTL",
+                reason: "must be at least 1s".into(),
+            });
+        }
+        if self.ack_wait < Duration::from_secs(1) {
+            return Err(ConfigError {
+                var: "COURIER_SENDER_ACK_WAIT",
+                reason: "must be at least 1s".into(),
+            });
+        }
+        if self.max_lanes == 0 {
+            return Err(ConfigError {
+                var: "COURIER_SENDER_MAX_LANES",
+                reason: "must be at least 1".into(),
+            });
+        }
+        Ok(())
+    }
 }
 
 /// What can stop the sender.
@@ -76,6 +233,12 @@ pub enum Error {
     /// JetStream consumer trouble.
     #[error("JetStream: {0}")]
     JetStream(String),
+    /// The lease bucket could not be opened.
+    #[error(transparent)]
+    Lease(#[from] lease::LeaseError),
+    /// Migrations failed.
+    #[error("migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
     /// Binding or serving HTTP failed.
     #[error("http server: {0}")]
     Io(#[from] std::io::Error),
@@ -84,12 +247,29 @@ pub enum Error {
 /// Counters of what the sender did.
 #[derive(Debug, Default)]
 pub struct Stats {
-    /// Messages Telegram accepted.
+    /// Bot API calls Telegram accepted (one per part of a message).
     pub sent: AtomicU64,
+    /// Outbound messages finished (all parts sent).
+    pub messages_sent: AtomicU64,
     /// Retries after 429, 5xx or network errors.
     pub retries: AtomicU64,
+    /// 429 answers received.
+    pub rate_limited: AtomicU64,
     /// Messages parked in the dead-letter stream.
     pub dead_lettered: AtomicU64,
+    /// Messages skipped because the chat's user blocked the bot.
+    pub skipped_blocked: AtomicU64,
+    /// Messages skipped because the ledger says they were sent already.
+    pub duplicates_skipped: AtomicU64,
+    /// Messages re-targeted to a migrated chat.
+    pub migrated: AtomicU64,
+    /// Times this sender became the active one (acquired the lease).
+    pub activations: AtomicU64,
+    /// Longest time between Telegram's answer and the ledger's commit, microseconds: the
+    /// window in which a crash duplicates a message.
+    pub ledger_window_max_us: AtomicU64,
+    /// Sum of those windows, microseconds (divide by `sent` for the mean).
+    pub ledger_window_total_us: AtomicU64,
 }
 
 /// A running sender.
@@ -118,23 +298,151 @@ impl Sender {
     }
 }
 
-struct Ctx {
-    bot: Bot,
-    bot_id: i64,
-    js: jetstream::Context,
-    stats: Arc<Stats>,
-    cancel: CancellationToken,
-}
-
 /// The name of the sender's durable consumer for a bot.
 pub fn consumer_name(bot_id: i64) -> String {
     format!("courier-sender-{bot_id}")
 }
 
-/// Validates the configuration, connects and starts sending.
+// ---------------------------------------------------------------------------------------
+// Messages held by this sender: kept alive with progress acks, handed back with a nak.
+
+/// The messages this sender holds (queued in a lane or being sent).
+struct Inflight {
+    client: async_nats::Client,
+    held: Mutex<HashMap<u64, Subject>>,
+    to_nak: Mutex<Vec<(u64, Subject)>>,
+    next: AtomicU64,
+}
+
+impl Inflight {
+    /// Sends in-progress acks for everything held.
+    async fn keep_alive(&self) {
+        let replies: Vec<Subject> = self
+            .held
+            .lock()
+            .expect("held lock")
+            .values()
+            .cloned()
+            .collect();
+        for reply in replies {
+            let _ = self
+                .client
+                .publish(reply, bytes::Bytes::from_static(b"+WPI"))
+                .await;
+        }
+    }
+
+    /// Hands back (nak) what was dropped unsettled, oldest stream sequence first, so that
+    /// JetStream redelivers each chat's messages in their order. Called only once every
+    /// handler of a term has finished.
+    async fn hand_back(&self) {
+        let mut naks = std::mem::take(&mut *self.to_nak.lock().expect("nak lock"));
+        naks.sort_by_key(|(seq, _)| *seq);
+        for (_, reply) in naks {
+            let _ = self
+                .client
+                .publish(reply, bytes::Bytes::from_static(b"-NAK"))
+                .await;
+        }
+        let _ = self.client.flush().await;
+    }
+}
+
+/// A pulled message; handed back (nak) when dropped without being settled.
+struct Held {
+    msg: jetstream::Message,
+    id: u64,
+    inflight: Arc<Inflight>,
+    settled: bool,
+}
+
+impl Held {
+    fn new(msg: jetstream::Message, inflight: Arc<Inflight>) -> Self {
+        let id = inflight.next.fetch_add(1, Ordering::Relaxed);
+        if let Some(reply) = msg.reply.clone() {
+            inflight.held.lock().expect("held lock").insert(id, reply);
+        }
+        Self {
+            msg,
+            id,
+            inflight,
+            settled: false,
+        }
+    }
+
+    async fn ack(mut self) {
+        if let Err(e) = self.msg.ack().await {
+            tracing::warn!(error = %e, "ack failed");
+        }
+        self.settled = true;
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let reply = self
+            .inflight
+            .held
+            .lock()
+            .expect("held lock")
+            .remove(&self.id);
+        if !self.settled {
+            if let Some(reply) = reply {
+                let seq = self
+                    .msg
+                    .info()
+                    .map(|i| i.stream_sequence)
+                    .unwrap_or(u64::MAX);
+                self.inflight
+                    .to_nak
+                    .lock()
+                    .expect("nak lock")
+                    .push((seq, reply));
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+
+#[derive(Clone)]
+struct Ctx {
+    bot: Bot,
+    bot_id: i64,
+    js: jetstream::Context,
+    pool: PgPool,
+    limits: Arc<Limits>,
+    breaker: Arc<Breaker>,
+    lease: Arc<Lease>,
+    stats: Arc<Stats>,
+    /// Fires on shutdown or when the lease is lost.
+    cancel: CancellationToken,
+}
+
+/// Validates the configuration, connects and starts: as the active sender once it holds the
+/// bot's lease, as a hot standby until then.
 pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Sender, Error> {
+    config.validate()?;
+    let rates = config.rates()?;
     let token = config.secrets.bot_token()?;
     let bot_id = token.bot_id();
+    let url = config
+        .database_url
+        .clone()
+        .filter(|u| !u.is_empty())
+        .ok_or(ConfigError {
+            var: "DATABASE_URL",
+            reason: "is required (postgres://user:password@host:port/database)".into(),
+        })?;
+    let connect_options: sqlx::postgres::PgConnectOptions =
+        url.parse().map_err(|e: sqlx::Error| ConfigError {
+            var: "DATABASE_URL",
+            reason: format!("is not a PostgreSQL URL: {e}"),
+        })?;
+    let pool = PgPoolOptions::new()
+        .max_connections(config.db_pool_size.max(1))
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy_with(connect_options);
     let client = teloxide_core::net::default_reqwest_settings()
         .timeout(config.request_timeout)
         .build()
@@ -147,6 +455,9 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Sender
     let nats = config.nats.connect("courier-sender").await?;
     let js = jetstream::new(nats.clone());
     topology::ensure_streams(&js, config.nats.partitions).await?;
+    if config.migrate {
+        migrate_with_retry(&pool, &shutdown).await?;
+    }
     let stream = js
         .get_stream(topology::OUTBOUND_STREAM)
         .await
@@ -167,8 +478,32 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Sender
         )
         .await
         .map_err(|e| Error::JetStream(e.to_string()))?;
+    let holder = format!(
+        "{}-{}-{:08x}",
+        std::env::var("HOSTNAME").unwrap_or_else(|_| "sender".into()),
+        std::process::id(),
+        rand::random::<u32>()
+    );
+    let lease = Lease::open(&js, bot_id, holder.clone(), config.lease_ttl).await?;
 
-    let app = health::router(vec![("nats", health::nats_probe(nats))]);
+    let health_pool = pool.clone();
+    let db_probe: health::Probe = Arc::new(move || {
+        let pool = health_pool.clone();
+        Box::pin(async move {
+            tokio::time::timeout(
+                Duration::from_secs(2),
+                sqlx::query("SELECT 1").execute(&pool),
+            )
+            .await
+            .map_err(|_| "postgres: timeout".to_owned())?
+            .map(|_| ())
+            .map_err(|e| format!("postgres: {e}"))
+        })
+    });
+    let app = health::router(vec![
+        ("nats", health::nats_probe(nats.clone())),
+        ("postgres", db_probe),
+    ]);
     let listener = tokio::net::TcpListener::bind(config.health_addr).await?;
     let health_addr = listener.local_addr()?;
     let http_shutdown = shutdown.clone();
@@ -179,22 +514,36 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Sender
     });
 
     let stats = Arc::new(Stats::default());
+    let inflight = Arc::new(Inflight {
+        client: nats.clone(),
+        held: Mutex::new(HashMap::new()),
+        to_nak: Mutex::new(Vec::new()),
+        next: AtomicU64::new(0),
+    });
     let ctx = Arc::new(Ctx {
         bot,
         bot_id,
         js,
+        pool: pool.clone(),
+        limits: Arc::new(Limits::new(rates)),
+        breaker: Arc::new(Breaker::new(
+            config.breaker_threshold,
+            config.breaker_cooldown,
+            Duration::from_secs(60),
+        )),
+        lease: Arc::new(lease),
         stats: stats.clone(),
-        cancel: shutdown.clone(),
+        cancel: shutdown.child_token(),
     });
-    tracing::info!(bot_id, consumer = %name, api = %config.api_url, %health_addr, "sender consuming");
-    let max_lanes = config.max_lanes;
+    tracing::info!(bot_id, consumer = %name, api = %config.api_url, %health_addr, holder, ?rates, "sender started");
+    let settings = RunSettings {
+        max_lanes: config.max_lanes,
+        ack_wait: config.ack_wait,
+    };
     let task = tokio::spawn(async move {
-        let input = pull::keyed_messages(consumer, shutdown.clone());
-        lanes::run(input, max_lanes, shutdown.clone(), move |_chat, msg| {
-            handle(ctx.clone(), msg)
-        })
-        .await;
+        supervise(ctx, consumer, inflight, settings, shutdown).await;
         let _ = http.await;
+        pool.close().await;
         tracing::info!("sender stopped");
         Ok(())
     });
@@ -210,71 +559,481 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     spawn(config, shutdown).await?.wait().await
 }
 
-async fn handle(ctx: Arc<Ctx>, msg: jetstream::Message) {
-    let out = match OutboundMessage::decode(msg.payload.clone()) {
-        Ok(out) => out,
-        Err(e) => {
-            dead_letter(&ctx, &msg, &format!("undecodable outbound message: {e}")).await;
-            return;
-        }
-    };
-    let Some(Action::Send(send)) = out.action else {
-        dead_letter(&ctx, &msg, "outbound message without an action this sender knows").await;
-        return;
-    };
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
+async fn migrate_with_retry(pool: &PgPool, cancel: &CancellationToken) -> Result<(), Error> {
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     loop {
-        let wait = match ctx.bot.send_message(ChatId(out.chat_id), send.text.clone()).await {
-            Ok(sent) => {
-                ctx.stats.sent.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(outbox_id = out.outbox_id, message_id = sent.id.0, "sent");
-                if let Err(e) = msg.ack().await {
-                    tracing::warn!(error = %e, "ack failed");
-                }
-                return;
+        match MIGRATOR.run(pool).await {
+            Ok(()) => return Ok(()),
+            Err(sqlx::migrate::MigrateError::Execute(e))
+                if !matches!(e, sqlx::Error::Database(_)) =>
+            {
+                tracing::warn!(error = %e, "database not reachable for migrations; retrying");
             }
-            Err(err) => match telegram::classify(&err) {
-                Failure::RetryAfter(d) => {
-                    tracing::warn!(outbox_id = out.outbox_id, retry_after = ?d, "429 from Telegram");
-                    d
-                }
-                Failure::Transient(reason) => {
-                    let d = backoff.next_delay();
-                    tracing::warn!(outbox_id = out.outbox_id, %reason, delay = ?d, "Bot API call failed; retrying");
-                    d
-                }
-                Failure::Permanent(reason) => {
-                    dead_letter(&ctx, &msg, &reason).await;
-                    return;
-                }
-            },
-        };
-        ctx.stats.retries.fetch_add(1, Ordering::Relaxed);
-        let _ = msg.ack_with(AckKind::Progress).await;
+            Err(e) => return Err(e.into()),
+        }
         tokio::select! {
-            // Not acknowledged: redelivered after a restart.
-            _ = ctx.cancel.cancelled() => return,
-            _ = tokio::time::sleep(wait) => {}
+            _ = cancel.cancelled() => return Err(Error::JetStream("cancelled during start-up".into())),
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
         }
     }
 }
 
-async fn dead_letter(ctx: &Ctx, msg: &jetstream::Message, reason: &str) {
-    tracing::error!(reason, subject = %msg.subject, "dead-lettering outbound message");
+#[derive(Debug, Clone, Copy)]
+struct RunSettings {
+    max_lanes: usize,
+    ack_wait: Duration,
+}
+
+/// Standby until the lease is ours, active until shutdown or until the lease is lost.
+async fn supervise(
+    ctx_template: Arc<Ctx>,
+    consumer: jetstream::consumer::Consumer<jetstream::consumer::pull::Config>,
+    inflight: Arc<Inflight>,
+    settings: RunSettings,
+    shutdown: CancellationToken,
+) {
+    // The keeper: progress acks for every held message, every third of ack_wait.
+    let keeper_inflight = inflight.clone();
+    let keeper_stop = CancellationToken::new();
+    let keeper_token = keeper_stop.clone();
+    let keeper = tokio::spawn(async move {
+        let mut tick =
+            tokio::time::interval((settings.ack_wait / 3).max(Duration::from_millis(200)));
+        loop {
+            tokio::select! {
+                _ = keeper_token.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            keeper_inflight.keep_alive().await;
+        }
+    });
+    let housekeeping_ctx = ctx_template.clone();
+    let housekeeping = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(30));
+        loop {
+            tick.tick().await;
+            housekeeping_ctx.limits.forget_idle();
+        }
+    });
+
+    let mut active_ctx = ctx_template;
+    'outer: loop {
+        // Standby: try to acquire the lease.
+        let how = loop {
+            if let Some(how) = active_ctx.lease.try_acquire().await {
+                break how;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break 'outer,
+                _ = tokio::time::sleep(active_ctx.lease.renew_every()) => {}
+            }
+        };
+        active_ctx.stats.activations.fetch_add(1, Ordering::Relaxed);
+        // After a graceful hand-over the previous holder has handed back (nak, in stream
+        // order) everything it held, and had no pull request outstanding. After an expiry it
+        // may have died holding messages: wait until none is pending, at most ack_wait (then
+        // JetStream has made them all redeliverable, ahead of newer ones), so we never
+        // overtake a chat's older message.
+        let deadline = tokio::time::Instant::now() + settings.ack_wait + Duration::from_secs(1);
+        let mut wait_for_pending = how == lease::Acquired::Fresh;
+        while wait_for_pending {
+            let pending = consumer
+                .clone()
+                .info()
+                .await
+                .map(|i| i.num_ack_pending)
+                .unwrap_or(1);
+            if pending == 0 || tokio::time::Instant::now() >= deadline {
+                wait_for_pending = false;
+                continue;
+            }
+            tracing::info!(
+                pending,
+                "waiting for the previous holder's messages to come back"
+            );
+            tokio::select! {
+                _ = shutdown.cancelled() => { active_ctx.lease.release().await; break 'outer; }
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+            if !active_ctx.lease.renew().await {
+                active_ctx.lease.drop_local();
+                continue 'outer;
+            }
+        }
+        tracing::info!(?how, "active sender for the bot");
+        // A fresh cancellation token for this term.
+        let run_token = shutdown.child_token();
+        let ctx = Arc::new(Ctx {
+            cancel: run_token.clone(),
+            ..(*active_ctx).clone()
+        });
+        let renewer = {
+            let ctx = ctx.clone();
+            let token = run_token.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = token.cancelled() => return,
+                        _ = tokio::time::sleep(ctx.lease.renew_every()) => {}
+                    }
+                    if !ctx.lease.renew().await {
+                        tracing::error!("lease lost: stopping and handing messages back");
+                        ctx.lease.drop_local();
+                        token.cancel();
+                        return;
+                    }
+                }
+            })
+        };
+        let (pulled, puller) = pull_held(consumer.clone(), inflight.clone(), run_token.clone());
+        let gate_ctx = ctx.clone();
+        // While the breaker is open nothing is pulled: the stream is not polled.
+        let input = Box::pin(futures::stream::unfold(pulled, move |mut pulled| {
+            let ctx = gate_ctx.clone();
+            async move {
+                ctx.breaker.wait_closed().await;
+                let item = pulled.recv().await?;
+                Some((item, pulled))
+            }
+        }));
+        let handler_ctx = ctx.clone();
+        lanes::run(
+            input,
+            settings.max_lanes,
+            run_token.clone(),
+            move |_chat, held| handle(handler_ctx.clone(), held),
+        )
+        .await;
+        run_token.cancel();
+        let _ = renewer.await;
+        // The puller finishes its last (short) pull request, so none is left outstanding
+        // that could swallow a redelivery; then everything unsettled is handed back.
+        let _ = puller.await;
+        inflight.hand_back().await;
+        if shutdown.is_cancelled() {
+            ctx.lease.release().await;
+            break;
+        }
+        active_ctx = ctx;
+    }
+    inflight.hand_back().await;
+    keeper_stop.cancel();
+    let _ = keeper.await;
+    housekeeping.abort();
+}
+
+/// How long one pull request waits for messages: bounds the time a stopping sender needs to
+/// have no request outstanding.
+const PULL_EXPIRES: Duration = Duration::from_millis(500);
+
+/// Pulls in short batches and wraps every message in [`Held`] the moment it arrives (so it is
+/// kept alive and, if not settled, handed back). Stops after `cancel`, once the request in
+/// flight has finished.
+fn pull_held(
+    consumer: jetstream::consumer::Consumer<jetstream::consumer::pull::Config>,
+    inflight: Arc<Inflight>,
+    cancel: CancellationToken,
+) -> (tokio::sync::mpsc::Receiver<(i64, Held)>, JoinHandle<()>) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<(i64, Held)>(128);
+    let task = tokio::spawn(async move {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        while !cancel.is_cancelled() {
+            let batch = consumer
+                .batch()
+                .max_messages(128)
+                .expires(PULL_EXPIRES)
+                .messages()
+                .await;
+            let mut batch = match batch {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot pull messages; retrying");
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(backoff.next_delay()) => continue,
+                    }
+                }
+            };
+            backoff.reset();
+            // Drain the request to its end even when stopping: what arrives is handed back.
+            while let Some(next) = batch.next().await {
+                match next {
+                    Ok(msg) => {
+                        let chat = pull::chat_of_subject(&msg.subject);
+                        let held = Held::new(msg, inflight.clone());
+                        if cancel.is_cancelled() {
+                            continue;
+                        }
+                        tokio::select! {
+                            sent = tx.send((chat, held)) => { let _ = sent; }
+                            _ = cancel.cancelled() => {}
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "pull request ended");
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    (rx, task)
+}
+
+/// Retries a database call until it succeeds; `None` when cancelled meanwhile.
+async fn db_retry<T, F, Fut>(ctx: &Ctx, what: &str, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+{
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
+    loop {
+        match f().await {
+            Ok(v) => return Some(v),
+            Err(e) => tracing::warn!(error = %e, what, "database call failed; retrying"),
+        }
+        tokio::select! {
+            _ = ctx.cancel.cancelled() => return None,
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
+        }
+    }
+}
+
+fn parse_mode(raw: &str) -> Option<ParseMode> {
+    match raw {
+        "MarkdownV2" => Some(ParseMode::MarkdownV2),
+        "HTML" | "Html" => Some(ParseMode::Html),
+        #[allow(deprecated)]
+        "Markdown" => Some(ParseMode::Markdown),
+        _ => None,
+    }
+}
+
+/// Sends one outbound message (all its parts), then acknowledges it. Returning without
+/// settling hands it back (nak) when the sender stops.
+async fn handle(ctx: Arc<Ctx>, held: Held) {
+    if ctx.cancel.is_cancelled() {
+        return;
+    }
+    let out = match OutboundMessage::decode(held.msg.payload.clone()) {
+        Ok(out) => out,
+        Err(e) => {
+            dead_letter(&ctx, held, &format!("undecodable outbound message: {e}")).await;
+            return;
+        }
+    };
+    let Some(Action::Send(send)) = out.action.clone() else {
+        dead_letter(
+            &ctx,
+            held,
+            "outbound message without an action this sender knows",
+        )
+        .await;
+        return;
+    };
+    let bot_id = ctx.bot_id;
+    let Some(before) = db_retry(&ctx, "ledger lookup", || {
+        ledger::before(&ctx.pool, bot_id, out.outbox_id, out.chat_id)
+    })
+    .await
+    else {
+        return;
+    };
+    if before.blocked {
+        ctx.stats.skipped_blocked.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            outbox_id = out.outbox_id,
+            chat_id = out.chat_id,
+            "chat blocked the bot; skipped"
+        );
+        let recorded = db_retry(&ctx, "ledger record", || {
+            ledger::record(
+                &ctx.pool,
+                bot_id,
+                out.outbox_id,
+                0,
+                out.chat_id,
+                "skipped_blocked",
+                None,
+            )
+        })
+        .await;
+        if recorded.is_some() {
+            held.ack().await;
+        }
+        return;
+    }
+    let parts = split::split_text(&send.text, split::MAX_MESSAGE_LEN);
+    if parts
+        .iter()
+        .enumerate()
+        .all(|(i, _)| before.done_parts.contains(&(i as i32)))
+    {
+        ctx.stats.duplicates_skipped.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(outbox_id = out.outbox_id, "already sent (ledger); skipped");
+        held.ack().await;
+        return;
+    }
+    let mut target = before.migrated_to.unwrap_or(out.chat_id);
+    if before.migrated_to.is_some() {
+        ctx.stats.migrated.fetch_add(1, Ordering::Relaxed);
+    }
+    let mode = parse_mode(&send.parse_mode);
+    for (i, part) in parts.iter().enumerate() {
+        let part_no = i as i32;
+        if before.done_parts.contains(&part_no) {
+            continue;
+        }
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
+        loop {
+            // Wait for the breaker and the budgets, unless the sender stops meanwhile.
+            let admitted = tokio::select! {
+                _ = ctx.cancel.cancelled() => None,
+                a = async { let a = ctx.breaker.admit().await; ctx.limits.acquire(target).await; a } => Some(a),
+            };
+            if admitted.is_none() || !ctx.lease.is_valid() {
+                return;
+            }
+            let mut req = ctx.bot.send_message(ChatId(target), part.to_string());
+            if let Some(m) = mode {
+                req = req.parse_mode(m);
+            }
+            let wait = match req.await {
+                Ok(sent) => {
+                    let answered = std::time::Instant::now();
+                    ctx.breaker.success();
+                    ctx.stats.sent.fetch_add(1, Ordering::Relaxed);
+                    let recorded = db_retry(&ctx, "ledger record", || {
+                        ledger::record(
+                            &ctx.pool,
+                            bot_id,
+                            out.outbox_id,
+                            part_no,
+                            target,
+                            "sent",
+                            Some(sent.id.0.into()),
+                        )
+                    })
+                    .await;
+                    let us = answered.elapsed().as_micros() as u64;
+                    ctx.stats
+                        .ledger_window_total_us
+                        .fetch_add(us, Ordering::Relaxed);
+                    ctx.stats
+                        .ledger_window_max_us
+                        .fetch_max(us, Ordering::Relaxed);
+                    if recorded.is_none() {
+                        return;
+                    }
+                    tracing::debug!(
+                        outbox_id = out.outbox_id,
+                        part = part_no,
+                        message_id = sent.id.0,
+                        "sent"
+                    );
+                    break;
+                }
+                Err(err) => match telegram::classify(&err) {
+                    Failure::RetryAfter(d) => {
+                        ctx.breaker.success();
+                        ctx.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(outbox_id = out.outbox_id, chat_id = target, retry_after = ?d, "429 from Telegram: pausing the bot");
+                        ctx.limits.pause_bot(d);
+                        Duration::ZERO
+                    }
+                    Failure::Transient(reason) => {
+                        ctx.breaker.failure();
+                        let d = backoff.next_delay();
+                        tracing::warn!(outbox_id = out.outbox_id, %reason, delay = ?d, "Bot API call failed; retrying");
+                        d
+                    }
+                    Failure::MigrateTo(to) => {
+                        ctx.breaker.success();
+                        tracing::info!(
+                            from = target,
+                            to,
+                            "group migrated to a supergroup; re-targeting"
+                        );
+                        let from = target;
+                        if db_retry(&ctx, "record migration", || {
+                            ledger::record_migration(&ctx.pool, bot_id, from, to)
+                        })
+                        .await
+                        .is_none()
+                        {
+                            return;
+                        }
+                        ctx.stats.migrated.fetch_add(1, Ordering::Relaxed);
+                        target = to;
+                        continue;
+                    }
+                    Failure::Blocked(reason) => {
+                        ctx.breaker.success();
+                        if db_retry(&ctx, "mark blocked", || {
+                            ledger::mark_blocked(&ctx.pool, bot_id, target, &reason)
+                        })
+                        .await
+                        .is_none()
+                        {
+                            return;
+                        }
+                        park(&ctx, held, &out, target, &reason).await;
+                        return;
+                    }
+                    Failure::Permanent(reason) => {
+                        ctx.breaker.success();
+                        park(&ctx, held, &out, target, &reason).await;
+                        return;
+                    }
+                },
+            };
+            ctx.stats.retries.fetch_add(1, Ordering::Relaxed);
+            if !wait.is_zero() {
+                tokio::select! {
+                    _ = ctx.cancel.cancelled() => return,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+    }
+    ctx.stats.messages_sent.fetch_add(1, Ordering::Relaxed);
+    held.ack().await;
+}
+
+/// Dead-letters a message Telegram refused and records it in the ledger.
+async fn park(ctx: &Ctx, held: Held, out: &OutboundMessage, chat: i64, reason: &str) {
+    let bot_id = ctx.bot_id;
+    let recorded = db_retry(ctx, "ledger record", || {
+        ledger::record(
+            &ctx.pool,
+            bot_id,
+            out.outbox_id,
+            0,
+            chat,
+            "dead_lettered",
+            None,
+        )
+    })
+    .await;
+    if recorded.is_some() {
+        dead_letter(ctx, held, reason).await;
+    }
+}
+
+async fn dead_letter(ctx: &Ctx, held: Held, reason: &str) {
+    tracing::error!(reason, subject = %held.msg.subject, "dead-lettering outbound message");
     let ok = topology::publish_dead_letter(
         &ctx.js,
         ctx.bot_id,
         "outbound",
-        &msg.subject,
-        msg.payload.clone(),
+        &held.msg.subject,
+        held.msg.payload.clone(),
         reason,
     )
     .await;
     if ok {
         ctx.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = msg.ack().await {
-            tracing::warn!(error = %e, "ack failed");
-        }
+        held.ack().await;
     } else {
         tracing::error!("dead-letter publish failed; the message will be redelivered");
     }

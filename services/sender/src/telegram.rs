@@ -13,6 +13,10 @@ pub enum Failure {
     Transient(String),
     /// The request can never succeed (400, 403): park it in the dead-letter stream.
     Permanent(String),
+    /// 403 "bot was blocked by the user": park it and mark the chat blocked.
+    Blocked(String),
+    /// The group became a supergroup: resend to this chat id and remember the migration.
+    MigrateTo(i64),
 }
 
 /// Classifies a teloxide-core error.
@@ -27,9 +31,12 @@ pub fn classify(err: &RequestError) -> Failure {
         RequestError::Network(e) => Failure::Transient(format!("network: {e}")),
         RequestError::Io(e) => Failure::Transient(format!("io: {e}")),
         // A body that is not the Bot API's JSON: a proxy error page, a truncated answer.
-        RequestError::InvalidJson { source, .. } => Failure::Transient(format!("invalid response: {source}")),
-        RequestError::MigrateToChatId(to) => {
-            Failure::Permanent(format!("group migrated to supergroup {}", to.0))
+        RequestError::InvalidJson { source, .. } => {
+            Failure::Transient(format!("invalid response: {source}"))
+        }
+        RequestError::MigrateToChatId(to) => Failure::MigrateTo(to.0),
+        RequestError::Api(ApiError::BotBlocked) => {
+            Failure::Blocked(ApiError::BotBlocked.to_string())
         }
         RequestError::Api(ApiError::Unknown(desc)) => {
             let permanent = ["Bad Request", "Forbidden", "Unauthorized", "Not Found"]
@@ -56,14 +63,34 @@ mod tests {
             classify(&RequestError::RetryAfter(Seconds::from_seconds(3))),
             Failure::RetryAfter(Duration::from_secs(3))
         );
-        assert!(matches!(classify(&RequestError::Api(ApiError::BotBlocked)), Failure::Permanent(_)));
-        assert!(matches!(classify(&RequestError::Api(ApiError::ChatNotFound)), Failure::Permanent(_)));
         assert!(matches!(
-            classify(&RequestError::Api(ApiError::Unknown("Internal Server Error".into()))),
+            classify(&RequestError::Api(ApiError::BotBlocked)),
+            Failure::Blocked(_)
+        ));
+        assert!(matches!(
+            classify(&RequestError::Api(ApiError::BotKicked)),
+            Failure::Permanent(_)
+        ));
+        assert_eq!(
+            classify(&RequestError::MigrateToChatId(
+                teloxide_core::types::ChatId(-1_007_700)
+            )),
+            Failure::MigrateTo(-1_007_700)
+        );
+        assert!(matches!(
+            classify(&RequestError::Api(ApiError::ChatNotFound)),
+            Failure::Permanent(_)
+        ));
+        assert!(matches!(
+            classify(&RequestError::Api(ApiError::Unknown(
+                "Internal Server Error".into()
+            ))),
             Failure::Transient(_)
         ));
         assert!(matches!(
-            classify(&RequestError::Api(ApiError::Unknown("Bad Request: something new".into()))),
+            classify(&RequestError::Api(ApiError::Unknown(
+                "Bad Request: something new".into()
+            ))),
             Failure::Permanent(_)
         ));
     }

@@ -6,3 +6,4 @@ mod delivery;
 mod ingress;
 mod outages;
 mod scaling;
+mod sender;
