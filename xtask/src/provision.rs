@@ -260,20 +260,6 @@ fn pg_tools(bin: PathBuf) -> Result<PgTools> {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::parse_version;
-
-    #[test]
-    fn versions() {
-        assert_eq!(parse_version("v2.15.1"), Some((2, 15, 1)));
-        assert_eq!(parse_version("v2.11.0-RC.1"), Some((2, 11, 0)));
-        assert_eq!(parse_version("2.9"), Some((2, 9, 0)));
-        assert_eq!(parse_version("nats"), None);
-        assert!(parse_version("v2.9.10").unwrap() < super::NATS_MIN);
-    }
-}
-
 /// The browser test's tools: Debian's Chromium and the npm package `playwright-core` (pinned
 /// by `services/sandbox/tests/browser/package-lock.json`). Installed when missing; never a
 /// browser download of playwright's own (that needs hosts these machines cannot reach).
@@ -313,4 +299,18 @@ pub fn browser() -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_version;
+
+    #[test]
+    fn versions() {
+        assert_eq!(parse_version("v2.15.1"), Some((2, 15, 1)));
+        assert_eq!(parse_version("v2.11.0-RC.1"), Some((2, 11, 0)));
+        assert_eq!(parse_version("2.9"), Some((2, 9, 0)));
+        assert_eq!(parse_version("nats"), None);
+        assert!(parse_version("v2.9.10").unwrap() < super::NATS_MIN);
+    }
 }
