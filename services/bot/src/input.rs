@@ -33,6 +33,9 @@ pub enum Input {
         /// A human word for the message kind.
         kind: &'static str,
     },
+    /// The user blocked (`true`) or unblocked (`false`) the bot in a private chat
+    /// (`my_chat_member` with status `kicked` / `member`).
+    BotBlocked(bool),
 }
 
 /// One message the bot reacts to.
@@ -54,17 +57,28 @@ pub struct Incoming {
 pub fn classify(update: &Update) -> Option<Incoming> {
     match &update.kind {
         UpdateKind::Message(msg) => Some(from_message(msg)),
+        UpdateKind::MyChatMember(m) if m.chat.is_private() => {
+            let new = &m.new_chat_member.kind;
+            let blocked = if new.is_banned() {
+                true
+            } else if new.is_member() {
+                false
+            } else {
+                return None;
+            };
+            Some(Incoming {
+                chat_id: m.chat.id.0,
+                from: Some(user_info(&m.from)),
+                date: m.date,
+                input: Input::BotBlocked(blocked),
+            })
+        }
         _ => None,
     }
 }
 
 fn from_message(msg: &Message) -> Incoming {
-    let from = msg.from.as_ref().map(|u| UserInfo {
-        id: u.id.0 as i64,
-        first_name: u.first_name.clone(),
-        last_name: u.last_name.clone(),
-        username: u.username.clone(),
-    });
+    let from = msg.from.as_ref().map(user_info);
     let input = match msg.text() {
         Some(text) => parse_text(text),
         None => Input::NonText {
@@ -76,6 +90,15 @@ fn from_message(msg: &Message) -> Incoming {
         from,
         date: msg.date,
         input,
+    }
+}
+
+fn user_info(u: &teloxide_core::types::User) -> UserInfo {
+    UserInfo {
+        id: u.id.0 as i64,
+        first_name: u.first_name.clone(),
+        last_name: u.last_name.clone(),
+        username: u.username.clone(),
     }
 }
 

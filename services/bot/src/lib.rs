@@ -16,6 +16,7 @@
 //! | `ReceiveNote` | non-text message | explain that only text is saved           | `ReceiveNote` |
 //! | `Start`       | text / non-text  | fallback pointing at `/start` and `/help` | `Start`       |
 //! | any           | unknown command  | fallback pointing at `/help`              | unchanged     |
+//! | any           | bot (un)blocked  | record it (no reply)                      | unchanged     |
 #![deny(missing_docs)]
 
 mod input;
@@ -84,6 +85,13 @@ pub enum Effect {
         /// When it was sent.
         at: DateTime<Utc>,
     },
+    /// Record that the user blocked or unblocked the bot (the sender skips blocked chats).
+    SetBlocked {
+        /// The private chat.
+        chat_id: i64,
+        /// Blocked now?
+        blocked: bool,
+    },
     /// Send a text message (written to the outbox).
     Reply {
         /// The chat to answer in.
@@ -115,6 +123,13 @@ pub fn step(state: DialogueState, incoming: &Incoming, ctx: &Context) -> Transit
     let chat_id = incoming.chat_id;
     let reply = |text: String| Effect::Reply { chat_id, text };
     match (&incoming.input, state) {
+        (Input::BotBlocked(blocked), state) => Transition {
+            state,
+            effects: vec![Effect::SetBlocked {
+                chat_id,
+                blocked: *blocked,
+            }],
+        },
         (Input::Command { name, .. }, _) if name == "start" => {
             let mut effects = Vec::with_capacity(2);
             if let Some(user) = &incoming.from {

@@ -188,6 +188,47 @@ fn anonymous_text_is_not_saved() {
 }
 
 #[test]
+fn blocking_and_unblocking_are_recorded_without_a_reply() {
+    for blocked in [true, false] {
+        let mut m = msg("x");
+        m.input = Input::BotBlocked(blocked);
+        let t = step(DialogueState::ReceiveNote, &m, &Context::default());
+        assert_eq!(t.state, DialogueState::ReceiveNote);
+        assert_eq!(
+            t.effects,
+            vec![Effect::SetBlocked {
+                chat_id: 7,
+                blocked
+            }]
+        );
+    }
+}
+
+#[test]
+fn classify_reads_my_chat_member_in_private_chats() {
+    let raw = |status: &str, chat: &str| {
+        format!(
+            r#"{{"update_id":9,"my_chat_member":{{"chat":{chat},
+        "from":{{"id":7,"is_bot":false,"first_name":"Ada"}},"date":1764133380,
+        "old_chat_member":{{"user":{{"id":1,"is_bot":true,"first_name":"B"}},"status":"member"}},
+        "new_chat_member":{{"user":{{"id":1,"is_bot":true,"first_name":"B"}},"status":"{status}","until_date":0}}}}}}"#
+        )
+    };
+    let private = r#"{"id":7,"type":"private","first_name":"Ada"}"#;
+    let parse = |s: String| serde_json::from_str::<teloxide_core::types::Update>(&s).unwrap();
+    let kicked = classify(&parse(raw("kicked", private))).unwrap();
+    assert_eq!(kicked.input, Input::BotBlocked(true));
+    let member = classify(&parse(raw("member", private))).unwrap();
+    assert_eq!(member.input, Input::BotBlocked(false));
+    let group = r#"{"id":-5,"type":"group","title":"g"}"#;
+    assert_eq!(
+        classify(&parse(raw("kicked", group))),
+        None,
+        "groups are not a block"
+    );
+}
+
+#[test]
 fn state_serializes_as_tagged_json() {
     let v = serde_json::to_value(DialogueState::ReceiveNote).unwrap();
     assert_eq!(v, serde_json::json!({"state": "ReceiveNote"}));

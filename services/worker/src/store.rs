@@ -214,6 +214,22 @@ pub async fn apply(
                 .execute(&mut *tx)
                 .await?;
             }
+            Effect::SetBlocked { chat_id, blocked } => {
+                // The sender skips chats in `blocked_chats`; Telegram tells us both ways.
+                let sql = if *blocked {
+                    "WITH b AS (INSERT INTO blocked_chats (bot_id, chat_id, reason) \
+                     VALUES ($1, $2, 'my_chat_member: kicked') ON CONFLICT DO NOTHING) \
+                     UPDATE users SET blocked_at = now() WHERE bot_id = $1 AND chat_id = $2"
+                } else {
+                    "WITH b AS (DELETE FROM blocked_chats WHERE bot_id = $1 AND chat_id = $2) \
+                     UPDATE users SET blocked_at = NULL WHERE bot_id = $1 AND chat_id = $2"
+                };
+                sqlx::query(sql)
+                    .bind(upd.bot_id)
+                    .bind(chat_id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
             Effect::Reply { chat_id, text } => {
                 let r = sqlx::query(
                     "INSERT INTO outbox (bot_id, chat_id, origin_update_id, text) \

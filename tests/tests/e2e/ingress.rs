@@ -123,3 +123,71 @@ async fn health_and_readiness_answer() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocking_and_unblocking_the_bot_is_recorded_for_the_sender() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let chat = 6006;
+    stack.say(chat, "Bo", "/start").await?;
+    stack.bot_replies(chat, 1).await?;
+    let member_update = |id: i64, status: &str| {
+        serde_json::json!({
+            "update_id": id,
+            "my_chat_member": {
+                "chat": {"id": chat, "type": "private", "first_name": "Bo"},
+                "from": {"id": chat, "is_bot": false, "first_name": "Bo"},
+                "date": 1_764_133_380,
+                "old_chat_member": {"user": {"id": 424242, "is_bot": true, "first_name": "B"}, "status": "member"},
+                "new_chat_member": {"user": {"id": 424242, "is_bot": true, "first_name": "B"}, "status": status, "until_date": 0}
+            }
+        })
+        .to_string()
+    };
+    let blocked = |stack: &Stack| {
+        let db = stack.db.clone();
+        async move {
+            let rows: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM blocked_chats WHERE chat_id = $1")
+                    .bind(chat)
+                    .fetch_one(&db)
+                    .await?;
+            let user: Option<chrono::DateTime<chrono::Utc>> =
+                sqlx::query_scalar("SELECT blocked_at FROM users WHERE user_id = $1")
+                    .bind(chat)
+                    .fetch_one(&db)
+                    .await?;
+            anyhow::Ok((rows == 1, user.is_some()))
+        }
+    };
+    assert_eq!(
+        stack
+            .post_webhook(member_update(950_001, "kicked"), Some(SECRET))
+            .await?,
+        200
+    );
+    eventually("the block recorded", DEADLINE, || async {
+        Ok((blocked(&stack).await? == (true, true)).then_some(()))
+    })
+    .await?;
+    assert_eq!(
+        stack
+            .post_webhook(member_update(950_002, "member"), Some(SECRET))
+            .await?,
+        200
+    );
+    eventually("the unblock recorded", DEADLINE, || async {
+        Ok((blocked(&stack).await? == (false, false)).then_some(()))
+    })
+    .await?;
+    // No reply to either: the transcript still holds only the welcome.
+    assert_eq!(
+        stack
+            .transcript(chat)
+            .await?
+            .iter()
+            .filter(|l| l.from_bot)
+            .count(),
+        1
+    );
+    Ok(())
+}
