@@ -139,11 +139,11 @@ pub struct Config {
     )]
     pub group_rate_per_min: f64,
     /// Fraction by which every budget's period is lengthened against network jitter
-    /// (0.01: each budget used at 99%).
+    /// (0.015: each budget used at 98.5%).
     #[arg(
         long = "rate-headroom",
         env = "COURIER_SENDER_RATE_HEADROOM",
-        default_value_t = 0.01
+        default_value_t = 0.015
     )]
     pub rate_headroom: f64,
     /// Transient failures in a row that open the circuit breaker.
@@ -451,6 +451,20 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Sender
             reason: format!("cannot build the HTTP client: {e}"),
         })?;
     let bot = Bot::with_client(token.expose(), client).set_api_url(config.api_url.clone());
+    // getMe at start: a token the Bot API refuses stops the sender here, with the variable
+    // named; and the connection is open before the first paced call (a first call that also
+    // pays for the connection arrives late and bunches the calls after it).
+    match bot.get_me().await {
+        Ok(me) => tracing::info!(username = ?me.username, "Bot API reachable"),
+        Err(teloxide_core::RequestError::Api(teloxide_core::ApiError::InvalidToken)) => {
+            return Err(ConfigError {
+                var: "COURIER_BOT_TOKEN",
+                reason: "the Bot API refuses this token (getMe: Unauthorized)".into(),
+            }
+            .into());
+        }
+        Err(e) => tracing::warn!(error = %e, "Bot API not reachable yet (getMe); carrying on"),
+    }
 
     let nats = config.nats.connect("courier-sender").await?;
     let js = jetstream::new(nats.clone());
@@ -539,6 +553,7 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Sender
     let settings = RunSettings {
         max_lanes: config.max_lanes,
         ack_wait: config.ack_wait,
+        quiet: Duration::from_secs(1).mul_f64(1.0 + rates.headroom),
     };
     let task = tokio::spawn(async move {
         supervise(ctx, consumer, inflight, settings, shutdown).await;
@@ -582,6 +597,8 @@ async fn migrate_with_retry(pool: &PgPool, cancel: &CancellationToken) -> Result
 struct RunSettings {
     max_lanes: usize,
     ack_wait: Duration,
+    /// Silence after taking the lease over, before the first call.
+    quiet: Duration,
 }
 
 /// Standby until the lease is ours, active until shutdown or until the lease is lost.
@@ -659,6 +676,14 @@ async fn supervise(
                 active_ctx.lease.drop_local();
                 continue 'outer;
             }
+        }
+        // The previous holder's calls of its last second still count against the bot's and
+        // each private chat's per-second budgets at Telegram; this process's limiters start
+        // empty. Keep quiet for one window (plus the headroom) before the first call.
+        // (Group budgets span a minute and are not carried over: see docs/SENDER.md.)
+        tokio::select! {
+            _ = shutdown.cancelled() => { active_ctx.lease.release().await; break 'outer; }
+            _ = tokio::time::sleep(settings.quiet) => {}
         }
         tracing::info!(?how, "active sender for the bot");
         // A fresh cancellation token for this term.

@@ -121,7 +121,7 @@ pub struct Rates {
     pub private_chat_per_sec: f64,
     /// Calls per minute to one group or supergroup.
     pub group_per_min: f64,
-    /// Fraction by which every period is lengthened (0.01: 1% under each budget), so that
+    /// Fraction by which every period is lengthened (0.015: 1.5% under each budget), so that
     /// network jitter cannot bunch calls into an exact sliding window's limit.
     pub headroom: f64,
 }
@@ -132,7 +132,7 @@ impl Default for Rates {
             bot_per_sec: 30.0,
             private_chat_per_sec: 1.0,
             group_per_min: 20.0,
-            headroom: 0.01,
+            headroom: 0.015,
         }
     }
 }
@@ -389,9 +389,10 @@ mod tests {
     #[test]
     fn headroom_lengthens_every_period() {
         let r = Rates::default();
-        assert_eq!(r.bot_period().as_micros(), 33_666);
-        assert_eq!(r.chat_period(5).as_millis(), 1010);
-        assert_eq!(r.chat_period(-5).as_millis(), 3030);
+        assert_eq!(r.headroom, 0.015);
+        assert_eq!(r.bot_period().as_micros(), 33_833);
+        assert_eq!(r.chat_period(5).as_millis(), 1015);
+        assert_eq!(r.chat_period(-5).as_millis(), 3045);
     }
 
     #[tokio::test(start_paused = true)]
