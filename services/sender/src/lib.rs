@@ -47,7 +47,6 @@ use courier_proto::{
     Message as _,
 };
 use futures::StreamExt;
-use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use teloxide_core::{
     payloads::SendMessageSetters,
@@ -65,7 +64,7 @@ use crate::telegram::Failure;
 /// The embedded migrations (`migrations/` at the repository root); the sender runs them at
 /// start-up when `COURIER_SENDER_MIGRATE` is on (under sqlx's advisory lock, so running them
 /// from the worker and the sender at once is safe).
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
+pub use courier_db::MIGRATOR;
 
 /// Sender configuration (environment variables or the matching flags).
 #[derive(Debug, Clone, clap::Args)]
@@ -426,23 +425,7 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Sender
     let rates = config.rates()?;
     let token = config.secrets.bot_token()?;
     let bot_id = token.bot_id();
-    let url = config
-        .database_url
-        .clone()
-        .filter(|u| !u.is_empty())
-        .ok_or(ConfigError {
-            var: "DATABASE_URL",
-            reason: "is required (postgres://user:password@host:port/database)".into(),
-        })?;
-    let connect_options: sqlx::postgres::PgConnectOptions =
-        url.parse().map_err(|e: sqlx::Error| ConfigError {
-            var: "DATABASE_URL",
-            reason: format!("is not a PostgreSQL URL: {e}"),
-        })?;
-    let pool = PgPoolOptions::new()
-        .max_connections(config.db_pool_size.max(1))
-        .acquire_timeout(Duration::from_secs(5))
-        .connect_lazy_with(connect_options);
+    let pool = courier_db::lazy_pool(config.database_url.as_deref(), config.db_pool_size)?;
     let client = teloxide_core::net::default_reqwest_settings()
         .timeout(config.request_timeout)
         .build()
@@ -469,8 +452,8 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Sender
     let nats = config.nats.connect("courier-sender").await?;
     let js = jetstream::new(nats.clone());
     topology::ensure_streams(&js, config.nats.partitions).await?;
-    if config.migrate {
-        migrate_with_retry(&pool, &shutdown).await?;
+    if config.migrate && !courier_db::migrate_with_retry(&pool, &shutdown).await? {
+        return Err(Error::JetStream("cancelled during start-up".into()));
     }
     let stream = js
         .get_stream(topology::OUTBOUND_STREAM)
@@ -500,23 +483,9 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Sender
     );
     let lease = Lease::open(&js, bot_id, holder.clone(), config.lease_ttl).await?;
 
-    let health_pool = pool.clone();
-    let db_probe: health::Probe = Arc::new(move || {
-        let pool = health_pool.clone();
-        Box::pin(async move {
-            tokio::time::timeout(
-                Duration::from_secs(2),
-                sqlx::query("SELECT 1").execute(&pool),
-            )
-            .await
-            .map_err(|_| "postgres: timeout".to_owned())?
-            .map(|_| ())
-            .map_err(|e| format!("postgres: {e}"))
-        })
-    });
     let app = health::router(vec![
         ("nats", health::nats_probe(nats.clone())),
-        ("postgres", db_probe),
+        ("postgres", courier_db::probe(pool.clone())),
     ]);
     let listener = tokio::net::TcpListener::bind(config.health_addr).await?;
     let health_addr = listener.local_addr()?;
@@ -572,25 +541,6 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Sender
 /// Runs the sender until `shutdown` fires.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
     spawn(config, shutdown).await?.wait().await
-}
-
-async fn migrate_with_retry(pool: &PgPool, cancel: &CancellationToken) -> Result<(), Error> {
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
-    loop {
-        match MIGRATOR.run(pool).await {
-            Ok(()) => return Ok(()),
-            Err(sqlx::migrate::MigrateError::Execute(e))
-                if !matches!(e, sqlx::Error::Database(_)) =>
-            {
-                tracing::warn!(error = %e, "database not reachable for migrations; retrying");
-            }
-            Err(e) => return Err(e.into()),
-        }
-        tokio::select! {
-            _ = cancel.cancelled() => return Err(Error::JetStream("cancelled during start-up".into())),
-            _ = tokio::time::sleep(backoff.next_delay()) => {}
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -35,18 +35,15 @@ use std::time::Duration;
 use async_nats::jetstream;
 use axum::{extract::State, routing::get, Json, Router};
 use courier_common::{
-    backoff::Backoff,
     config::{parse_duration, ConfigError, NatsArgs, SecretArgs},
     health, topology, CancellationToken,
 };
-use sqlx::postgres::PgPoolOptions;
-use sqlx::PgPool;
 use tokio::task::JoinHandle;
 
 use crate::apply::Applier;
 
 /// The embedded migrations (`migrations/` at the repository root).
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
+pub use courier_db::MIGRATOR;
 
 /// Worker configuration (environment variables or the matching flags).
 #[derive(Debug, Clone, clap::Args)]
@@ -267,19 +264,7 @@ fn default_worker_id() -> String {
 pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Worker, Error> {
     let token = config.secrets.bot_token()?;
     let bot_id = token.bot_id();
-    let url = config
-        .database_url
-        .clone()
-        .filter(|u| !u.is_empty())
-        .ok_or(ConfigError {
-            var: "DATABASE_URL",
-            reason: "is required (postgres://user:password@host:port/database)".into(),
-        })?;
-    let connect_options: sqlx::postgres::PgConnectOptions =
-        url.parse().map_err(|e: sqlx::Error| ConfigError {
-            var: "DATABASE_URL",
-            reason: format!("is not a PostgreSQL URL: {e}"),
-        })?;
+    let pool = courier_db::lazy_pool(config.database_url.as_deref(), config.db_pool_size)?;
     if config.member_ttl <= config.heartbeat * 2 {
         return Err(ConfigError {
             var: "COURIER_WORKER_MEMBER_TTL",
@@ -317,17 +302,12 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Worker
         }
         .into());
     }
-    let pool = PgPoolOptions::new()
-        .max_connections(config.db_pool_size.max(1))
-        .acquire_timeout(Duration::from_secs(5))
-        .connect_lazy_with(connect_options);
-
     let nats = config.nats.connect("courier-worker").await?;
     let js = jetstream::new(nats.clone());
     topology::ensure_streams(&js, config.nats.partitions).await?;
 
-    if config.migrate {
-        migrate_with_retry(&pool, &shutdown).await?;
+    if config.migrate && !courier_db::migrate_with_retry(&pool, &shutdown).await? {
+        return Err(Error::JetStream("cancelled during start-up".into()));
     }
 
     let updates = js
@@ -353,7 +333,7 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Worker
     let app = health::router_with_info(
         vec![
             ("nats", health::nats_probe(nats)),
-            ("postgres", db_probe(pool.clone())),
+            ("postgres", courier_db::probe(pool.clone())),
         ],
         Some(info),
     )
@@ -430,22 +410,6 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Worker
 /// Runs the worker until `shutdown` fires.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
     spawn(config, shutdown).await?.wait().await
-}
-
-fn db_probe(pool: PgPool) -> health::Probe {
-    Arc::new(move || {
-        let pool = pool.clone();
-        Box::pin(async move {
-            tokio::time::timeout(
-                Duration::from_secs(2),
-                sqlx::query("SELECT 1").execute(&pool),
-            )
-            .await
-            .map_err(|_| "postgres: timeout".to_owned())?
-            .map(|_| ())
-            .map_err(|e| format!("postgres: {e}"))
-        })
-    })
 }
 
 #[derive(Clone)]
@@ -527,23 +491,6 @@ async fn metrics(
         )],
         out,
     )
-}
-
-async fn migrate_with_retry(pool: &PgPool, cancel: &CancellationToken) -> Result<(), Error> {
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
-    loop {
-        match MIGRATOR.run(pool).await {
-            Ok(()) => return Ok(()),
-            Err(sqlx::migrate::MigrateError::Execute(e)) if store::is_transient_db(&e) => {
-                tracing::warn!("database not reachable for migrations; retrying");
-            }
-            Err(e) => return Err(e.into()),
-        }
-        tokio::select! {
-            _ = cancel.cancelled() => return Err(Error::JetStream("cancelled during start-up".into())),
-            _ = tokio::time::sleep(backoff.next_delay()) => {}
-        }
-    }
 }
 
 #[cfg(test)]

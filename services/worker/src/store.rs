@@ -36,20 +36,7 @@ impl StoreError {
 }
 
 /// Whether a database error may go away by itself (see [`StoreError::is_transient`]).
-pub fn is_transient_db(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::Database(db) => {
-            let code = db.code().unwrap_or_default();
-            !(code.starts_with("22") || code.starts_with("23") || code.starts_with("42"))
-        }
-        sqlx::Error::ColumnDecode { .. }
-        | sqlx::Error::Decode(_)
-        | sqlx::Error::TypeNotFound { .. }
-        | sqlx::Error::ColumnNotFound(_)
-        | sqlx::Error::ColumnIndexOutOfBounds { .. } => false,
-        _ => true,
-    }
-}
+pub use courier_db::is_transient as is_transient_db;
 
 /// One outgoing message written to the outbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
