@@ -2,7 +2,7 @@
 //!
 //! * `cargo xtask provision` — install or locate nats-server and PostgreSQL; print their paths.
 //! * `cargo xtask up [--workers N]` — run the whole stack locally (data under
-//!   `target/courier-dev/`), until Ctrl-C.
+//!   `target/courier-dev/`), restarting any process that dies, until Ctrl-C.
 //! * `cargo xtask test [-- ARGS]` — run the workspace tests against a throwaway PostgreSQL
 //!   cluster and a provisioned nats-server.
 //!
@@ -13,6 +13,8 @@ mod paths;
 mod pg;
 mod proc;
 mod provision;
+mod restart;
+mod supervise;
 mod test;
 mod up;
 
@@ -36,6 +38,9 @@ enum Command {
     /// Install or locate nats-server (≥ 2.11) and PostgreSQL, and print their paths.
     Provision,
     /// Run NATS, PostgreSQL and the four services locally until Ctrl-C or SIGTERM.
+    ///
+    /// A process that dies is started again after a backoff (0.5 s doubling to 30 s while
+    /// it keeps dying within a minute of its start); the others keep running.
     ///
     /// Data is kept under target/courier-dev/ across runs; each process logs to
     /// target/courier-dev/logs/<name>.log. The sandbox (web chat) listens on

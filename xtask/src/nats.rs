@@ -1,80 +1,69 @@
-//! A nats-server child process with JetStream.
+//! nats-server with JetStream: its command line and its health check. The process itself
+//! is a [`Supervised`](crate::supervise::Supervised) one, restarted on the same ports and
+//! store, so the services' `NATS_URL` stays right and they reconnect.
 
-use std::fs::File;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, ExitStatus};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 
 use crate::paths;
 use crate::proc::{self, describe, tail, POLL};
 
-/// A running nats-server.
-#[derive(Debug)]
+/// How to run a nats-server: the ports are chosen once, so that every restart listens where
+/// the clients expect it.
+#[derive(Debug, Clone)]
 pub struct Nats {
-    child: Option<Child>,
+    bin: PathBuf,
+    store: PathBuf,
     pub port: u16,
     pub monitor_port: u16,
-    log: PathBuf,
 }
 
 impl Nats {
-    /// Starts `bin` on free ports with its store in `store`, logging to `log`, and waits
-    /// until JetStream is healthy.
-    pub fn start(bin: &Path, store: &Path, log: &Path) -> Result<Self> {
+    /// `bin` on two free ports, with its JetStream store in `store` (created).
+    pub fn new(bin: &Path, store: &Path) -> Result<Self> {
         std::fs::create_dir_all(store)?;
-        let port = proc::free_port()?;
-        let monitor_port = proc::free_port()?;
-        let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
-        let child = Command::new(bin)
-            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-            .args(["-m", &monitor_port.to_string(), "-js", "-sd"])
-            .arg(store)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            // Its own process group: Ctrl-C at the terminal reaches only xtask, which stops
-            // the services before NATS.
-            .process_group(0)
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        let mut nats = Self {
-            child: Some(child),
-            port,
-            monitor_port,
-            log: log.to_path_buf(),
-        };
-        nats.wait_healthy(Duration::from_secs(30))?;
-        Ok(nats)
+        Ok(Self {
+            bin: bin.to_path_buf(),
+            store: store.to_path_buf(),
+            port: proc::free_port()?,
+            monitor_port: proc::free_port()?,
+        })
+    }
+
+    /// The command that runs it.
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-m", &self.monitor_port.to_string(), "-js", "-sd"])
+            .arg(&self.store);
+        cmd
     }
 
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-
-    fn wait_healthy(&mut self, timeout: Duration) -> Result<()> {
+    /// Waits until JetStream is healthy; `ended` says whether the process died meanwhile.
+    pub fn wait_healthy(
+        &self,
+        log: &Path,
+        mut ended: impl FnMut() -> Option<ExitStatus>,
+        timeout: Duration,
+    ) -> Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                self.child = None;
+            if let Some(status) = ended() {
                 bail!(
                     "nats-server exited ({}) before it was ready\n--- {} ---\n{}",
                     describe(status),
-                    paths::display(&self.log),
-                    tail(&self.log, 20)
+                    paths::display(log),
+                    tail(log, 20)
                 );
             }
             if healthz(self.monitor_port) {
@@ -86,36 +75,12 @@ impl Nats {
             if Instant::now() >= deadline {
                 bail!(
                     "nats-server was not healthy within {timeout:?}\n--- {} ---\n{}",
-                    paths::display(&self.log),
-                    tail(&self.log, 20)
+                    paths::display(log),
+                    tail(log, 20)
                 );
             }
             sleep(POLL);
         }
-    }
-
-    /// Whether it ended (and how), without waiting.
-    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child
-            .as_mut()
-            .and_then(|c| c.try_wait().ok().flatten())
-    }
-
-    pub fn log(&self) -> &Path {
-        &self.log
-    }
-
-    /// SIGTERM, up to 10 s, then SIGKILL.
-    pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            proc::terminate_all(&mut [&mut child], Duration::from_secs(10));
-        }
-    }
-}
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        self.stop();
     }
 }
 

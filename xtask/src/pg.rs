@@ -50,6 +50,9 @@ pub struct Cluster {
     dir: PathBuf,
     log: PathBuf,
     port: Option<u16>,
+    /// Whether the server was started by `pg_ctl start` (and so is stopped with `pg_ctl
+    /// stop`), rather than run in the foreground by a supervisor that owns the process.
+    pg_ctl: bool,
 }
 
 impl Cluster {
@@ -73,6 +76,7 @@ impl Cluster {
             dir,
             log,
             port: None,
+            pg_ctl: false,
         })
     }
 
@@ -158,12 +162,55 @@ impl Cluster {
             );
         }
         self.port = Some(port);
+        self.pg_ctl = true;
         Ok(())
     }
 
-    /// `pg_ctl stop -m fast`, if we started it.
+    /// The server in the foreground on 127.0.0.1:`port` (`postgres -D …`), for a supervisor
+    /// that owns the process: it logs to its stdout, stops on SIGINT (fast shutdown), and
+    /// `stop` leaves it alone. From now on `url` and `create_database` use `port`.
+    pub fn foreground(&mut self, port: u16, settings: &[&str]) -> Foreground {
+        self.port = Some(port);
+        self.pg_ctl = false;
+        let mut args: Vec<String> = vec![
+            "-D".into(),
+            self.data().display().to_string(),
+            "-p".into(),
+            port.to_string(),
+            "-h".into(),
+            "127.0.0.1".into(),
+            "-k".into(),
+            self.dir.display().to_string(),
+        ];
+        for setting in settings {
+            args.extend(["-c".into(), (*setting).to_string()]);
+        }
+        Foreground {
+            postgres: self.tools.tool("postgres"),
+            args,
+            dir: self.dir.clone(),
+            run_as: self.run_as,
+        }
+    }
+
+    /// Whether the server on our port accepts connections (`pg_isready`): not before crash
+    /// recovery finished.
+    pub fn accepting(&self) -> bool {
+        let Some(port) = self.port else {
+            return false;
+        };
+        Command::new(self.tools.tool("pg_isready"))
+            .args(["-q", "-h", "127.0.0.1", "-t", "2", "-p", &port.to_string()])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// `pg_ctl stop -m fast`, if `pg_ctl` started it.
     pub fn stop(&mut self) -> Result<()> {
-        if self.port.take().is_some() {
+        if self.port.take().is_some() && self.pg_ctl {
             self.stop_any()?;
         }
         Ok(())
@@ -220,6 +267,27 @@ impl Drop for Cluster {
         if let Err(err) = self.stop() {
             eprintln!("xtask: stopping PostgreSQL: {err:#}");
         }
+    }
+}
+
+/// How to run a cluster's server in the foreground ([`Cluster::foreground`]).
+#[derive(Debug, Clone)]
+pub struct Foreground {
+    postgres: PathBuf,
+    args: Vec<String>,
+    dir: PathBuf,
+    run_as: Option<RunAs>,
+}
+
+impl Foreground {
+    /// The `postgres` command, run as the cluster's user.
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(&self.postgres);
+        cmd.args(&self.args).current_dir(&self.dir);
+        if let Some(user) = self.run_as {
+            cmd.uid(user.uid).gid(user.gid);
+        }
+        cmd
     }
 }
 

@@ -42,21 +42,25 @@ pub fn signal(pid: u32, signal: Signal) {
     }
 }
 
-/// Stops the children: SIGTERM to each, waits up to `grace` for all, then SIGKILL to the
-/// rest. Returns how each ended, in order.
-pub fn terminate_all(children: &mut [&mut Child], grace: Duration) -> Vec<Option<ExitStatus>> {
+/// Stops the children: its signal to each (SIGTERM for most programs, SIGINT for PostgreSQL's
+/// fast shutdown), waits up to `grace` for all, then SIGKILL to the rest. Returns how each
+/// ended, in order.
+pub fn terminate_all(
+    children: &mut [(&mut Child, Signal)],
+    grace: Duration,
+) -> Vec<Option<ExitStatus>> {
     let mut done: Vec<Option<ExitStatus>> = children
         .iter_mut()
-        .map(|c| c.try_wait().ok().flatten())
+        .map(|(c, _)| c.try_wait().ok().flatten())
         .collect();
-    for (child, status) in children.iter().zip(&done) {
+    for ((child, sig), status) in children.iter().zip(&done) {
         if status.is_none() {
-            signal(child.id(), Signal::SIGTERM);
+            signal(child.id(), *sig);
         }
     }
     let deadline = Instant::now() + grace;
     loop {
-        for (child, status) in children.iter_mut().zip(done.iter_mut()) {
+        for ((child, _), status) in children.iter_mut().zip(done.iter_mut()) {
             if status.is_none() {
                 *status = child.try_wait().ok().flatten();
             }
@@ -66,8 +70,12 @@ pub fn terminate_all(children: &mut [&mut Child], grace: Duration) -> Vec<Option
         }
         sleep(Duration::from_millis(50));
     }
-    for (child, status) in children.iter_mut().zip(done.iter_mut()) {
+    for ((child, _), status) in children.iter_mut().zip(done.iter_mut()) {
         if status.is_none() {
+            eprintln!(
+                "xtask: pid {} did not stop within {grace:?}; SIGKILL",
+                child.id()
+            );
             let _ = child.kill();
             *status = child.wait().ok();
         }
@@ -106,12 +114,15 @@ pub fn tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// Formats an exit status as `exit code N` or `signal N`.
+/// Formats an exit status as `exit code N` or `signal N (SIGNAME)`.
 pub fn describe(status: ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
     match (status.code(), status.signal()) {
         (Some(code), _) => format!("exit code {code}"),
-        (None, Some(sig)) => format!("signal {sig}"),
+        (None, Some(sig)) => match Signal::try_from(sig) {
+            Ok(name) => format!("signal {sig} ({name})"),
+            Err(_) => format!("signal {sig}"),
+        },
         _ => status.to_string(),
     }
 }

@@ -1,19 +1,25 @@
 //! `cargo xtask up`: the whole stack on this machine, until Ctrl-C or SIGTERM.
+//!
+//! Every process (PostgreSQL, nats-server, the services) is [`Supervised`]: one that dies is
+//! started again, on the same ports, after the backoff of [`Policy::DEFAULT`], while the
+//! others keep running. Ctrl-C or SIGTERM stops the services, then NATS, then PostgreSQL.
 
-use std::fs::{self, File};
-use std::os::unix::process::CommandExt;
+use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use nix::sys::signal::Signal;
 
 use crate::nats::Nats;
 use crate::paths;
 use crate::pg::Cluster;
 use crate::proc::{self, describe, free_port, tail, POLL};
 use crate::provision;
+use crate::restart::Policy;
+use crate::supervise::{self, Spec, Supervised};
 
 /// The development bot token (`courier_common::config::dev::BOT_TOKEN`).
 const DEV_BOT_TOKEN: &str = "100001:courier-dev-token";
@@ -110,20 +116,42 @@ fn start_and_wait(
             paths::display(&pg.data())
         );
     }
-    pg.start(free_port()?, &[])?;
-    let pg = stack.pg.insert(pg);
+    let server = pg.foreground(free_port()?, &[]);
+    let postgres = stack.pg.insert(Supervised::start(
+        Spec {
+            name: "postgres".into(),
+            command: Box::new(move || server.command()),
+            log: logs.join("postgres.log"),
+            fresh_log: false,
+            // Fast shutdown: roll back open transactions, checkpoint, exit.
+            stop: Signal::SIGINT,
+            grace: Duration::from_secs(60),
+        },
+        Policy::DEFAULT,
+    )?);
+    wait_for_postgres(&pg, postgres, Duration::from_secs(60))?;
     pg.create_database("courier")?;
     let database_url = pg.url("courier");
 
-    let nats = Nats::start(
-        &tools.nats_server,
-        &dev.join("nats"),
-        &logs.join("nats.log"),
-    )?;
-    let nats = stack.nats.insert(nats);
+    let nats = Nats::new(&tools.nats_server, &dev.join("nats"))?;
+    let nats_log = logs.join("nats.log");
+    let nats_proc = stack.nats.insert(Supervised::start(
+        Spec {
+            name: "nats-server".into(),
+            command: {
+                let nats = nats.clone();
+                Box::new(move || nats.command())
+            },
+            log: nats_log.clone(),
+            fresh_log: true,
+            stop: Signal::SIGTERM,
+            grace: Duration::from_secs(10),
+        },
+        Policy::DEFAULT,
+    )?);
+    nats.wait_healthy(&nats_log, || nats_proc.ended(), Duration::from_secs(30))?;
     let nats_url = nats.url();
     let nats_monitor = nats.monitor_port;
-    let nats_pid = nats.pid();
 
     let mut common: Vec<(&str, String)> = vec![
         ("NATS_URL", nats_url.clone()),
@@ -186,7 +214,7 @@ fn start_and_wait(
         ],
         logs,
     )?;
-    write_pids(dev, nats_pid, &stack.services);
+    write_pids(dev, stack);
 
     println!();
     println!("Courier is up.");
@@ -213,33 +241,47 @@ fn start_and_wait(
         "  curl -s localhost:{sandbox_port}/sandbox/messages -H 'content-type: application/json' \
          -d '{{\"chat_id\":1,\"user_id\":1,\"first_name\":\"Ada\",\"text\":\"/start\"}}'"
     );
-    println!("Ctrl-C stops everything.");
+    println!(
+        "A process that dies is started again (0.5 s, doubling to 30 s while it keeps dying); \
+         Ctrl-C stops everything."
+    );
 
     loop {
         if proc::interrupted() {
             eprintln!("\nxtask: stopping");
             return Ok(());
         }
-        for service in &mut stack.services {
-            if let Some(status) = service.child.try_wait()? {
-                bail!(
-                    "{} exited unexpectedly ({}); last lines of {}:\n{}",
-                    service.name,
-                    describe(status),
-                    paths::display(&service.log),
-                    tail(&service.log, 30)
-                );
-            }
+        if stack.poll(Instant::now()) {
+            write_pids(dev, stack);
         }
-        if let Some(nats) = stack.nats.as_mut() {
-            if let Some(status) = nats.exited() {
-                bail!(
-                    "nats-server exited unexpectedly ({}); last lines of {}:\n{}",
-                    describe(status),
-                    paths::display(nats.log()),
-                    tail(nats.log(), 30)
-                );
-            }
+        sleep(POLL);
+    }
+}
+
+/// Waits until the first start of PostgreSQL accepts connections.
+fn wait_for_postgres(pg: &Cluster, postgres: &mut Supervised, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = postgres.ended() {
+            bail!(
+                "PostgreSQL exited ({}) before it accepted connections\n--- {} ---\n{}",
+                describe(status),
+                paths::display(postgres.log()),
+                tail(postgres.log(), 20)
+            );
+        }
+        if pg.accepting() {
+            return Ok(());
+        }
+        if proc::interrupted() {
+            bail!("interrupted");
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "PostgreSQL did not accept connections within {timeout:?}\n--- {} ---\n{}",
+                paths::display(postgres.log()),
+                tail(postgres.log(), 20)
+            );
         }
         sleep(POLL);
     }
@@ -259,22 +301,17 @@ fn sandbox_port() -> Result<u16> {
     Ok(port)
 }
 
-#[derive(Debug)]
-struct Service {
-    name: String,
-    child: Child,
-    log: PathBuf,
-}
-
 /// What runs; stopped in reverse order of dependency.
 #[derive(Debug, Default)]
 struct Stack {
-    services: Vec<Service>,
-    nats: Option<Nats>,
-    pg: Option<Cluster>,
+    services: Vec<Supervised>,
+    nats: Option<Supervised>,
+    pg: Option<Supervised>,
 }
 
 impl Stack {
+    /// Starts a service: `bin` with the `common` and its `own` environment, logging to
+    /// `<logs>/<name>.log`.
     fn spawn(
         &mut self,
         name: &str,
@@ -283,39 +320,46 @@ impl Stack {
         own: &[(&str, String)],
         logs: &Path,
     ) -> Result<()> {
-        let log = logs.join(format!("{name}.log"));
-        let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        let child = Command::new(bin)
-            .envs(common.iter().chain(own).map(|(k, v)| (*k, v.as_str())))
-            .current_dir(paths::root())
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            // Own process group: Ctrl-C reaches xtask only, which stops things in order.
-            .process_group(0)
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        self.services.push(Service {
+        let bin = bin.to_path_buf();
+        let env: Vec<(String, String)> = common
+            .iter()
+            .chain(own)
+            .map(|(k, v)| ((*k).to_string(), v.clone()))
+            .collect();
+        let spec = Spec {
             name: name.to_string(),
-            child,
-            log,
-        });
+            command: Box::new(move || {
+                let mut cmd = Command::new(&bin);
+                cmd.envs(env.iter().map(|(k, v)| (k, v)))
+                    .current_dir(paths::root());
+                cmd
+            }),
+            log: logs.join(format!("{name}.log")),
+            fresh_log: true,
+            stop: Signal::SIGTERM,
+            grace: Duration::from_secs(10),
+        };
+        self.services.push(Supervised::start(spec, Policy::DEFAULT)?);
         Ok(())
     }
 
-    /// Services (SIGTERM, 10 s, SIGKILL), then NATS, then `pg_ctl stop -m fast`.
-    fn shutdown(&mut self) {
-        let mut children: Vec<&mut Child> =
-            self.services.iter_mut().map(|s| &mut s.child).collect();
-        proc::terminate_all(&mut children, Duration::from_secs(10));
-        self.services.clear();
-        if let Some(mut nats) = self.nats.take() {
-            nats.stop();
+    /// Restarts what died and is due; true when a pid changed.
+    fn poll(&mut self, now: Instant) -> bool {
+        let mut changed = false;
+        for p in self.pg.iter_mut().chain(&mut self.nats).chain(&mut self.services) {
+            changed |= p.poll(now);
         }
-        if let Some(mut pg) = self.pg.take() {
-            if let Err(err) = pg.stop() {
-                eprintln!("xtask: {err:#}");
-            }
+        changed
+    }
+
+    /// Services (SIGTERM, 10 s, SIGKILL), then NATS (the same), then PostgreSQL (SIGINT:
+    /// fast shutdown, 60 s, SIGKILL).
+    fn shutdown(&mut self) {
+        supervise::stop_all(&mut self.services.iter_mut().collect::<Vec<_>>());
+        self.services.clear();
+        for infra in [self.nats.take(), self.pg.take()].into_iter().flatten() {
+            let mut infra = infra;
+            supervise::stop_all(&mut [&mut infra]);
         }
     }
 }
@@ -355,21 +399,31 @@ impl Drop for Lock {
     }
 }
 
-/// Records the children's PIDs so that a later run can end them if this one is killed hard.
-fn write_pids(dev: &Path, nats: Option<u32>, services: &[Service]) {
+/// Records the running children's PIDs (NATS and the services; PostgreSQL is found through
+/// its data directory), so that a later run can end them if this one is killed hard.
+/// Rewritten whenever a restart changes a pid.
+fn write_pids(dev: &Path, stack: &Stack) {
     let mut text = String::new();
-    if let Some(pid) = nats {
+    if let Some(pid) = stack.nats.as_ref().and_then(Supervised::pid) {
         text.push_str(&format!("nats-server {pid}\n"));
     }
-    for service in services {
-        let program = if service.name.starts_with("worker-") {
-            "courier-worker"
-        } else {
-            &format!("courier-{}", service.name)
+    for service in &stack.services {
+        let Some(pid) = service.pid() else {
+            continue;
         };
-        text.push_str(&format!("{program} {}\n", service.child.id()));
+        let name = service.name();
+        let program = if name.starts_with("worker-") {
+            "courier-worker".to_string()
+        } else {
+            format!("courier-{name}")
+        };
+        text.push_str(&format!("{program} {pid}\n"));
     }
-    let _ = fs::write(dev.join("pids"), text);
+    // Whole or not at all: a run killed mid-write must not leave half a list.
+    let tmp = dev.join("pids.tmp");
+    if fs::write(&tmp, text).is_ok() {
+        let _ = fs::rename(&tmp, dev.join("pids"));
+    }
 }
 
 /// Ends the processes a hard-killed earlier run left behind (see [`write_pids`]).
