@@ -139,10 +139,9 @@ impl Supervised {
                     }
                 }
                 self.note(&format!(
-                    "exited ({}) after {}; restart {} in {}",
+                    "exited ({}) after {}; restarting in {}",
                     describe(status),
                     seconds(uptime),
-                    decision.total,
                     seconds(decision.delay)
                 ));
                 self.state = State::Waiting {
@@ -153,11 +152,7 @@ impl Supervised {
             State::Waiting { until } if now >= *until => {
                 match spawn(&self.spec, false) {
                     Ok(child) => {
-                        eprintln!(
-                            "xtask: {} restarted (pid {})",
-                            self.spec.name,
-                            child.id()
-                        );
+                        eprintln!("xtask: {} restarted (pid {})", self.spec.name, child.id());
                         self.state = State::Running { child, since: now };
                     }
                     Err(err) => {
@@ -189,11 +184,7 @@ impl Supervised {
 /// Stops them all at once: each gets its stop signal, then SIGKILL after the longest grace.
 /// None is restarted afterwards.
 pub fn stop_all(procs: &mut [&mut Supervised]) {
-    let grace = procs
-        .iter()
-        .map(|p| p.spec.grace)
-        .max()
-        .unwrap_or_default();
+    let grace = procs.iter().map(|p| p.spec.grace).max().unwrap_or_default();
     let mut children: Vec<(&mut Child, Signal)> = Vec::new();
     for p in procs.iter_mut() {
         let signal = p.spec.stop;

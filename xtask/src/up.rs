@@ -339,14 +339,20 @@ impl Stack {
             stop: Signal::SIGTERM,
             grace: Duration::from_secs(10),
         };
-        self.services.push(Supervised::start(spec, Policy::DEFAULT)?);
+        self.services
+            .push(Supervised::start(spec, Policy::DEFAULT)?);
         Ok(())
     }
 
     /// Restarts what died and is due; true when a pid changed.
     fn poll(&mut self, now: Instant) -> bool {
         let mut changed = false;
-        for p in self.pg.iter_mut().chain(&mut self.nats).chain(&mut self.services) {
+        for p in self
+            .pg
+            .iter_mut()
+            .chain(&mut self.nats)
+            .chain(&mut self.services)
+        {
             changed |= p.poll(now);
         }
         changed
@@ -357,8 +363,7 @@ impl Stack {
     fn shutdown(&mut self) {
         supervise::stop_all(&mut self.services.iter_mut().collect::<Vec<_>>());
         self.services.clear();
-        for infra in [self.nats.take(), self.pg.take()].into_iter().flatten() {
-            let mut infra = infra;
+        for mut infra in [self.nats.take(), self.pg.take()].into_iter().flatten() {
             supervise::stop_all(&mut [&mut infra]);
         }
     }
@@ -401,7 +406,9 @@ impl Drop for Lock {
 
 /// Records the running children's PIDs (NATS and the services; PostgreSQL is found through
 /// its data directory), so that a later run can end them if this one is killed hard.
-/// Rewritten whenever a restart changes a pid.
+/// Rewritten whenever a restart changes a pid. A line is `<program> <pid> [<name>]`: the
+/// program is what `/proc/<pid>/comm` must say before a pid is killed, the name is for
+/// people (`courier-worker 4242 worker-2`).
 fn write_pids(dev: &Path, stack: &Stack) {
     let mut text = String::new();
     if let Some(pid) = stack.nats.as_ref().and_then(Supervised::pid) {
@@ -417,7 +424,7 @@ fn write_pids(dev: &Path, stack: &Stack) {
         } else {
             format!("courier-{name}")
         };
-        text.push_str(&format!("{program} {pid}\n"));
+        text.push_str(&format!("{program} {pid} {name}\n"));
     }
     // Whole or not at all: a run killed mid-write must not leave half a list.
     let tmp = dev.join("pids.tmp");
