@@ -287,10 +287,10 @@ pub(crate) async fn handle(
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
-    let delay_ms = shared.lock().faults.delay_ms;
-    if delay_ms > 0 {
+    let hold = shared.lock().faults.hold(rand::random::<f64>);
+    if !hold.is_zero() {
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(delay_ms)) => {}
+            _ = tokio::time::sleep(hold) => {}
             _ = shared.stop.cancelled() => return ApiError::injected(503).into_response(),
         }
     }

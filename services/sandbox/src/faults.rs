@@ -1,6 +1,8 @@
 //! Fault injection: the faults in force (`GET/POST/DELETE /sandbox/faults`, `--fault-*` flags)
 //! and the decision for one call.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 /// The next `count` sending calls are answered 429 with `retry_after`.
@@ -26,6 +28,10 @@ pub struct Faults {
     pub retry_after: u32,
     /// Delay before every Bot API call is processed, in milliseconds.
     pub delay_ms: u64,
+    /// Random extra delay before every Bot API call is processed, uniform in
+    /// `0..=jitter_ms` milliseconds: network jitter between a client's dispatch and the
+    /// server's arrival time, which is what Telegram's limits count.
+    pub jitter_ms: u64,
     /// Share of sending calls never answered (held until the client gives up) and not
     /// executed.
     pub drop_rate: f64,
@@ -47,6 +53,7 @@ impl Default for Faults {
             retry_after_rate: 0.0,
             retry_after: default_retry_after(),
             delay_ms: 0,
+            jitter_ms: 0,
             drop_rate: 0.0,
             blocked_users: Vec::new(),
             burst_429: None,
@@ -63,6 +70,7 @@ pub(crate) struct FaultsPatch {
     retry_after_rate: Option<f64>,
     retry_after: Option<u32>,
     delay_ms: Option<u64>,
+    jitter_ms: Option<u64>,
     drop_rate: Option<f64>,
     blocked_users: Option<Vec<i64>>,
     burst_429: Option<Option<Burst429>>,
@@ -111,6 +119,9 @@ impl Faults {
         if let Some(v) = patch.delay_ms {
             next.delay_ms = v;
         }
+        if let Some(v) = patch.jitter_ms {
+            next.jitter_ms = v;
+        }
         if let Some(v) = patch.blocked_users {
             next.blocked_users = v;
         }
@@ -127,6 +138,17 @@ impl Faults {
     /// Whether sending to `chat_id` is refused because the user blocked the bot.
     pub(crate) fn is_blocked(&self, chat_id: i64) -> bool {
         self.blocked_users.contains(&chat_id)
+    }
+
+    /// How long to hold a call before processing it: `delay_ms` plus a uniform draw in
+    /// `0..=jitter_ms` (`roll` draws uniform numbers in `0.0..1.0`).
+    pub(crate) fn hold(&self, roll: impl FnOnce() -> f64) -> Duration {
+        let jitter = if self.jitter_ms > 0 {
+            (roll() * (self.jitter_ms + 1) as f64) as u64
+        } else {
+            0
+        };
+        Duration::from_millis(self.delay_ms + jitter.min(self.jitter_ms))
     }
 
     /// Decides the injected fault of one sending call, if any, with `roll` drawing uniform
@@ -177,6 +199,9 @@ pub struct FaultArgs {
     /// Delay before every Bot API call, in milliseconds.
     #[arg(long = "fault-delay-ms", env = "COURIER_SANDBOX_FAULT_DELAY_MS")]
     pub delay_ms: Option<u64>,
+    /// Random extra delay before every Bot API call, uniform in 0..=N milliseconds.
+    #[arg(long = "fault-jitter-ms", env = "COURIER_SANDBOX_FAULT_JITTER_MS")]
+    pub jitter_ms: Option<u64>,
     /// Share (0..1) of sending calls never answered.
     #[arg(long = "fault-drop-rate", env = "COURIER_SANDBOX_FAULT_DROP_RATE")]
     pub drop_rate: Option<f64>,
@@ -199,6 +224,7 @@ impl FaultArgs {
             retry_after_rate: self.retry_after_rate,
             retry_after: self.retry_after,
             delay_ms: self.delay_ms,
+            jitter_ms: self.jitter_ms,
             drop_rate: self.drop_rate,
             blocked_users: (!self.blocked_users.is_empty()).then(|| self.blocked_users.clone()),
             burst_429: None,
@@ -240,5 +266,16 @@ mod tests {
         assert!(f.apply(bad).is_err());
         assert_eq!(f.drop_rate, 0.0, "nothing changes on error");
         assert!(serde_json::from_str::<FaultsPatch>(r#"{"eror_rate": 1}"#).is_err());
+    }
+
+    #[test]
+    fn hold_is_the_delay_plus_a_uniform_jitter() {
+        let mut f = Faults::default();
+        assert_eq!(f.hold(|| 0.99), Duration::ZERO);
+        f.apply(serde_json::from_str(r#"{"delay_ms": 10, "jitter_ms": 50}"#).unwrap())
+            .unwrap();
+        assert_eq!(f.hold(|| 0.0), Duration::from_millis(10));
+        assert_eq!(f.hold(|| 0.5), Duration::from_millis(35));
+        assert_eq!(f.hold(|| 0.999_999), Duration::from_millis(60));
     }
 }
