@@ -133,7 +133,7 @@ impl SenderRig {
             bot_rate: 30.0,
             private_chat_rate: 1.0,
             group_rate_per_min: 20.0,
-            rate_headroom: 0.015,
+            rate_headroom: 0.01,
             breaker_threshold: 5,
             breaker_cooldown: Duration::from_millis(500),
             lease_ttl: Duration::from_secs(10),

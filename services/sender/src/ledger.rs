@@ -113,3 +113,28 @@ pub async fn record_migration(
     .await?;
     Ok(())
 }
+
+/// Chats sent to in the last `within`, with how long ago the last call to each was recorded:
+/// what an earlier holder of the lease did, so that a new holder keeps each chat's budget
+/// across the hand-over (a group's budget spans a minute). `sent_at` is written after
+/// Telegram's answer, so the age errs on the safe side.
+pub async fn recent_sends(
+    pool: &PgPool,
+    bot_id: i64,
+    within: std::time::Duration,
+) -> Result<Vec<(i64, std::time::Duration)>, sqlx::Error> {
+    let rows: Vec<(i64, f64)> = sqlx::query_as(
+        "SELECT chat_id, EXTRACT(EPOCH FROM now() - max(sent_at))::float8
+         FROM sent_messages
+         WHERE bot_id = $1 AND outcome = 'sent' AND sent_at > now() - make_interval(secs => $2)
+         GROUP BY chat_id",
+    )
+    .bind(bot_id)
+    .bind(within.as_secs_f64())
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(chat, age)| (chat, std::time::Duration::from_secs_f64(age.max(0.0))))
+        .collect())
+}

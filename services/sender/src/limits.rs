@@ -26,7 +26,7 @@
 //! The clock is tokio's ([`TokioClock`]), so the whole arithmetic runs under tokio's paused
 //! test clock without sleeping.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::num::NonZeroU32;
 use std::ops::Add;
 use std::sync::Mutex;
@@ -38,6 +38,7 @@ use governor::nanos::Nanos;
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 /// An instant of tokio's clock, as governor wants it.
@@ -79,7 +80,7 @@ impl Clock for TokioClock {
 /// How late a waiter may wake and still be counted at its scheduled instant: tokio's timers
 /// have a resolution of one millisecond, and a loaded machine wakes tasks a few milliseconds
 /// late. The calls' schedule stays exact; one call may go out up to this much after its slot,
-/// which the headroom (1.5% of a second's 30 periods: 15 ms) more than covers.
+/// which the arrival window ([`Window`]) makes safe whatever the lateness.
 pub const CATCH_UP: Duration = Duration::from_millis(5);
 
 /// The bot limiter's clock: tokio's, except that the head of the queue, waking up to
@@ -123,8 +124,9 @@ pub struct Rates {
     pub private_chat_per_sec: f64,
     /// Calls per minute to one group or supergroup.
     pub group_per_min: f64,
-    /// Fraction by which every period is lengthened (0.015: 1.5% under each budget), so that
-    /// network jitter cannot bunch calls into an exact sliding window's limit.
+    /// Fraction by which every period and the arrival window are lengthened (0.01: each
+    /// budget used at 99% at most), for clock granularity and Telegram's unknown way of
+    /// timing a call's arrival. Jitter itself is handled by the arrival window.
     pub headroom: f64,
 }
 
@@ -134,7 +136,7 @@ impl Default for Rates {
             bot_per_sec: 30.0,
             private_chat_per_sec: 1.0,
             group_per_min: 20.0,
-            headroom: 0.015,
+            headroom: 0.01,
         }
     }
 }
@@ -173,8 +175,117 @@ pub struct Limits {
     turn: tokio::sync::Mutex<()>,
     /// Nothing is granted before this instant (set by a 429).
     paused_until: Mutex<Option<Instant>>,
-    /// When each chat's limiter admits its next call (GCRA's theoretical arrival time).
+    /// When each chat's limiter admits its next call (GCRA's theoretical arrival time, or a
+    /// period after the answer to its last call, whichever is later).
     ready: Mutex<HashMap<i64, Instant>>,
+    /// The bot's last calls, for the arrival window.
+    window: Mutex<Window>,
+    /// Bumped on every answer: wakes the head of the queue waiting for one.
+    answers: watch::Sender<u64>,
+}
+
+/// A call granted by [`Limits::acquire`]; dropping it records the call as answered.
+#[must_use = "drop the grant when the call's answer has arrived"]
+pub struct Grant<'a> {
+    limits: &'a Limits,
+    id: u64,
+    chat: i64,
+    at: Instant,
+}
+
+impl Grant<'_> {
+    /// The instant of the grant.
+    pub fn at(&self) -> Instant {
+        self.at
+    }
+}
+
+impl std::fmt::Debug for Grant<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Grant")
+            .field("chat", &self.chat)
+            .field("at", &self.at)
+            .finish()
+    }
+}
+
+impl Drop for Grant<'_> {
+    fn drop(&mut self) {
+        self.limits.answered(self.id, self.chat, Instant::now());
+    }
+}
+
+/// The bot's budget as Telegram counts it: at most `n` calls *arriving* in any `span`.
+///
+/// The sender cannot see arrival times, but it can bound them: a call arrives after it was
+/// dispatched and before its answer came back. So a call may be dispatched only when the call
+/// `n` places before it was *answered* at least `span` ago; then any two calls `n` apart arrive
+/// more than `span` apart, however the network delays them. (GCRA pacing alone counts dispatch
+/// times, and jitter between dispatch and arrival bunches calls into Telegram's window.)
+#[derive(Debug)]
+struct Window {
+    n: usize,
+    span: Duration,
+    /// The last `n` calls, oldest first: id and, once answered, when.
+    calls: VecDeque<(u64, Option<Instant>)>,
+    next_id: u64,
+}
+
+/// What the arrival window allows now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WindowCheck {
+    /// A call may go.
+    Open,
+    /// Not before this instant.
+    At(Instant),
+    /// Not before the call `n` places back is answered.
+    Unanswered,
+}
+
+impl Window {
+    fn new(rates: &Rates) -> Self {
+        let n = rates.bot_per_sec.floor().max(1.0) as usize;
+        let span = Duration::from_secs_f64(n as f64 / rates.bot_per_sec * (1.0 + rates.headroom));
+        Self {
+            n,
+            span,
+            calls: VecDeque::with_capacity(n + 1),
+            next_id: 0,
+        }
+    }
+
+    fn check(&self, now: Instant) -> WindowCheck {
+        if self.calls.len() < self.n {
+            return WindowCheck::Open;
+        }
+        match self.calls[self.calls.len() - self.n].1 {
+            None => WindowCheck::Unanswered,
+            Some(answered) if now >= answered + self.span => WindowCheck::Open,
+            Some(answered) => WindowCheck::At(answered + self.span),
+        }
+    }
+
+    fn push(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.calls.push_back((id, None));
+        while self.calls.len() > self.n {
+            self.calls.pop_front();
+        }
+        id
+    }
+
+    fn answer(&mut self, id: u64, at: Instant) {
+        let Some(&(first, _)) = self.calls.front() else {
+            return;
+        };
+        if let Some(call) = id
+            .checked_sub(first)
+            .and_then(|i| self.calls.get_mut(i as usize))
+        {
+            call.1.get_or_insert(at);
+        }
+    }
 }
 
 impl std::fmt::Debug for Limits {
@@ -198,6 +309,8 @@ impl Limits {
             turn: tokio::sync::Mutex::new(()),
             paused_until: Mutex::new(None),
             ready: Mutex::new(HashMap::new()),
+            window: Mutex::new(Window::new(&rates)),
+            answers: watch::channel(0).0,
         }
     }
 
@@ -223,9 +336,10 @@ impl Limits {
         until.filter(|u| *u > Instant::now())
     }
 
-    /// Waits until a call to `chat` is within every budget and takes a cell of each. Returns
-    /// the instant of the grant: the call must be made now.
-    pub async fn acquire(&self, chat: i64) -> Instant {
+    /// Waits until a call to `chat` is within every budget and takes a cell of each. The call
+    /// must be made now; drop the returned [`Grant`] when its answer has arrived (or the call
+    /// was given up): the arrival window counts the call until then.
+    pub async fn acquire(&self, chat: i64) -> Grant<'_> {
         loop {
             // 1. The chat's own slot, waited for outside the bot's queue.
             if let Some(at) = self.ready_at(chat) {
@@ -237,6 +351,25 @@ impl Limits {
                 if let Some(until) = self.paused() {
                     tokio::time::sleep_until(until).await;
                     continue;
+                }
+                // The arrival window: the call `n` places back must have been answered at
+                // least a window ago (subscribe before looking, so no answer is missed).
+                let mut answered = self.answers.subscribe();
+                let window = self
+                    .window
+                    .lock()
+                    .expect("window lock")
+                    .check(Instant::now());
+                match window {
+                    WindowCheck::Open => {}
+                    WindowCheck::At(at) => {
+                        tokio::time::sleep_until(at).await;
+                        continue;
+                    }
+                    WindowCheck::Unanswered => {
+                        let _ = answered.changed().await;
+                        continue;
+                    }
                 }
                 match self.bot.check() {
                     Ok(()) => break,
@@ -251,12 +384,18 @@ impl Limits {
             let now = Instant::now();
             match self.chat_limiter(chat).check_key(&chat) {
                 Ok(()) => {
+                    let id = self.window.lock().expect("window lock").push();
                     drop(turn);
                     self.ready
                         .lock()
                         .expect("ready lock")
                         .insert(chat, now + self.rates.chat_period(chat));
-                    return now;
+                    return Grant {
+                        limits: self,
+                        id,
+                        chat,
+                        at: now,
+                    };
                 }
                 Err(not_until) => {
                     // Only when the hint was stale (never in steady state): a bot cell is lost.
@@ -268,6 +407,31 @@ impl Limits {
                 }
             }
         }
+    }
+
+    /// The answer to the call of `grant` arrived (or it was given up) at `at`.
+    fn answered(&self, id: u64, chat: i64, at: Instant) {
+        self.window.lock().expect("window lock").answer(id, at);
+        // The chat's next call goes out a whole period after this one's answer: the chat's
+        // budget then holds at arrival, whatever the network's delay.
+        let next = at + self.rates.chat_period(chat);
+        let mut ready = self.ready.lock().expect("ready lock");
+        let slot = ready.entry(chat).or_insert(next);
+        *slot = (*slot).max(next);
+        drop(ready);
+        self.answers.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Tells the limits that `chat` was last sent to `age` ago (by an earlier holder of the
+    /// lease, read from the sent ledger): its next call waits a whole period from then.
+    pub fn sent_before(&self, chat: i64, age: Duration) {
+        let Some(at) = Instant::now().checked_sub(age) else {
+            return;
+        };
+        let next = at + self.rates.chat_period(chat);
+        let mut ready = self.ready.lock().expect("ready lock");
+        let slot = ready.entry(chat).or_insert(next);
+        *slot = (*slot).max(next);
     }
 
     /// Pauses every call of the bot for `d` from now (extends, never shortens, a pause).
@@ -329,7 +493,7 @@ mod tests {
             tasks.spawn(async move {
                 let mut at = Vec::new();
                 for _ in 0..n {
-                    at.push(l.acquire(chat).await);
+                    at.push(l.acquire(chat).await.at());
                 }
                 (chat, at)
             });
@@ -391,18 +555,20 @@ mod tests {
     #[test]
     fn headroom_lengthens_every_period() {
         let r = Rates::default();
-        assert_eq!(r.headroom, 0.015);
-        assert_eq!(r.bot_period().as_micros(), 33_833);
-        assert_eq!(r.chat_period(5).as_millis(), 1015);
-        assert_eq!(r.chat_period(-5).as_millis(), 3045);
+        assert_eq!(r.headroom, 0.01);
+        assert_eq!(r.bot_period().as_micros(), 33_666);
+        assert_eq!(r.chat_period(5).as_millis(), 1010);
+        assert_eq!(r.chat_period(-5).as_millis(), 3030);
+        let w = Window::new(&r);
+        assert_eq!((w.n, w.span.as_millis()), (30, 1010));
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_pause_stops_every_grant_until_it_ends() {
         let limits = Limits::new(exact());
-        let t0 = limits.acquire(1).await;
+        let t0 = limits.acquire(1).await.at();
         limits.pause_bot(Duration::from_secs(3));
-        let t1 = limits.acquire(2).await;
+        let t1 = limits.acquire(2).await.at();
         assert!(
             t1 - t0 >= Duration::from_secs(3),
             "granted {:?} after a 3 s pause",
@@ -411,19 +577,19 @@ mod tests {
         // A shorter pause never shortens a longer one.
         limits.pause_bot(Duration::from_secs(5));
         limits.pause_bot(Duration::from_secs(1));
-        let t2 = limits.acquire(3).await;
+        let t2 = limits.acquire(3).await.at();
         assert!(t2 - t1 >= Duration::from_secs(5));
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_waiting_chat_does_not_hold_up_others() {
         let limits = Arc::new(Limits::new(exact()));
-        let t0 = limits.acquire(-5).await;
+        let t0 = limits.acquire(-5).await.at();
         // The group's next slot is 3 s away; meanwhile another chat is served at once.
         let l = limits.clone();
-        let group = tokio::spawn(async move { l.acquire(-5).await });
+        let group = tokio::spawn(async move { l.acquire(-5).await.at() });
         tokio::task::yield_now().await;
-        let other = limits.acquire(7).await;
+        let other = limits.acquire(7).await.at();
         assert!(other - t0 < Duration::from_millis(100), "{:?}", other - t0);
         let g = group.await.unwrap();
         assert_eq!((g - t0).as_millis(), 3000);
@@ -436,5 +602,90 @@ mod tests {
         tokio::time::advance(Duration::from_secs(10)).await;
         limits.forget_idle();
         assert_eq!(limits.tracked_chats(), 0);
+    }
+
+    /// Calls whose arrival at Telegram lags their dispatch by a random 0–50 ms (and whose
+    /// answer comes 1 ms after arrival): dispatch-time pacing alone lets 31 arrive within a
+    /// second; with the arrival window, never. Deterministic: a seeded draw, tokio's paused
+    /// clock.
+    #[tokio::test(start_paused = true)]
+    async fn jittered_arrivals_never_exceed_the_bots_budget() {
+        use rand::{rngs::StdRng, Rng, SeedableRng};
+        let limits = Arc::new(Limits::new(Rates {
+            headroom: 0.0,
+            ..Rates::default()
+        }));
+        let arrivals = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = tokio::task::JoinSet::new();
+        for chat in 1..=60_i64 {
+            let (l, arrivals) = (limits.clone(), arrivals.clone());
+            tasks.spawn(async move {
+                let mut rng = StdRng::seed_from_u64(chat as u64);
+                for _ in 0..10 {
+                    let grant = l.acquire(chat).await;
+                    let jitter = Duration::from_millis(rng.random_range(0..=50));
+                    tokio::time::sleep(jitter).await;
+                    arrivals.lock().unwrap().push(Instant::now());
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    drop(grant);
+                }
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            r.unwrap();
+        }
+        let mut at = arrivals.lock().unwrap().clone();
+        at.sort();
+        assert_eq!(at.len(), 600);
+        for i in 30..at.len() {
+            let span = at[i] - at[i - 30];
+            assert!(
+                span >= Duration::from_secs(1),
+                "31 arrivals within {span:?} (arrival {i})"
+            );
+        }
+    }
+
+    /// A call not yet answered holds the call `n` places after it; its answer releases it.
+    #[tokio::test(start_paused = true)]
+    async fn an_unanswered_call_holds_the_window() {
+        let limits = Arc::new(Limits::new(Rates {
+            bot_per_sec: 2.0,
+            headroom: 0.0,
+            ..Rates::default()
+        }));
+        let first = limits.acquire(1).await;
+        let t0 = first.at();
+        let second = limits.acquire(2).await.at();
+        assert_eq!(second - t0, Duration::from_millis(500));
+        let l = limits.clone();
+        let third = tokio::spawn(async move { l.acquire(3).await.at() });
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(!third.is_finished(), "the first call is still unanswered");
+        drop(first);
+        let answered = Instant::now();
+        let third = third.await.unwrap();
+        assert_eq!(third - answered, Duration::from_secs(1));
+    }
+
+    /// The chat's next call waits a whole period after the previous call's answer, and after
+    /// a send an earlier lease holder recorded.
+    #[tokio::test(start_paused = true)]
+    async fn a_chats_period_counts_from_the_answer_and_from_earlier_holders() {
+        let limits = Limits::new(Rates {
+            headroom: 0.0,
+            ..Rates::default()
+        });
+        let g = limits.acquire(-9).await;
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let answered = Instant::now();
+        drop(g);
+        let next = limits.acquire(-9).await.at();
+        assert_eq!(next - answered, Duration::from_secs(3));
+
+        limits.sent_before(-10, Duration::from_secs(1));
+        let t = Instant::now();
+        let first = limits.acquire(-10).await.at();
+        assert_eq!(first - t, Duration::from_secs(2));
     }
 }
