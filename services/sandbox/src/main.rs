@@ -16,6 +16,8 @@ struct Cli {
     command: Option<Command>,
     #[command(flatten)]
     config: courier_sandbox::Config,
+    #[command(flatten)]
+    grace: courier_common::shutdown::GraceArgs,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -42,7 +44,11 @@ async fn main() -> anyhow::Result<()> {
         }
         None => {
             let shutdown = courier_common::shutdown::on_signal();
-            courier_sandbox::run(cli.config, shutdown).await?;
+            let run = courier_sandbox::run(cli.config, shutdown.clone());
+            match courier_common::shutdown::within_grace(run, &shutdown, cli.grace.grace).await {
+                Some(result) => result?,
+                None => std::process::exit(courier_common::shutdown::GRACE_ELAPSED_EXIT_CODE),
+            }
         }
     }
     Ok(())
