@@ -116,3 +116,62 @@ impl WorkerProcess {
         Ok(())
     }
 }
+
+/// Any Courier service as a process (`courier-ingress`, `courier-worker`, `courier-sender`,
+/// `courier-sandbox`), with the test bot's token and the given environment.
+pub struct ServiceProcess {
+    /// The binary's name.
+    pub name: String,
+    child: Child,
+}
+
+impl ServiceProcess {
+    /// Starts `name` with `env` (on top of `COURIER_BOT_TOKEN` and `RUST_LOG`).
+    pub async fn start(name: &str, env: &[(&str, String)]) -> Result<Self> {
+        let bin = binary(name).await?;
+        let log = std::env::var_os("COURIER_TEST_LOG").is_some();
+        let child = Command::new(bin)
+            .env("COURIER_BOT_TOKEN", crate::TOKEN)
+            .env("RUST_LOG", if log { "info" } else { "warn" })
+            .stdout(if log { Stdio::inherit() } else { Stdio::null() })
+            .stderr(if log { Stdio::inherit() } else { Stdio::null() })
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        Ok(Self {
+            name: name.to_owned(),
+            child,
+        })
+    }
+
+    /// Whether it is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Sends SIGTERM (does not wait).
+    pub async fn sigterm(&self) -> Result<()> {
+        if let Some(pid) = self.child.id() {
+            Command::new("kill").arg(pid.to_string()).status().await?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the exit, at most `deadline`; `None` if it is still running then (it is
+    /// killed when dropped).
+    pub async fn wait_exit(
+        &mut self,
+        deadline: Duration,
+    ) -> Result<Option<std::process::ExitStatus>> {
+        match tokio::time::timeout(deadline, self.child.wait()).await {
+            Ok(status) => Ok(Some(status?)),
+            Err(_) => Ok(None),
+        }
+    }
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_local_port() -> Result<u16> {
+    free_port()
+}

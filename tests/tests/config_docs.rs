@@ -51,6 +51,11 @@ fn render() -> String {
          This file is generated from the code by `tests/tests/config_docs.rs`.\n\n",
     );
     doc += &table(
+        "Every service",
+        "Read by `courier-ingress`, `courier-worker`, `courier-sender` and `courier-sandbox`.",
+        courier_common::shutdown::GraceArgs::augment_args(Command::new("x")),
+    );
+    doc += &table(
         "courier-ingress",
         "The webhook endpoint.",
         courier_ingress::Config::augment_args(Command::new("x")),

@@ -137,12 +137,12 @@ pub struct Config {
         default_value_t = 20.0
     )]
     pub group_rate_per_min: f64,
-    /// Fraction by which every budget's period is lengthened against network jitter
-    /// (0.015: each budget used at 98.5%).
+    /// Fraction by which every budget's period and the bot's arrival window are lengthened
+    /// (0.01: each budget used at 99% at most); jitter itself is handled by the arrival window.
     #[arg(
         long = "rate-headroom",
         env = "COURIER_SENDER_RATE_HEADROOM",
-        default_value_t = 0.015
+        default_value_t = 0.01
     )]
     pub rate_headroom: f64,
     /// Transient failures in a row that open the circuit breaker.
@@ -256,6 +256,8 @@ pub struct Stats {
     pub rate_limited: AtomicU64,
     /// Messages parked in the dead-letter stream.
     pub dead_lettered: AtomicU64,
+    /// Dead-letter publishes that failed (and were retried).
+    pub dead_letter_failures: AtomicU64,
     /// Messages skipped because the chat's user blocked the bot.
     pub skipped_blocked: AtomicU64,
     /// Messages skipped because the ledger says they were sent already.
@@ -334,18 +336,38 @@ impl Inflight {
     /// Hands back (nak) what was dropped unsettled, oldest stream sequence first, so that
     /// JetStream redelivers each chat's messages in their order. Called only once every
     /// handler of a term has finished.
+    ///
+    /// Bounded by [`HAND_BACK_LIMIT`]: with NATS unreachable the client buffers, then blocks,
+    /// and `flush` waits for a reconnect that may never come (finding 3 of the review). What
+    /// is not handed back in time is redelivered by JetStream after `ack_wait`, in order.
     async fn hand_back(&self) {
         let mut naks = std::mem::take(&mut *self.to_nak.lock().expect("nak lock"));
-        naks.sort_by_key(|(seq, _)| *seq);
-        for (_, reply) in naks {
-            let _ = self
-                .client
-                .publish(reply, bytes::Bytes::from_static(b"-NAK"))
-                .await;
+        if naks.is_empty() {
+            return;
         }
-        let _ = self.client.flush().await;
+        naks.sort_by_key(|(seq, _)| *seq);
+        let n = naks.len();
+        let handed = tokio::time::timeout(HAND_BACK_LIMIT, async {
+            for (_, reply) in naks {
+                let _ = self
+                    .client
+                    .publish(reply, bytes::Bytes::from_static(b"-NAK"))
+                    .await;
+            }
+            let _ = self.client.flush().await;
+        })
+        .await;
+        if handed.is_err() {
+            tracing::warn!(
+                messages = n,
+                "NATS unreachable: could not hand messages back; JetStream redelivers them after ack_wait"
+            );
+        }
     }
 }
+
+/// How long handing messages back (and one round of keep-alives) may take.
+const HAND_BACK_LIMIT: Duration = Duration::from_secs(3);
 
 /// A pulled message; handed back (nak) when dropped without being settled.
 struct Held {
@@ -571,7 +593,12 @@ async fn supervise(
                 _ = keeper_token.cancelled() => break,
                 _ = tick.tick() => {}
             }
-            keeper_inflight.keep_alive().await;
+            // Bounded, and cut by the stop: with NATS unreachable a publish blocks once the
+            // client's buffer is full.
+            tokio::select! {
+                _ = keeper_token.cancelled() => break,
+                _ = tokio::time::timeout(HAND_BACK_LIMIT, keeper_inflight.keep_alive()) => {}
+            }
         }
     });
     let housekeeping_ctx = ctx_template.clone();
@@ -619,7 +646,7 @@ async fn supervise(
                 "waiting for the previous holder's messages to come back"
             );
             tokio::select! {
-                _ = shutdown.cancelled() => { active_ctx.lease.release().await; break 'outer; }
+                _ = shutdown.cancelled() => { release_lease(&active_ctx.lease).await; break 'outer; }
                 _ = tokio::time::sleep(Duration::from_millis(200)) => {}
             }
             if !active_ctx.lease.renew().await {
@@ -627,12 +654,13 @@ async fn supervise(
                 continue 'outer;
             }
         }
-        // The previous holder's calls of its last second still count against the bot's and
-        // each private chat's per-second budgets at Telegram; this process's limiters start
-        // empty. Keep quiet for one window (plus the headroom) before the first call.
-        // (Group budgets span a minute and are not carried over: see docs/SENDER.md.)
+        // The previous holder's calls still count at Telegram; this process's limiters do not
+        // know them. Each chat's last recorded send (a group's budget spans a minute) comes
+        // from the ledger; for the bot's and private chats' per-second budgets, keep quiet
+        // for one window (plus the headroom) before the first call.
+        prime_from_ledger(&active_ctx).await;
         tokio::select! {
-            _ = shutdown.cancelled() => { active_ctx.lease.release().await; break 'outer; }
+            _ = shutdown.cancelled() => { release_lease(&active_ctx.lease).await; break 'outer; }
             _ = tokio::time::sleep(settings.quiet) => {}
         }
         tracing::info!(?how, "active sender for the bot");
@@ -662,11 +690,13 @@ async fn supervise(
         };
         let (pulled, puller) = pull_held(consumer.clone(), inflight.clone(), run_token.clone());
         let gate_ctx = ctx.clone();
-        // While the breaker is open nothing is pulled: the stream is not polled.
+        // While the breaker is open nothing is pulled (the stream is not polled), except when
+        // a probe is due: then a message to probe with is pulled, even in a new term whose
+        // lanes are empty.
         let input = Box::pin(futures::stream::unfold(pulled, move |mut pulled| {
             let ctx = gate_ctx.clone();
             async move {
-                ctx.breaker.wait_closed().await;
+                ctx.breaker.wait_pullable().await;
                 let item = pulled.recv().await?;
                 Some((item, pulled))
             }
@@ -682,11 +712,19 @@ async fn supervise(
         run_token.cancel();
         let _ = renewer.await;
         // The puller finishes its last (short) pull request, so none is left outstanding
-        // that could swallow a redelivery; then everything unsettled is handed back.
-        let _ = puller.await;
+        // that could swallow a redelivery; then everything unsettled is handed back. Bounded:
+        // with NATS gone the request may never end.
+        let abort = puller.abort_handle();
+        if tokio::time::timeout(PULL_EXPIRES + HAND_BACK_LIMIT, puller)
+            .await
+            .is_err()
+        {
+            abort.abort();
+            tracing::warn!("the last pull request did not end; handing back what is held");
+        }
         inflight.hand_back().await;
         if shutdown.is_cancelled() {
-            ctx.lease.release().await;
+            release_lease(&ctx.lease).await;
             break;
         }
         active_ctx = ctx;
@@ -695,6 +733,45 @@ async fn supervise(
     keeper_stop.cancel();
     let _ = keeper.await;
     housekeeping.abort();
+}
+
+/// Releases the lease for a standby, bounded: with NATS unreachable the standby takes over
+/// after the lease's TTL instead.
+async fn release_lease(lease: &Lease) {
+    if tokio::time::timeout(HAND_BACK_LIMIT, lease.release())
+        .await
+        .is_err()
+    {
+        lease.drop_local();
+        tracing::warn!("could not release the lease in time; a standby takes over after its TTL");
+    }
+}
+
+/// Tells the limits when each chat was last sent to by an earlier holder (finding 8 of the
+/// review: a group's 20/min spans a hand-over). Bounded: if the ledger cannot be read within
+/// a few seconds, carries on with a warning (the quiet second still covers the bot's and
+/// private chats' budgets).
+async fn prime_from_ledger(ctx: &Ctx) {
+    let rates = ctx.limits.rates();
+    let within = rates.chat_period(-1).max(rates.chat_period(1));
+    let read = tokio::time::timeout(
+        Duration::from_secs(5),
+        ledger::recent_sends(&ctx.pool, ctx.bot_id, within),
+    )
+    .await;
+    match read {
+        Ok(Ok(recent)) => {
+            tracing::debug!(
+                chats = recent.len(),
+                "chats' last sends read from the ledger"
+            );
+            for (chat, age) in recent {
+                ctx.limits.sent_before(chat, age);
+            }
+        }
+        Ok(Err(e)) => tracing::warn!(error = %e, "cannot read recent sends from the ledger"),
+        Err(_) => tracing::warn!("reading recent sends from the ledger timed out"),
+    }
 }
 
 /// How long one pull request waits for messages: bounds the time a stopping sender needs to
@@ -864,16 +941,31 @@ async fn handle(ctx: Arc<Ctx>, held: Held) {
             // Wait for the breaker and the budgets, unless the sender stops meanwhile.
             let admitted = tokio::select! {
                 _ = ctx.cancel.cancelled() => None,
-                a = async { let a = ctx.breaker.admit().await; ctx.limits.acquire(target).await; a } => Some(a),
+                a = async {
+                    let permit = ctx.breaker.admit().await;
+                    let grant = ctx.limits.acquire(target).await;
+                    (permit, grant)
+                } => Some(a),
             };
-            if admitted.is_none() || !ctx.lease.is_valid() {
+            let Some((_permit, grant)) = admitted else {
+                return;
+            };
+            if !ctx.lease.is_valid() {
+                // Returning unsettled while the term goes on would let this chat's next
+                // message overtake this one: end the term, so everything held is handed
+                // back in stream order (and the lease is taken again or by a standby).
+                tracing::warn!("lease no longer valid: ending this term");
+                ctx.cancel.cancel();
                 return;
             }
             let mut req = ctx.bot.send_message(ChatId(target), part.to_string());
             if let Some(m) = mode {
                 req = req.parse_mode(m);
             }
-            let wait = match req.await {
+            let answer = req.await;
+            // The call has arrived at Telegram by now, if ever: the arrival window counts it.
+            drop(grant);
+            let wait = match answer {
                 Ok(sent) => {
                     let answered = std::time::Instant::now();
                     ctx.breaker.success();
@@ -995,21 +1087,34 @@ async fn park(ctx: &Ctx, held: Held, out: &OutboundMessage, chat: i64, reason: &
     }
 }
 
+/// Parks a message in `COURIER_DLQ` and acks it. Retries until the dead letter is stored or
+/// the term ends: returning unsettled while the term goes on would let the chat's next message
+/// overtake this one (and lose the dead-letter record until a redelivery).
 async fn dead_letter(ctx: &Ctx, held: Held, reason: &str) {
     tracing::error!(reason, subject = %held.msg.subject, "dead-lettering outbound message");
-    let ok = topology::publish_dead_letter(
-        &ctx.js,
-        ctx.bot_id,
-        "outbound",
-        &held.msg.subject,
-        held.msg.payload.clone(),
-        reason,
-    )
-    .await;
-    if ok {
-        ctx.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-        held.ack().await;
-    } else {
-        tracing::error!("dead-letter publish failed; the message will be redelivered");
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    loop {
+        let ok = topology::publish_dead_letter(
+            &ctx.js,
+            ctx.bot_id,
+            "outbound",
+            &held.msg.subject,
+            held.msg.payload.clone(),
+            reason,
+        )
+        .await;
+        if ok {
+            ctx.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+            held.ack().await;
+            return;
+        }
+        ctx.stats
+            .dead_letter_failures
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::warn!("dead-letter publish failed; retrying (the chat waits)");
+        tokio::select! {
+            _ = ctx.cancel.cancelled() => return,
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
+        }
     }
 }

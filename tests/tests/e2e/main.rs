@@ -7,3 +7,4 @@ mod ingress;
 mod outages;
 mod scaling;
 mod sender;
+mod shutdown;

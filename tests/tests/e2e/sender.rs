@@ -33,13 +33,19 @@ fn by_chat(calls: &[Call]) -> HashMap<i64, Vec<&Call>> {
     m
 }
 
+/// Safety only (how fast is a benchmark's business: `--example sender_budget`): with 50 ms of
+/// random network jitter between dispatch and arrival, the sandbox, counting Telegram's limits
+/// at arrival, never refuses a call, never sees 31 calls in a second or two calls to one chat
+/// within a second, and every chat gets its messages once, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn limits_hold_for_1000_messages_over_100_chats_plus_200_to_one_chat() -> anyhow::Result<()> {
+async fn limits_hold_under_jitter_for_1000_messages_over_100_chats_plus_30_to_one_chat(
+) -> anyhow::Result<()> {
     let rig = SenderRig::start().await?;
     let chats: Vec<i64> = (1..=100).map(|i| 710_000 + i).collect();
     let big = 719_999;
     rig.create_chats(chats.iter().copied().chain([big])).await?;
     rig.clear_calls().await?;
+    rig.faults(serde_json::json!({"jitter_ms": 50})).await?;
 
     // Queue everything first (as after an outage), interleaved across chats.
     let mut msgs = Vec::new();
@@ -49,50 +55,33 @@ async fn limits_hold_for_1000_messages_over_100_chats_plus_200_to_one_chat() -> 
             id += 1;
             msgs.push((c, id, format!("c{c} m{round}")));
         }
-        for k in 0..20 {
+        for k in 0..3 {
             id += 1;
-            msgs.push((big, id, format!("c{big} m{}", round * 20 + k)));
+            msgs.push((big, id, format!("c{big} m{}", round * 3 + k)));
         }
     }
     rig.publish_all(&msgs).await?;
     let sender = rig.start_sender().await?;
 
-    // The first 1,000 accepted calls happen while 101 chats compete for the bot's budget.
-    let calls = accepted_calls(&rig, 1000, Duration::from_secs(60)).await?;
-    let ok: Vec<&Call> = calls
-        .iter()
-        .filter(|c| c.status == 200)
-        .take(1000)
-        .collect();
-    let span_ms = (ok[999].at_unix_ms - ok[0].at_unix_ms) as f64;
-    let rate = 999.0 / (span_ms / 1000.0);
-    eprintln!("bot-wide rate over the first 1000 calls: {rate:.2}/s");
-    assert!(
-        (29.4..=30.6).contains(&rate),
-        "bot-wide rate {rate:.2}/s, not within 2% of 30/s"
-    );
-
-    // Then the big chat drains at its own 1/s: ~200 s in all.
-    let calls = accepted_calls(&rig, 1200, Duration::from_secs(260)).await?;
+    // 1,030 calls at 30/s take 35 s at best; the big chat's 30 at 1/s, 30 s.
+    let calls = accepted_calls(&rig, 1030, Duration::from_secs(180)).await?;
     let stats = rig.stats().await?;
     assert_eq!(
         stats["responses_429"], 0,
         "the sandbox refused calls: {stats}"
     );
     assert!(calls.iter().all(|c| c.status == 200), "every call accepted");
-    assert_eq!(calls.len(), 1200, "no call repeated");
+    assert_eq!(calls.len(), 1030, "no call repeated");
     let at: Vec<i64> = calls.iter().map(|c| c.at_unix_ms).collect();
-    assert!(
-        max_in_window(&at, 1000) <= 30,
-        "more than 30 calls in a second"
-    );
+    let most = max_in_window(&at, 1000);
+    assert!(most <= 30, "{most} calls in one second");
 
     for (chat, cs) in by_chat(&calls) {
         for w in cs.windows(2) {
             let gap = w[1].at_unix_ms - w[0].at_unix_ms;
             assert!(gap >= 1000, "chat {chat}: two calls {gap} ms apart");
         }
-        let n = if chat == big { 200 } else { 10 };
+        let n = if chat == big { 30 } else { 10 };
         let want: Vec<String> = (0..n).map(|i| format!("c{chat} m{i}")).collect();
         assert_eq!(
             rig.bot_texts(chat).await?,
@@ -108,7 +97,11 @@ async fn limits_hold_for_1000_messages_over_100_chats_plus_200_to_one_chat() -> 
     .await?;
     assert_eq!(
         sender.sender.stats().messages_sent.load(Ordering::Relaxed),
-        1200
+        1030
+    );
+    assert_eq!(
+        sender.sender.stats().rate_limited.load(Ordering::Relaxed),
+        0
     );
     sender.stop().await
 }
@@ -311,4 +304,150 @@ async fn two_senders_never_exceed_the_bots_budget_and_hand_over_without_loss() -
         assert_eq!(rig.bot_texts(c).await?, want, "chat {c}");
     }
     standby.stop().await
+}
+
+/// Review finding 1: the circuit breaker outlived a lease term, and pulling waited for it to
+/// close; with the breaker open when a term ended, the next term had no message to probe
+/// with, nothing was pulled, and the sender never called Telegram again (while keeping the
+/// lease). Now a due probe pulls a message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_breaker_open_when_a_lease_term_ends_does_not_stop_the_next_term() -> anyhow::Result<()> {
+    let rig = SenderRig::start().await?;
+    let chat = 750_001;
+    rig.create_chats([chat]).await?;
+    rig.clear_calls().await?;
+    rig.faults(serde_json::json!({"error_rate": 1.0, "error_status": 502}))
+        .await?;
+    let mut config = rig.sender_config();
+    config.breaker_threshold = 1;
+    config.breaker_cooldown = Duration::from_millis(300);
+    config.lease_ttl = Duration::from_secs(3);
+    let sender = rig.start_sender_with(config).await?;
+    rig.publish(chat, 5_000_001, "after the outage").await?;
+    eventually("a failed call", Duration::from_secs(30), || async {
+        Ok(rig
+            .calls()
+            .await?
+            .iter()
+            .any(|c| c.status == 502)
+            .then_some(()))
+    })
+    .await?;
+    // The lease key changes under the sender (as in a NATS blip): its renewals fail, the term
+    // ends with the breaker open, and it takes the lease again.
+    let kv = rig.js.get_key_value(courier_sender::lease::BUCKET).await?;
+    kv.delete(format!("bot_{}", rig.bot_id())).await?;
+    let stats = sender.sender.stats();
+    eventually("a second term", Duration::from_secs(30), || async {
+        Ok((stats.activations.load(Ordering::Relaxed) >= 2).then_some(()))
+    })
+    .await?;
+    // Telegram is back: the message goes out.
+    rig.clear_faults().await?;
+    eventually("the message delivered", Duration::from_secs(60), || async {
+        Ok((rig.bot_texts(chat).await? == ["after the outage"]).then_some(()))
+    })
+    .await?;
+    sender.stop().await
+}
+
+/// Review finding 6: a dead letter whose publish failed left its message unsettled while the
+/// lane went on, so the chat's next message overtook it (and the dead letter was lost until a
+/// redelivery). Now the chat waits until the dead letter is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_that_cannot_be_stored_holds_its_chat_until_it_is() -> anyhow::Result<()> {
+    let rig = SenderRig::start().await?;
+    let chat = 751_001;
+    rig.create_chats([chat]).await?;
+    rig.clear_calls().await?;
+    let sender = rig.start_sender().await?;
+    // The dead-letter stream is gone (the sender made it at start-up).
+    rig.js
+        .delete_stream(courier_common::topology::DLQ_STREAM)
+        .await?;
+    rig.faults(serde_json::json!({"error_rate": 1.0, "error_status": 400}))
+        .await?;
+    let stats = sender.sender.stats();
+    rig.publish(chat, 5_100_001, "refused").await?;
+    eventually(
+        "a failed dead-letter publish",
+        Duration::from_secs(30),
+        || async { Ok((stats.dead_letter_failures.load(Ordering::Relaxed) >= 1).then_some(())) },
+    )
+    .await?;
+    rig.clear_faults().await?;
+    rig.publish(chat, 5_100_002, "next").await?;
+    let failures = stats.dead_letter_failures.load(Ordering::Relaxed);
+    eventually(
+        "the dead letter retried",
+        Duration::from_secs(30),
+        || async {
+            Ok((stats.dead_letter_failures.load(Ordering::Relaxed) >= failures + 2).then_some(()))
+        },
+    )
+    .await?;
+    assert!(
+        rig.bot_texts(chat).await?.is_empty(),
+        "the chat's next message overtook the unparked one"
+    );
+    courier_common::topology::ensure_streams(
+        &rig.js,
+        courier_common::partition::DEFAULT_PARTITIONS,
+    )
+    .await?;
+    let stored_after = chrono::Utc::now().timestamp_millis();
+    eventually(
+        "the next message delivered",
+        Duration::from_secs(30),
+        || async { Ok((rig.bot_texts(chat).await? == ["next"]).then_some(())) },
+    )
+    .await?;
+    assert_eq!(
+        rig.dead_letters().await?,
+        1,
+        "the refused message is parked"
+    );
+    let calls = rig.calls().await?;
+    let next = calls
+        .iter()
+        .find(|c| c.status == 200)
+        .expect("the call of 'next'");
+    assert!(
+        next.at_unix_ms >= stored_after,
+        "'next' was sent before the dead letter could be stored"
+    );
+    sender.stop().await
+}
+
+/// Review finding 8: limiters start empty at a hand-over, and a group's budget spans a
+/// minute, so a new holder could send to a busy group at once. Now it reads each chat's last
+/// send from the ledger and waits a whole period from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_lease_holder_keeps_a_groups_period_from_the_previous_holders_last_send(
+) -> anyhow::Result<()> {
+    let rig = SenderRig::start().await?;
+    let group = -760_001;
+    rig.create_chats([group]).await?;
+    rig.clear_calls().await?;
+    courier_sender::MIGRATOR.run(&rig.db).await?;
+    // The previous holder sent to the group half a second ago.
+    let sent_ms: i64 = sqlx::query_scalar(
+        "INSERT INTO sent_messages (bot_id, outbox_id, part, chat_id, outcome, sent_at)
+         VALUES ($1, 1, 0, $2, 'sent', now() - interval '500 milliseconds')
+         RETURNING (extract(epoch FROM sent_at) * 1000)::bigint",
+    )
+    .bind(rig.bot_id())
+    .bind(group)
+    .fetch_one(&rig.db)
+    .await?;
+    let sender = rig.start_sender().await?;
+    rig.publish(group, 5_200_001, "to the group").await?;
+    let calls = accepted_calls(&rig, 1, Duration::from_secs(30)).await?;
+    let gap = calls[0].at_unix_ms - sent_ms;
+    // 20/min with 1% headroom: 3,030 ms between two calls to a group.
+    assert!(
+        gap >= 3_000,
+        "sent {gap} ms after the previous holder's last send to the group"
+    );
+    sender.stop().await
 }
