@@ -246,11 +246,17 @@ async fn pull_partition(
             handed_back += 1;
         }
     };
-    if tokio::time::timeout(HAND_BACK_TIMEOUT, hand_back).await.is_err() {
+    if tokio::time::timeout(HAND_BACK_TIMEOUT, hand_back)
+        .await
+        .is_err()
+    {
         tracing::debug!(partition, "handing back queued updates timed out");
     }
-    match tokio::time::timeout(HAND_BACK_TIMEOUT, applier.updates.unpin_consumer(&name, GROUP))
-        .await
+    match tokio::time::timeout(
+        HAND_BACK_TIMEOUT,
+        applier.updates.unpin_consumer(&name, GROUP),
+    )
+    .await
     {
         Ok(Ok(_)) => {}
         Ok(Err(e)) => {

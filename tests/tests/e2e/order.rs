@@ -42,12 +42,11 @@ async fn consumer_of(
     bot: i64,
     partition: u32,
 ) -> Result<jetstream::consumer::Consumer<pull::Config>> {
-    Ok(js
-        .get_stream(topology::UPDATES_STREAM)
+    js.get_stream(topology::UPDATES_STREAM)
         .await?
         .get_consumer(&courier_worker::partitions::consumer_name(bot, partition))
         .await
-        .map_err(|e| anyhow::anyhow!("partition consumer: {e}"))?)
+        .map_err(|e| anyhow::anyhow!("partition consumer: {e}"))
 }
 
 /// Waits until the worker is done with every update of `chat`'s partition it was handed
@@ -287,8 +286,10 @@ async fn a_worker_hands_partitions_over_during_a_postgres_outage_and_keeps_heart
         || async {
             let (a, b) = (w1.partitions(), w2.partitions());
             let all: BTreeSet<u32> = a.iter().chain(&b).copied().collect();
-            Ok((a.len() == P as usize / 2 && b.len() == P as usize / 2 && all.len() == P as usize)
-                .then_some(()))
+            Ok(
+                (a.len() == P as usize / 2 && b.len() == P as usize / 2 && all.len() == P as usize)
+                    .then_some(()),
+            )
         },
     )
     .await?;
@@ -298,9 +299,11 @@ async fn a_worker_hands_partitions_over_during_a_postgres_outage_and_keeps_heart
     })
     .await?;
     let seen = beats.lock().unwrap().len();
-    eventually("w1 to heartbeat on after the hand-over", DEADLINE, || async {
-        Ok((beats.lock().unwrap().len() >= seen + 3).then_some(()))
-    })
+    eventually(
+        "w1 to heartbeat on after the hand-over",
+        DEADLINE,
+        || async { Ok((beats.lock().unwrap().len() >= seen + 3).then_some(())) },
+    )
     .await?;
     watcher.abort();
     {
@@ -326,7 +329,11 @@ async fn a_worker_hands_partitions_over_during_a_postgres_outage_and_keeps_heart
     })
     .await?;
     for &chat in &chats {
-        assert_eq!(stack.notes(chat).await?, ["note 1", "note 2"], "chat {chat}");
+        assert_eq!(
+            stack.notes(chat).await?,
+            ["note 1", "note 2"],
+            "chat {chat}"
+        );
     }
     let applied: i64 =
         sqlx::query_scalar("SELECT count(*) FROM processed_updates WHERE outcome = 'applied'")
