@@ -323,6 +323,50 @@ impl Postgres {
     pub fn name(&self) -> &str {
         &self.name
     }
+
+    /// Takes this database away, as an outage would: the server refuses new connections to
+    /// it and terminates the open ones (pooled connections of the services included). Other
+    /// databases of the cluster (other tests) are untouched. Undo with
+    /// [`allow_connections`](Self::allow_connections).
+    pub async fn refuse_connections(&self) -> Result<()> {
+        let mut admin = self.admin().await?;
+        sqlx::raw_sql(&format!(
+            "ALTER DATABASE \"{}\" ALLOW_CONNECTIONS false",
+            self.name
+        ))
+        .execute(&mut admin)
+        .await
+        .context("ALTER DATABASE … ALLOW_CONNECTIONS false")?;
+        sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
+            .bind(&self.name)
+            .execute(&mut admin)
+            .await
+            .context("terminating the database's connections")?;
+        let _ = admin.close().await;
+        Ok(())
+    }
+
+    /// Ends the outage of [`refuse_connections`](Self::refuse_connections).
+    pub async fn allow_connections(&self) -> Result<()> {
+        let mut admin = self.admin().await?;
+        sqlx::raw_sql(&format!(
+            "ALTER DATABASE \"{}\" ALLOW_CONNECTIONS true",
+            self.name
+        ))
+        .execute(&mut admin)
+        .await
+        .context("ALTER DATABASE … ALLOW_CONNECTIONS true")?;
+        let _ = admin.close().await;
+        Ok(())
+    }
+
+    /// A connection to the cluster's `postgres` database (as the same user).
+    async fn admin(&self) -> Result<PgConnection> {
+        let url = with_database(&self.url, "postgres")?;
+        PgConnection::connect(&url)
+            .await
+            .with_context(|| format!("connecting to {url}"))
+    }
 }
 
 /// `url` with its database (path) replaced by `db`, query kept.

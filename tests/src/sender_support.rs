@@ -204,7 +204,7 @@ impl SenderRig {
             .send_publish(
                 topology::outbound_subject(self.bot_id(), chat),
                 PublishMessage::build()
-                    .message_id(topology::outbound_msg_id(outbox_id))
+                    .message_id(topology::outbound_msg_id(self.bot_id(), outbox_id))
                     .payload(msg.encode_to_vec().into()),
             )
             .await?
@@ -232,7 +232,7 @@ impl SenderRig {
                     .send_publish(
                         topology::outbound_subject(self.bot_id(), *chat),
                         PublishMessage::build()
-                            .message_id(topology::outbound_msg_id(*outbox_id))
+                            .message_id(topology::outbound_msg_id(self.bot_id(), *outbox_id))
                             .payload(msg.encode_to_vec().into()),
                     )
                     .await?,

@@ -57,9 +57,17 @@ pub fn outbound_filter(bot_id: i64) -> String {
     format!("courier.outbound.{bot_id}.>")
 }
 
-/// `Nats-Msg-Id` of an outbound message (the outbox row id).
-pub fn outbound_msg_id(outbox_id: i64) -> String {
-    format!("out:{outbox_id}")
+/// `Nats-Msg-Id` of an outbound message: the bot and its outbox row id, `out:<bot>:<id>`.
+///
+/// The bot is part of it because outbox ids are only unique within one bot's database: two
+/// bots sharing NATS, each with its own database, both have a row 1, and with `out:<id>` the
+/// second bot's message would be dropped as a duplicate of the first's. Messages published as
+/// `out:<id>` by a worker from before this change are not recognised as duplicates of the same
+/// row republished as `out:<bot>:<id>` (only possible inside the duplicate window around an
+/// upgrade, for a row whose mark was lost): the sender's ledger (`sent_messages`, by bot and
+/// outbox id) skips the second copy, as it does for a republish after the window.
+pub fn outbound_msg_id(bot_id: i64, outbox_id: i64) -> String {
+    format!("out:{bot_id}:{outbox_id}")
 }
 
 /// Subject of a dead letter; `stage` is `updates` or `outbound`.
@@ -205,7 +213,7 @@ mod tests {
             update_fingerprint(b"{\"a\":2}")
         );
         assert_eq!(outbound_subject(42, 5), "courier.outbound.42.5");
-        assert_eq!(outbound_msg_id(17), "out:17");
+        assert_eq!(outbound_msg_id(42, 17), "out:42:17");
         assert_eq!(partition_filter(42, 3), "courier.updates.42.3.>");
         let cfgs = stream_configs(8);
         assert_eq!(cfgs[0].metadata[PARTITIONS_METADATA_KEY], "8");

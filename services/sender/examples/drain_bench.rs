@@ -93,7 +93,7 @@ async fn main() -> anyhow::Result<()> {
             js.send_publish(
                 topology::outbound_subject(bot_id, chat),
                 PublishMessage::build()
-                    .message_id(topology::outbound_msg_id(base + i))
+                    .message_id(topology::outbound_msg_id(bot_id, base + i))
                     .payload(msg.encode_to_vec().into()),
             )
             .await?,

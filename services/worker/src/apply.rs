@@ -36,7 +36,13 @@ pub enum Outcome {
     Abandoned,
 }
 
-/// Applies updates; shared by every partition of a worker.
+/// How long handing an update back (a nak) may take: NATS may be gone, and a partition's
+/// release must not wait for it (JetStream redelivers after the ack wait anyway).
+pub(crate) const HAND_BACK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Applies updates. A worker builds one, and each partition works with a copy bound to the
+/// partition's own cancellation ([`Applier::for_partition`]).
+#[derive(Clone)]
 pub struct Applier {
     pub(crate) bot_id: i64,
     pub(crate) pool: PgPool,
@@ -47,6 +53,16 @@ pub struct Applier {
     pub(crate) stats: Arc<Stats>,
     pub(crate) cancel: CancellationToken,
     pub(crate) permits: Arc<Semaphore>,
+}
+
+/// Naks a message (redelivered at once), giving up after [`HAND_BACK_TIMEOUT`]: without NATS
+/// it is redelivered after the ack wait.
+pub(crate) async fn hand_back(msg: &jetstream::Message) {
+    match tokio::time::timeout(HAND_BACK_TIMEOUT, msg.ack_with(AckKind::Nak(None))).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!(error = %e, "nak failed; redelivered after the ack wait"),
+        Err(_) => tracing::debug!("nak timed out; redelivered after the ack wait"),
+    }
 }
 
 struct Subject<'a> {
@@ -94,9 +110,28 @@ impl Applier {
         })
     }
 
-    /// Handles one message of a lane: process it, then ack (or leave it for redelivery).
+    /// A copy whose retries and waits stop when `cancel` fires: the token of one partition
+    /// (a child of the worker's), so releasing the partition ends its handlers without
+    /// waiting for the database or the worker's shutdown.
+    pub(crate) fn for_partition(&self, cancel: CancellationToken) -> Arc<Self> {
+        Arc::new(Self {
+            cancel,
+            ..self.clone()
+        })
+    }
+
+    /// Handles one message of a lane: process it, then ack; when cancelled first (the
+    /// partition released, the worker stopping), hand it back with a nak, so its partition's
+    /// next holder gets it at once.
     pub async fn handle(self: Arc<Self>, msg: jetstream::Message) {
-        let Ok(_permit) = self.permits.clone().acquire_owned().await else {
+        let permit = tokio::select! {
+            permit = self.permits.clone().acquire_owned() => permit,
+            _ = self.cancel.cancelled() => {
+                hand_back(&msg).await;
+                return;
+            }
+        };
+        let Ok(_permit) = permit else {
             return;
         };
         let seq = match msg.info() {
@@ -111,11 +146,14 @@ impl Applier {
             subject: msg.subject.to_string(),
             payload: msg.payload.clone(),
         };
-        if self.process(&delivered, 0, Some(&msg)).await == Outcome::Done {
-            if let Err(e) = msg.ack().await {
-                // Redelivered later and then skipped as a duplicate.
-                tracing::warn!(error = %e, "ack failed");
+        match self.process(&delivered, 0, Some(&msg)).await {
+            Outcome::Done => {
+                if let Err(e) = msg.ack().await {
+                    // Redelivered later and then skipped as a duplicate.
+                    tracing::warn!(error = %e, "ack failed");
+                }
             }
+            Outcome::Abandoned => hand_back(&msg).await,
         }
     }
 

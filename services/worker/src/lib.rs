@@ -386,6 +386,9 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Worker
         max_ack_pending: config.max_ack_pending,
         max_lanes: config.max_lanes,
         fixed: config.fixed_partitions.clone(),
+        // Past the ack wait JetStream would redeliver an abandoned update to the next holder
+        // anyway: waiting longer for a released partition's updates gains nothing.
+        handover_timeout: config.ack_wait,
     };
     tracing::info!(bot_id, worker = %worker_id, %health_addr, "worker started");
     let task_owned = owned.clone();

@@ -1,10 +1,23 @@
 //! Publishing the outbox: right after commit on the hot path, and by a relay that sweeps what a
-//! crash left behind.
+//! crash or an outage left behind.
 //!
-//! Each row is published to `courier.outbound.<bot>.<chat>` with `Nats-Msg-Id = out:<id>`, so a
-//! row published twice (live and by the relay) is stored once by JetStream inside its duplicate
-//! window. Rows are marked published in batches by a background task, off the hot path.
+//! Each row is published to `courier.outbound.<bot>.<chat>` with `Nats-Msg-Id =
+//! out:<bot>:<id>` ([`topology::outbound_msg_id`]), so a row published twice (live and by the
+//! relay, or by two workers) is stored once by JetStream inside its duplicate window. Rows are
+//! marked published in batches by a background task, off the hot path.
+//!
+//! **A chat's rows are published in id order, each only after JetStream acknowledged every
+//! earlier row of the chat.** [`publish`] sends a chat's rows one at a time and stops at the
+//! first failure; its callers pass every unpublished row of the chat, oldest first: the hot
+//! path those its transaction read under the chat's lock (`store::apply`), the relay whole
+//! chats ([`store::unpublished`]). Rows not passed are marked published, so stored. A chat's
+//! ids grow in commit order (its transactions are serialized, and ids are drawn at insert). So
+//! whoever publishes row `n`, every earlier row of the chat is already in the stream: the
+//! stream, and with it the sender, holds a chat's replies in commit order, however many
+//! publishers race and whatever failed before. Publishers need no lock between them: a second
+//! copy is dropped as a duplicate (after the window, the sender's ledger skips it).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, message::PublishMessage};
@@ -19,37 +32,59 @@ use tokio::sync::mpsc;
 
 use crate::store::{self, OutboxRow};
 
-/// Publishes rows (all publishes in flight at once) and returns the ids JetStream acknowledged.
+/// Publishes rows and returns the ids JetStream acknowledged. Chats are published
+/// concurrently; within a chat, rows go in id order, one at a time, each after the previous
+/// one's ack, and the chat stops at its first failure (its later rows stay unpublished, for
+/// the chat's next reply or the relay). `rows` must hold, for each chat, every unpublished row
+/// of the chat from its oldest one on (see the module documentation).
 pub async fn publish(js: &jetstream::Context, bot_id: i64, rows: &[OutboxRow]) -> Vec<i64> {
-    let acks = rows.iter().map(|row| async move {
-        let msg = OutboundMessage {
-            outbox_id: row.id,
-            bot_id,
-            chat_id: row.chat_id,
-            origin_update_id: row.origin_update_id,
-            created_at_unix_ms: row.created_at.timestamp_millis(),
-            action: Some(Action::Send(SendMessage {
-                text: row.text.clone(),
-                parse_mode: String::new(),
-            })),
-        };
-        let publish = PublishMessage::build()
-            .message_id(topology::outbound_msg_id(row.id))
-            .payload(msg.encode_to_vec().into());
-        let subject = topology::outbound_subject(bot_id, row.chat_id);
-        match js.send_publish(subject, publish).await {
-            Ok(ack) => ack.await.map(|_| row.id).map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        }
-    });
-    let mut published = Vec::with_capacity(rows.len());
-    for result in join_all(acks).await {
-        match result {
-            Ok(id) => published.push(id),
-            Err(e) => tracing::warn!(error = %e, "outbox publish failed; the relay will retry"),
-        }
+    let mut chats: BTreeMap<i64, Vec<&OutboxRow>> = BTreeMap::new();
+    for row in rows {
+        chats.entry(row.chat_id).or_default().push(row);
     }
-    published
+    let chats = chats.into_values().map(|mut rows| async move {
+        rows.sort_by_key(|r| r.id);
+        let mut acked = Vec::with_capacity(rows.len());
+        for row in rows {
+            match publish_one(js, bot_id, row).await {
+                Ok(()) => acked.push(row.id),
+                Err(e) => {
+                    tracing::warn!(
+                        error = %e,
+                        outbox_id = row.id,
+                        chat_id = row.chat_id,
+                        "outbox publish failed; the chat's next reply or the relay retries it"
+                    );
+                    break;
+                }
+            }
+        }
+        acked
+    });
+    join_all(chats).await.into_iter().flatten().collect()
+}
+
+async fn publish_one(js: &jetstream::Context, bot_id: i64, row: &OutboxRow) -> Result<(), String> {
+    let msg = OutboundMessage {
+        outbox_id: row.id,
+        bot_id,
+        chat_id: row.chat_id,
+        origin_update_id: row.origin_update_id,
+        created_at_unix_ms: row.created_at.timestamp_millis(),
+        action: Some(Action::Send(SendMessage {
+            text: row.text.clone(),
+            parse_mode: String::new(),
+        })),
+    };
+    let publish = PublishMessage::build()
+        .message_id(topology::outbound_msg_id(bot_id, row.id))
+        .payload(msg.encode_to_vec().into());
+    let subject = topology::outbound_subject(bot_id, row.chat_id);
+    let ack = js
+        .send_publish(subject, publish)
+        .await
+        .map_err(|e| e.to_string())?;
+    ack.await.map(|_| ()).map_err(|e| e.to_string())
 }
 
 /// Marks published rows in batches, so the hot path does not wait for that round trip.
@@ -84,7 +119,7 @@ pub struct RelaySettings {
     pub grace: Duration,
 }
 
-/// Sweeps the outbox for rows a crash left unpublished, until `cancel` fires.
+/// Sweeps the outbox for rows a crash or an outage left unpublished, until `cancel` fires.
 pub async fn relay(
     pool: PgPool,
     js: jetstream::Context,
@@ -108,23 +143,20 @@ pub async fn relay(
 }
 
 /// One sweep; returns how many rows were published.
+///
+/// Takes no row locks: two relays (or a relay and the hot path) publishing the same chat each
+/// keep its order (see the module documentation) and JetStream drops the second copies.
 pub async fn sweep(
     pool: &PgPool,
     js: &jetstream::Context,
     bot_id: i64,
     grace: Duration,
 ) -> Result<usize, store::StoreError> {
-    let mut tx = pool.begin().await?;
-    let rows = store::unpublished(&mut tx, bot_id, grace.as_secs_f64(), 500).await?;
+    let rows = store::unpublished(pool, bot_id, grace.as_secs_f64(), 500).await?;
     if rows.is_empty() {
-        tx.rollback().await?;
         return Ok(0);
     }
     let ids = publish(js, bot_id, &rows).await;
-    sqlx::query("UPDATE outbox SET published_at = now() WHERE id = ANY($1)")
-        .bind(&ids)
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await?;
+    store::mark_published(pool, &ids).await?;
     Ok(ids.len())
 }

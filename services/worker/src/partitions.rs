@@ -2,9 +2,10 @@
 //!
 //! Every heartbeat the worker refreshes its membership, reads the live members and computes
 //! its share with [`crate::assign`]. It starts a puller for each partition it gained and
-//! releases each partition it lost: stop pulling, let the running lanes finish and ack, nak
-//! what was queued (so the new owner gets it at once), then unpin the consumer so the server
-//! moves the pin without waiting for `priority_timeout`.
+//! releases each partition it lost, in the background (see [`run`]): stop pulling, let the
+//! running lanes finish and ack (or, at the partition's own cancellation, give up and nak),
+//! nak what was queued (so the new owner gets it at once), then unpin the consumer so the
+//! server moves the pin without waiting for `priority_timeout`.
 //!
 //! Each partition has one durable pull consumer, `courier-worker-<bot>-p<N>`, with the
 //! pinned-client priority policy: the server delivers a partition to one client at a time.
@@ -20,7 +21,7 @@ use courier_common::{lanes, pull as keyed, topology, CancellationToken};
 use futures::FutureExt;
 use tokio::task::JoinHandle;
 
-use crate::apply::Applier;
+use crate::apply::{Applier, HAND_BACK_TIMEOUT};
 use crate::assign;
 use crate::membership::Membership;
 
@@ -50,6 +51,9 @@ pub struct Settings {
     /// Partitions this worker always owns, whatever the membership says (tests and manual
     /// operation); `None`: rendezvous assignment.
     pub fixed: Option<Vec<u32>>,
+    /// How long a released partition's running updates may take to finish before they are
+    /// abandoned (not acked: JetStream redelivers them to the next holder).
+    pub handover_timeout: Duration,
 }
 
 /// The partitions a worker currently pulls, shared with its health endpoint.
@@ -61,6 +65,14 @@ struct Puller {
 }
 
 /// Runs the ownership loop until `cancel` fires, then releases everything and leaves.
+///
+/// **The heartbeat never waits for a release.** Releasing a partition (its running updates
+/// finish or give up, the queued ones are handed back) runs in a task of its own; the loop
+/// goes on heartbeating, so a slow release (a database outage) cannot let this worker's
+/// membership expire and its partitions move while it still pulls them. Each partition has its
+/// own cancellation token (a child of `cancel`) that its handlers watch, and a release waits
+/// at most [`Settings::handover_timeout`] for them. A partition gained back while its release
+/// still runs starts pulling when the release is over.
 pub async fn run(
     applier: Arc<Applier>,
     membership: Membership,
@@ -70,6 +82,7 @@ pub async fn run(
 ) {
     let bot_id = applier.bot_id;
     let mut pullers: BTreeMap<u32, Puller> = BTreeMap::new();
+    let mut releasing: BTreeMap<u32, JoinHandle<()>> = BTreeMap::new();
     let mut tick = tokio::time::interval(settings.heartbeat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -80,6 +93,7 @@ pub async fn run(
         if let Err(e) = membership.heartbeat().await {
             tracing::warn!(error = %e, "heartbeat failed");
         }
+        releasing.retain(|_, release| !release.is_finished());
         let want: BTreeSet<u32> = match &settings.fixed {
             Some(fixed) => fixed.iter().copied().collect(),
             None => match membership.members().await {
@@ -98,24 +112,30 @@ pub async fn run(
         if lost.is_empty() && gained.is_empty() {
             continue;
         }
-        // Release first, so the new owner can be pinned as soon as possible.
-        let releases = lost
-            .iter()
-            .filter_map(|p| pullers.remove(p).map(|pl| (p, pl)));
-        futures::future::join_all(releases.map(|(p, pl)| async move {
-            pl.cancel.cancel();
-            let _ = pl.task.await;
-            tracing::info!(partition = p, "partition released");
-        }))
-        .await;
+        // Release first, so the new owner can be pinned as soon as possible; in the
+        // background, so the next heartbeat is not held up.
+        for p in lost {
+            if let Some(puller) = pullers.remove(&p) {
+                let timeout = settings.handover_timeout;
+                releasing.insert(p, tokio::spawn(release(p, puller, timeout)));
+            }
+        }
         for p in gained {
             let child = cancel.child_token();
-            let task = tokio::spawn(pull_partition(
-                applier.clone(),
-                p,
-                settings.clone(),
-                child.clone(),
-            ));
+            let previous = releasing.remove(&p);
+            let task = tokio::spawn({
+                let applier = applier.for_partition(child.clone());
+                let (settings, child) = (settings.clone(), child.clone());
+                async move {
+                    if let Some(previous) = previous {
+                        tokio::select! {
+                            _ = child.cancelled() => return,
+                            _ = previous => {}
+                        }
+                    }
+                    pull_partition(applier, p, settings, child).await
+                }
+            });
             pullers.insert(
                 p,
                 Puller {
@@ -128,16 +148,38 @@ pub async fn run(
         *owned.write().expect("owned lock") = pullers.keys().copied().collect();
         tracing::info!(bot_id, partitions = ?pullers.keys().collect::<Vec<_>>(), "partitions owned");
     }
-    // Shutdown: finish in-flight lanes of every partition, then leave the membership.
-    futures::future::join_all(pullers.into_values().map(|pl| async move {
-        pl.cancel.cancel();
-        let _ = pl.task.await;
-    }))
+    // Shutdown: finish (or give up) in-flight lanes of every partition, then leave the
+    // membership.
+    let timeout = settings.handover_timeout;
+    futures::future::join_all(
+        pullers
+            .into_iter()
+            .map(|(p, puller)| release(p, puller, timeout)),
+    )
     .await;
+    futures::future::join_all(releasing.into_values()).await;
     owned.write().expect("owned lock").clear();
     if let Err(e) = membership.leave().await {
         tracing::warn!(error = %e, "could not leave the membership; it expires by itself");
     }
+}
+
+/// Stops a partition's puller and waits, at most `timeout`, for its running updates to finish
+/// and its queued ones to be handed back; then aborts what is left (an update abandoned
+/// mid-way is not acked: JetStream redelivers it, and the transaction makes that safe).
+async fn release(partition: u32, puller: Puller, timeout: Duration) {
+    puller.cancel.cancel();
+    let mut task = puller.task;
+    if tokio::time::timeout(timeout, &mut task).await.is_err() {
+        tracing::warn!(
+            partition,
+            ?timeout,
+            "partition hand-over took too long; abandoning its running updates"
+        );
+        task.abort();
+        let _ = task.await;
+    }
+    tracing::info!(partition, "partition released");
 }
 
 /// The consumer configuration of a partition.
@@ -191,18 +233,36 @@ async fn pull_partition(
     })
     .await;
     // Hand back what this worker received but will not process, so the next owner gets it at
-    // once instead of after the ack wait.
+    // once instead of after the ack wait. Bounded: without NATS the naks cannot go out, and
+    // JetStream redelivers after the ack wait anyway.
     let mut handed_back = 0usize;
-    for msg in unstarted {
-        let _ = msg.ack_with(AckKind::Nak(None)).await;
-        handed_back += 1;
+    let hand_back = async {
+        for msg in unstarted {
+            let _ = msg.ack_with(AckKind::Nak(None)).await;
+            handed_back += 1;
+        }
+        while let Some(Some((_, msg))) = futures::StreamExt::next(&mut input).now_or_never() {
+            let _ = msg.ack_with(AckKind::Nak(None)).await;
+            handed_back += 1;
+        }
+    };
+    if tokio::time::timeout(HAND_BACK_TIMEOUT, hand_back)
+        .await
+        .is_err()
+    {
+        tracing::debug!(partition, "handing back queued updates timed out");
     }
-    while let Some(Some((_, msg))) = futures::StreamExt::next(&mut input).now_or_never() {
-        let _ = msg.ack_with(AckKind::Nak(None)).await;
-        handed_back += 1;
-    }
-    if let Err(e) = applier.updates.unpin_consumer(&name, GROUP).await {
-        tracing::debug!(partition, error = %e, "unpin failed (the pin times out by itself)");
+    match tokio::time::timeout(
+        HAND_BACK_TIMEOUT,
+        applier.updates.unpin_consumer(&name, GROUP),
+    )
+    .await
+    {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            tracing::debug!(partition, error = %e, "unpin failed (the pin times out by itself)")
+        }
+        Err(_) => tracing::debug!(partition, "unpin timed out (the pin times out by itself)"),
     }
     tracing::debug!(partition, handed_back, "partition puller stopped");
 }

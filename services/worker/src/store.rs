@@ -56,7 +56,8 @@ pub struct OutboxRow {
 /// What happened to an update.
 #[derive(Debug)]
 pub enum Applied {
-    /// Applied now; these messages are to be published.
+    /// Applied now; these messages are to be published, in this order: the unpublished rows
+    /// of the chats it replied to, its own replies last, by id.
     Applied(Vec<OutboxRow>),
     /// Applied before (same update id, or a stream sequence at or below the chat's last one).
     Duplicate,
@@ -162,7 +163,8 @@ pub async fn apply(
     }
 
     let transition = courier_bot::step(state, incoming, &ctx);
-    let mut outbox = Vec::new();
+    // The chats this update writes replies to (the notes bot: the update's own chat).
+    let mut replied = std::collections::BTreeSet::new();
     for effect in &transition.effects {
         match effect {
             Effect::UpsertUser { user, chat_id } => {
@@ -218,23 +220,17 @@ pub async fn apply(
                     .await?;
             }
             Effect::Reply { chat_id, text } => {
-                let r = sqlx::query(
+                sqlx::query(
                     "INSERT INTO outbox (bot_id, chat_id, origin_update_id, text) \
-                     VALUES ($1, $2, $3, $4) RETURNING id, created_at",
+                     VALUES ($1, $2, $3, $4)",
                 )
                 .bind(upd.bot_id)
                 .bind(chat_id)
                 .bind(upd.update_id)
                 .bind(text)
-                .fetch_one(&mut *tx)
+                .execute(&mut *tx)
                 .await?;
-                outbox.push(OutboxRow {
-                    id: r.try_get("id")?,
-                    chat_id: *chat_id,
-                    origin_update_id: upd.update_id,
-                    text: text.clone(),
-                    created_at: r.try_get("created_at")?,
-                });
+                replied.insert(*chat_id);
             }
         }
     }
@@ -259,8 +255,49 @@ pub async fn apply(
         tx.rollback().await?;
         return Ok(Applied::Duplicate);
     }
+    // What to publish: not only this update's replies but every unpublished row of their
+    // chat, in id order, so that a reply whose publish failed earlier goes out before these
+    // (see `outbox::publish`). Read under the chat's lock, so every earlier reply of the chat
+    // is committed and visible here.
+    let mut to_publish = Vec::new();
+    for chat_id in replied {
+        to_publish.extend(unpublished_of_chat(&mut tx, upd.bot_id, chat_id).await?);
+    }
     tx.commit().await?;
-    Ok(Applied::Applied(outbox))
+    Ok(Applied::Applied(to_publish))
+}
+
+/// Most rows of one chat an update publishes at once; the rest (after a long outage) go with
+/// the chat's next reply or the relay.
+const CHAT_BACKLOG_LIMIT: i64 = 500;
+
+/// The chat's outbox rows not marked published, oldest first (a prefix of them, in id order,
+/// when there are more than [`CHAT_BACKLOG_LIMIT`]).
+async fn unpublished_of_chat(
+    tx: &mut Transaction<'_, Postgres>,
+    bot_id: i64,
+    chat_id: i64,
+) -> Result<Vec<OutboxRow>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT id, chat_id, origin_update_id, text, created_at FROM outbox \
+         WHERE published_at IS NULL AND bot_id = $1 AND chat_id = $2 ORDER BY id LIMIT $3",
+    )
+    .bind(bot_id)
+    .bind(chat_id)
+    .bind(CHAT_BACKLOG_LIMIT)
+    .fetch_all(&mut **tx)
+    .await?;
+    rows.into_iter().map(|r| outbox_row(&r)).collect()
+}
+
+fn outbox_row(r: &sqlx::postgres::PgRow) -> Result<OutboxRow, StoreError> {
+    Ok(OutboxRow {
+        id: r.try_get("id")?,
+        chat_id: r.try_get("chat_id")?,
+        origin_update_id: r.try_get("origin_update_id")?,
+        text: r.try_get("text")?,
+        created_at: r.try_get("created_at")?,
+    })
 }
 
 /// Starts recording a poison update: claims it as `dead_lettered` and moves its chat's
@@ -327,34 +364,27 @@ pub async fn mark_published(pool: &PgPool, ids: &[i64]) -> Result<(), StoreError
     Ok(())
 }
 
-/// Rows older than `grace_secs` that were never marked published (a crash between commit and
-/// publish), oldest first, locked so that concurrent relays skip them.
+/// The relay's batch: every unpublished row (up to `limit`, in id order) of the chats that
+/// have a row older than `grace_secs` — a crash or an outage between commit and publish, or a
+/// mark that was lost. Whole chats from their oldest unpublished row, so the relay can publish
+/// each chat's rows in order; without row locks (see `outbox::sweep`).
 pub async fn unpublished(
-    tx: &mut Transaction<'_, Postgres>,
+    pool: &PgPool,
     bot_id: i64,
     grace_secs: f64,
     limit: i64,
 ) -> Result<Vec<OutboxRow>, StoreError> {
     let rows = sqlx::query(
         "SELECT id, chat_id, origin_update_id, text, created_at FROM outbox \
-         WHERE published_at IS NULL AND bot_id = $1 \
-         AND created_at < now() - make_interval(secs => $2) \
-         ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED",
+         WHERE published_at IS NULL AND bot_id = $1 AND chat_id IN ( \
+             SELECT chat_id FROM outbox WHERE published_at IS NULL AND bot_id = $1 \
+             AND created_at < now() - make_interval(secs => $2)) \
+         ORDER BY id LIMIT $3",
     )
     .bind(bot_id)
     .bind(grace_secs)
     .bind(limit)
-    .fetch_all(&mut **tx)
+    .fetch_all(pool)
     .await?;
-    rows.into_iter()
-        .map(|r| {
-            Ok(OutboxRow {
-                id: r.try_get("id")?,
-                chat_id: r.try_get("chat_id")?,
-                origin_update_id: r.try_get("origin_update_id")?,
-                text: r.try_get("text")?,
-                created_at: r.try_get("created_at")?,
-            })
-        })
-        .collect()
+    rows.iter().map(outbox_row).collect()
 }

@@ -4,6 +4,7 @@
 mod conversation;
 mod delivery;
 mod ingress;
+mod order;
 mod outages;
 mod scaling;
 mod sender;
