@@ -128,13 +128,36 @@ pub struct ServiceProcess {
 impl ServiceProcess {
     /// Starts `name` with `env` (on top of `COURIER_BOT_TOKEN` and `RUST_LOG`).
     pub async fn start(name: &str, env: &[(&str, String)]) -> Result<Self> {
-        let bin = binary(name).await?;
         let log = std::env::var_os("COURIER_TEST_LOG").is_some();
+        let out = || if log { Stdio::inherit() } else { Stdio::null() };
+        Self::spawn(name, env, if log { "info" } else { "warn" }, out(), out()).await
+    }
+
+    /// Starts `name` with `env` and `RUST_LOG=debug`, its stdout and stderr written to `log`.
+    pub async fn start_logged(
+        name: &str,
+        env: &[(&str, String)],
+        log: &std::path::Path,
+    ) -> Result<Self> {
+        let file = std::fs::File::create(log)
+            .with_context(|| format!("creating {}", log.display()))?;
+        let err = file.try_clone()?;
+        Self::spawn(name, env, "debug", file.into(), err.into()).await
+    }
+
+    async fn spawn(
+        name: &str,
+        env: &[(&str, String)],
+        rust_log: &str,
+        stdout: Stdio,
+        stderr: Stdio,
+    ) -> Result<Self> {
+        let bin = binary(name).await?;
         let child = Command::new(bin)
             .env("COURIER_BOT_TOKEN", crate::TOKEN)
-            .env("RUST_LOG", if log { "info" } else { "warn" })
-            .stdout(if log { Stdio::inherit() } else { Stdio::null() })
-            .stderr(if log { Stdio::inherit() } else { Stdio::null() })
+            .env("RUST_LOG", rust_log)
+            .stdout(stdout)
+            .stderr(stderr)
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .kill_on_drop(true)
             .spawn()

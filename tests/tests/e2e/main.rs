@@ -8,4 +8,5 @@ mod order;
 mod outages;
 mod scaling;
 mod sender;
+mod secrets;
 mod shutdown;
