@@ -4,6 +4,11 @@
 //! other field is skipped by serde without allocation. Update kinds this code does not know
 //! are still accepted (routed to chat 0), as Telegram adds kinds over time.
 
+use axum::{
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use courier_common::partition::partition_of;
 use serde::Deserialize;
 
 /// What routing needs from an update.
@@ -15,10 +20,45 @@ pub struct Probe {
     pub chat_id: Option<i64>,
 }
 
+/// Where an update goes: what ingress publishes it with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    /// Telegram's `update_id`.
+    pub update_id: i64,
+    /// The routing chat ([`Probe::chat_id`]), 0 for updates without chat or sender.
+    pub chat_id: i64,
+    /// The partition of `chat_id`, below the partition count.
+    pub partition: u32,
+}
+
 /// Why a body is not an update.
 #[derive(Debug, thiserror::Error)]
-#[error("not a Telegram update: {0}")]
-pub struct ProbeError(#[from] serde_json::Error);
+pub enum ProbeError {
+    /// JSON is UTF-8 (RFC 8259); these bytes are not.
+    #[error("not a Telegram update: the body is not UTF-8 ({0})")]
+    NotUtf8(#[from] std::str::Utf8Error),
+    /// Not JSON, or no integer `update_id`, or a routing field of the wrong shape.
+    #[error("not a Telegram update: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+impl IntoResponse for ProbeError {
+    /// 400 with the reason: the sender's fault, and retrying the same bytes cannot help.
+    fn into_response(self) -> Response {
+        (StatusCode::BAD_REQUEST, format!("{self}\n")).into_response()
+    }
+}
+
+/// Probes `body` and computes its partition among `partitions` (at least 1).
+pub fn route(body: &[u8], partitions: u32) -> Result<Route, ProbeError> {
+    let probe = probe(body)?;
+    let chat_id = probe.chat_id.unwrap_or(0);
+    Ok(Route {
+        update_id: probe.update_id,
+        chat_id,
+        partition: partition_of(chat_id, partitions),
+    })
+}
 
 #[derive(Deserialize)]
 struct Id {
@@ -76,8 +116,14 @@ struct Raw {
 }
 
 /// Reads the update id and the routing chat of a webhook body.
+///
+/// The body must be UTF-8 and JSON; fields other than the routing ones are checked for syntax
+/// only (serde skips them), so a lone surrogate escape (`"\ud800"`) in a skipped string passes
+/// here and is refused by the worker's full parse (a dead letter), never a crash.
 pub fn probe(body: &[u8]) -> Result<Probe, ProbeError> {
-    let raw: Raw = serde_json::from_slice(body)?;
+    // serde_json skips ignored strings without checking their UTF-8; checking the whole body
+    // first (fast, no allocation) means everything accepted here is text.
+    let raw: Raw = serde_json::from_str(std::str::from_utf8(body)?)?;
     let kinds = [
         &raw.message,
         &raw.edited_message,
@@ -186,5 +232,8 @@ mod tests {
         ] {
             assert!(probe(bad.as_bytes()).is_err(), "{bad}");
         }
+        // Invalid UTF-8 in a field the probe skips: serde_json alone would not notice.
+        let not_utf8 = b"{\"update_id\":1,\"x\":\"\xff\"}";
+        assert!(matches!(probe(not_utf8), Err(ProbeError::NotUtf8(_))));
     }
 }
