@@ -181,7 +181,7 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Ingres
     }
     let app = webhook.merge(health::router(vec![("nats", health::nats_probe(nats))]));
 
-    let listener = tokio::net::TcpListener::bind(config.addr).await?;
+    let listener = serve::bind(config.addr)?;
     let addr = listener.local_addr()?;
     tracing::info!(
         %addr,

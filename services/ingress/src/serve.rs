@@ -6,8 +6,9 @@
 //! adds:
 //!
 //! - **A connection limit** ([`Limits::max_connections`]): a semaphore permit is taken *before*
-//!   `accept`, so past the limit new connections wait in the kernel's listen backlog (and are
-//!   served in order as slots free up) instead of costing memory and a task here.
+//!   `accept`, so past the limit new connections wait in the kernel's listen backlog
+//!   ([`BACKLOG`]; past that the kernel drops SYNs and clients retry) and are served in order
+//!   as slots free up, instead of costing memory and a task here.
 //! - **A header timeout** ([`Limits::header_timeout`]): a request's head must be complete within
 //!   it, counted from the accept for a connection's first request and from the first byte for
 //!   later ones. Past it the connection is closed without an answer.
@@ -39,7 +40,7 @@ use courier_common::{
 use hyper::{body::Incoming, server::conn::http1};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
@@ -51,6 +52,23 @@ pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default [`Limits::max_connections`].
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 1024;
+
+/// The listen backlog: connections past [`Limits::max_connections`] wait here. The kernel caps
+/// it at `net.core.somaxconn` (4096 on current Linux); the standard library's 128 would make
+/// clients retry their SYN after a second as soon as 128 connections wait.
+pub const BACKLOG: u32 = 1024;
+
+/// Binds `addr` with [`BACKLOG`] (and `SO_REUSEADDR`, so a restart can take the port at once).
+pub(crate) fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
 
 /// Connection bounds (environment variables or the matching flags).
 #[derive(Debug, Clone, clap::Args)]

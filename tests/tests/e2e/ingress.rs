@@ -271,7 +271,7 @@ async fn stalled_half_header_connections_are_closed_while_a_fresh_update_gets_20
     let (addr, stats) = (ingress.addr(), ingress.stats());
 
     // 200 connections: three in four send half a request header, the rest nothing at all.
-    // Past the first 20 they wait in the listen backlog.
+    // Past the first 20 they wait in the listen backlog (which holds them all).
     let mut stalled = Vec::new();
     for i in 0..200 {
         let mut stream = TcpStream::connect(addr).await?;
