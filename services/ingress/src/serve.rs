@@ -48,8 +48,10 @@ use tower::ServiceExt as _;
 
 /// Default [`Limits::header_timeout`].
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// Default [`Limits::idle_timeout`].
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default [`Limits::idle_timeout`]: longer than the 60 s upstream keep-alive that reverse
+/// proxies and load balancers commonly use, so that the proxy closes an idle connection first
+/// and never sends a request on one this side is closing.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(75);
 /// Default [`Limits::max_connections`].
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 1024;
 
@@ -78,7 +80,7 @@ pub struct Limits {
     #[arg(long = "header-timeout", env = "COURIER_INGRESS_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub header_timeout: Duration,
     /// Time a keep-alive connection may stay open with no request in progress and no new byte.
-    #[arg(long = "idle-timeout", env = "COURIER_INGRESS_IDLE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long = "idle-timeout", env = "COURIER_INGRESS_IDLE_TIMEOUT", default_value = "75s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
     /// Most connections served at once; more wait in the listen backlog until one closes.
     #[arg(long = "max-connections", env = "COURIER_INGRESS_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS)]
