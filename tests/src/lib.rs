@@ -191,6 +191,8 @@ impl Stack {
             webhook_path: "/webhook".into(),
             max_body_bytes: 64 * 1024,
             publish_timeout: Duration::from_secs(2),
+            limits: Default::default(),
+            access: Default::default(),
             nats: self.nats_args(),
             secrets: secrets(),
             webhook: webhook_secret(),

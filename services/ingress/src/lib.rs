@@ -11,14 +11,20 @@
 //!
 //! | outcome                             | status |
 //! |-------------------------------------|--------|
+//! | source outside the allow-list       | 403    |
 //! | secret header missing or wrong      | 401    |
 //! | body larger than the limit          | 413    |
 //! | not JSON, or no integer `update_id` | 400    |
 //! | JetStream acknowledged (or a dup)   | 200    |
 //! | NATS down / no ack in time          | 503    |
+//!
+//! Connections are bounded by [`serve`]: a header timeout, an idle timeout and a maximum
+//! number of connections. The allow-list of source networks is in [`access`].
 #![deny(missing_docs)]
 
+pub mod access;
 pub mod probe;
+pub mod serve;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -37,7 +43,6 @@ use axum::{
 use courier_common::{
     config::{parse_duration, ConfigError, NatsArgs, SecretArgs, WebhookSecretArgs},
     health,
-    partition::partition_of,
     secret::WebhookSecret,
     topology, CancellationToken,
 };
@@ -70,6 +75,12 @@ pub struct Config {
     /// How long to wait for JetStream's acknowledgement before answering 503.
     #[arg(long = "publish-timeout", env = "COURIER_INGRESS_PUBLISH_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub publish_timeout: Duration,
+    /// Connection bounds: header and idle timeouts, maximum connections.
+    #[command(flatten)]
+    pub limits: serve::Limits,
+    /// The optional allow-list of source networks.
+    #[command(flatten)]
+    pub access: access::AccessArgs,
     /// NATS settings.
     #[command(flatten)]
     pub nats: NatsArgs,
@@ -107,6 +118,7 @@ struct AppState {
 /// A running ingress.
 pub struct Ingress {
     addr: SocketAddr,
+    stats: Arc<serve::ConnStats>,
     task: JoinHandle<Result<(), Error>>,
 }
 
@@ -114,6 +126,11 @@ impl Ingress {
     /// The bound address (useful with port 0).
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The connection counters.
+    pub fn stats(&self) -> Arc<serve::ConnStats> {
+        self.stats.clone()
     }
 
     /// Waits until the server stopped (after the shutdown token fired).
@@ -135,6 +152,8 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Ingres
         }
         .into());
     }
+    config.limits.validate()?;
+    let policy = config.access.policy()?;
     let nats = config.nats.connect("courier-ingress").await?;
     let js = jetstream::new(nats.clone());
     topology::ensure_streams(&js, config.nats.partitions).await?;
@@ -147,25 +166,41 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Ingres
         js,
         publish_timeout: config.publish_timeout,
     });
-    let webhook = Router::new()
+    let mut webhook = Router::new()
         .route(&config.webhook_path, post(webhook))
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         // The secret is checked before the body is read.
         .layer(middleware::from_fn_with_state(state.clone(), check_secret))
         .with_state(state);
+    if let Some(policy) = &policy {
+        // The source is checked before the secret (the outermost layer runs first).
+        webhook = webhook.layer(middleware::from_fn_with_state(
+            Arc::new(policy.clone()),
+            access::check_source,
+        ));
+    }
     let app = webhook.merge(health::router(vec![("nats", health::nats_probe(nats))]));
 
-    let listener = tokio::net::TcpListener::bind(config.addr).await?;
+    let listener = serve::bind(config.addr)?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, path = %config.webhook_path, bot_id = token.bot_id(), "ingress listening");
+    tracing::info!(
+        %addr,
+        path = %config.webhook_path,
+        bot_id = token.bot_id(),
+        header_timeout = ?config.limits.header_timeout,
+        idle_timeout = ?config.limits.idle_timeout,
+        max_connections = config.limits.max_connections,
+        allow_list = policy.is_some(),
+        "ingress listening"
+    );
+    let stats = Arc::new(serve::ConnStats::default());
+    let serving = serve::serve(listener, app, config.limits, stats.clone(), shutdown);
     let task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await?;
+        serving.await;
         tracing::info!("ingress stopped");
         Ok(())
     });
-    Ok(Ingress { addr, task })
+    Ok(Ingress { addr, stats, task })
 }
 
 /// Runs ingress until `shutdown` fires.
@@ -185,19 +220,18 @@ async fn check_secret(State(app): State<Arc<AppState>>, req: Request, next: Next
 }
 
 async fn webhook(State(app): State<Arc<AppState>>, body: Bytes) -> Response {
-    let probe = match probe::probe(&body) {
-        Ok(p) => p,
-        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    let probe::Route {
+        update_id,
+        chat_id,
+        partition,
+    } = match probe::route(&body, app.partitions) {
+        Ok(route) => route,
+        Err(e) => return e.into_response(),
     };
-    let chat_id = probe.chat_id.unwrap_or(0);
-    let partition = partition_of(chat_id, app.partitions);
     if app.nats.connection_state() != async_nats::connection::State::Connected {
         // Fail fast: Telegram retries, and a publish buffered in a disconnected client could
         // outlive this request.
-        tracing::warn!(
-            update_id = probe.update_id,
-            "NATS not connected; answering 503"
-        );
+        tracing::warn!(update_id = update_id, "NATS not connected; answering 503");
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             "queue unavailable, retry later\n",
@@ -207,7 +241,7 @@ async fn webhook(State(app): State<Arc<AppState>>, body: Bytes) -> Response {
     let fingerprint = topology::update_fingerprint(&body);
     let envelope = InboundUpdate {
         bot_id: app.bot_id,
-        update_id: probe.update_id,
+        update_id,
         chat_id,
         partition,
         received_at_unix_ms: unix_ms(),
@@ -216,11 +250,7 @@ async fn webhook(State(app): State<Arc<AppState>>, body: Bytes) -> Response {
     };
     let subject = topology::update_subject(app.bot_id, partition, chat_id);
     let publish = PublishMessage::build()
-        .message_id(topology::update_msg_id(
-            app.bot_id,
-            probe.update_id,
-            fingerprint,
-        ))
+        .message_id(topology::update_msg_id(app.bot_id, update_id, fingerprint))
         .payload(envelope.encode_to_vec().into());
     let result = tokio::time::timeout(app.publish_timeout, async {
         app.js.send_publish(subject, publish).await?.await
@@ -229,7 +259,7 @@ async fn webhook(State(app): State<Arc<AppState>>, body: Bytes) -> Response {
     match result {
         Ok(Ok(ack)) => {
             tracing::debug!(
-                update_id = probe.update_id,
+                update_id = update_id,
                 seq = ack.sequence,
                 duplicate = ack.duplicate,
                 "accepted"
@@ -237,7 +267,7 @@ async fn webhook(State(app): State<Arc<AppState>>, body: Bytes) -> Response {
             StatusCode::OK.into_response()
         }
         Ok(Err(e)) => {
-            tracing::warn!(update_id = probe.update_id, error = %e, "publish failed; answering 503");
+            tracing::warn!(update_id = update_id, error = %e, "publish failed; answering 503");
             (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "queue unavailable, retry later\n",
@@ -246,7 +276,7 @@ async fn webhook(State(app): State<Arc<AppState>>, body: Bytes) -> Response {
         }
         Err(_) => {
             tracing::warn!(
-                update_id = probe.update_id,
+                update_id = update_id,
                 "publish not acknowledged in time; answering 503"
             );
             (

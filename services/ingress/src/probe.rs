@@ -4,6 +4,15 @@
 //! other field is skipped by serde without allocation. Update kinds this code does not know
 //! are still accepted (routed to chat 0), as Telegram adds kinds over time.
 
+use axum::{
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use courier_common::partition::partition_of;
+use std::fmt;
+use std::marker::PhantomData;
+
+use serde::de::{value::MapAccessDeserializer, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
 /// What routing needs from an update.
@@ -15,69 +24,136 @@ pub struct Probe {
     pub chat_id: Option<i64>,
 }
 
+/// Where an update goes: what ingress publishes it with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    /// Telegram's `update_id`.
+    pub update_id: i64,
+    /// The routing chat ([`Probe::chat_id`]), 0 for updates without chat or sender.
+    pub chat_id: i64,
+    /// The partition of `chat_id`, below the partition count.
+    pub partition: u32,
+}
+
 /// Why a body is not an update.
 #[derive(Debug, thiserror::Error)]
-#[error("not a Telegram update: {0}")]
-pub struct ProbeError(#[from] serde_json::Error);
+pub enum ProbeError {
+    /// JSON is UTF-8 (RFC 8259); these bytes are not.
+    #[error("not a Telegram update: the body is not UTF-8 ({0})")]
+    NotUtf8(#[from] std::str::Utf8Error),
+    /// Not JSON, or no integer `update_id`, or a routing field of the wrong shape.
+    #[error("not a Telegram update: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+impl IntoResponse for ProbeError {
+    /// 400 with the reason: the sender's fault, and retrying the same bytes cannot help.
+    fn into_response(self) -> Response {
+        (StatusCode::BAD_REQUEST, format!("{self}\n")).into_response()
+    }
+}
+
+/// Probes `body` and computes its partition among `partitions` (at least 1).
+pub fn route(body: &[u8], partitions: u32) -> Result<Route, ProbeError> {
+    let probe = probe(body)?;
+    let chat_id = probe.chat_id.unwrap_or(0);
+    Ok(Route {
+        update_id: probe.update_id,
+        chat_id,
+        partition: partition_of(chat_id, partitions),
+    })
+}
+
+/// `T` read from a JSON object only. A derived struct also accepts an array of its fields in
+/// order (`"chat": [7]` would be chat 7), a shape Telegram never sends; the JSON-mutation
+/// property test found it.
+struct Obj<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Obj<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ObjVisitor<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for ObjVisitor<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(MapAccessDeserializer::new(map))
+            }
+        }
+        deserializer
+            .deserialize_map(ObjVisitor(PhantomData))
+            .map(Obj)
+    }
+}
 
 #[derive(Deserialize)]
 struct Id {
     id: i64,
 }
 
+type IdField = Option<Obj<Id>>;
+
 #[derive(Deserialize)]
 struct WithChat {
-    chat: Option<Id>,
-    from: Option<Id>,
-    user: Option<Id>,
+    chat: IdField,
+    from: IdField,
+    user: IdField,
     // callback_query.message
-    message: Option<Box<WithChat>>,
+    message: Option<Box<Obj<WithChat>>>,
     // poll_answer
-    voter_chat: Option<Id>,
+    voter_chat: IdField,
 }
 
 impl WithChat {
     fn chat_id(&self) -> Option<i64> {
-        self.chat
-            .as_ref()
-            .or(self.voter_chat.as_ref())
-            .map(|c| c.id)
-            .or_else(|| self.message.as_ref().and_then(|m| m.chat_id()))
-            .or(self.from.as_ref().map(|u| u.id))
-            .or(self.user.as_ref().map(|u| u.id))
+        let id = |f: &IdField| f.as_ref().map(|o| o.0.id);
+        id(&self.chat)
+            .or(id(&self.voter_chat))
+            .or_else(|| self.message.as_ref().and_then(|m| m.0.chat_id()))
+            .or(id(&self.from))
+            .or(id(&self.user))
     }
 }
+
+type Kind = Option<Obj<WithChat>>;
 
 #[derive(Deserialize)]
 struct Raw {
     update_id: i64,
-    message: Option<WithChat>,
-    edited_message: Option<WithChat>,
-    channel_post: Option<WithChat>,
-    edited_channel_post: Option<WithChat>,
-    business_connection: Option<WithChat>,
-    business_message: Option<WithChat>,
-    edited_business_message: Option<WithChat>,
-    deleted_business_messages: Option<WithChat>,
-    message_reaction: Option<WithChat>,
-    message_reaction_count: Option<WithChat>,
-    inline_query: Option<WithChat>,
-    chosen_inline_result: Option<WithChat>,
-    callback_query: Option<WithChat>,
-    shipping_query: Option<WithChat>,
-    pre_checkout_query: Option<WithChat>,
-    purchased_paid_media: Option<WithChat>,
-    poll_answer: Option<WithChat>,
-    my_chat_member: Option<WithChat>,
-    chat_member: Option<WithChat>,
-    chat_join_request: Option<WithChat>,
-    chat_boost: Option<WithChat>,
-    removed_chat_boost: Option<WithChat>,
+    message: Kind,
+    edited_message: Kind,
+    channel_post: Kind,
+    edited_channel_post: Kind,
+    business_connection: Kind,
+    business_message: Kind,
+    edited_business_message: Kind,
+    deleted_business_messages: Kind,
+    message_reaction: Kind,
+    message_reaction_count: Kind,
+    inline_query: Kind,
+    chosen_inline_result: Kind,
+    callback_query: Kind,
+    shipping_query: Kind,
+    pre_checkout_query: Kind,
+    purchased_paid_media: Kind,
+    poll_answer: Kind,
+    my_chat_member: Kind,
+    chat_member: Kind,
+    chat_join_request: Kind,
+    chat_boost: Kind,
+    removed_chat_boost: Kind,
 }
 
 /// Reads the update id and the routing chat of a webhook body.
+///
+/// The body must be UTF-8 and JSON; fields other than the routing ones are checked for syntax
+/// only (serde skips them), so a lone surrogate escape (`"\ud800"`) in a skipped string passes
+/// here and is refused by the worker's full parse (a dead letter), never a crash.
 pub fn probe(body: &[u8]) -> Result<Probe, ProbeError> {
-    let raw: Raw = serde_json::from_slice(body)?;
+    // serde_json skips ignored strings without checking their UTF-8; checking the whole body
+    // first (fast, no allocation) means everything accepted here is text.
+    let Obj(raw): Obj<Raw> = serde_json::from_str(std::str::from_utf8(body)?)?;
     let kinds = [
         &raw.message,
         &raw.edited_message,
@@ -104,7 +180,7 @@ pub fn probe(body: &[u8]) -> Result<Probe, ProbeError> {
     ];
     let chat_id = kinds
         .iter()
-        .find_map(|k| k.as_ref().and_then(WithChat::chat_id));
+        .find_map(|k| k.as_ref().and_then(|o| o.0.chat_id()));
     Ok(Probe {
         update_id: raw.update_id,
         chat_id,
@@ -183,8 +259,15 @@ mod tests {
             "{}",
             r#"{"update_id":"1"}"#,
             r#"{"update_id":1.5}"#,
+            // Arrays in place of objects, which serde's derived structs would read in order.
+            r#"[1]"#,
+            r#"{"update_id":1,"message":{"chat":[7]}}"#,
+            r#"{"update_id":1,"message":[{"id":7}]}"#,
         ] {
             assert!(probe(bad.as_bytes()).is_err(), "{bad}");
         }
+        // Invalid UTF-8 in a field the probe skips: serde_json alone would not notice.
+        let not_utf8 = b"{\"update_id\":1,\"x\":\"\xff\"}";
+        assert!(matches!(probe(not_utf8), Err(ProbeError::NotUtf8(_))));
     }
 }

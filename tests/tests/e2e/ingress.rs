@@ -1,7 +1,13 @@
 //! Bad input at the webhook: a clear status, nothing published, nothing lost.
 
-use courier_common::topology;
-use courier_tests::{eventually, text_update, Stack, DEADLINE, SECRET};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use courier_common::{topology, CancellationToken};
+use courier_ingress::{access::AccessArgs, serve::Limits, SECRET_HEADER};
+use courier_tests::{eventually, text_update, Services, Stack, DEADLINE, SECRET};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_or_missing_secret_is_401_and_publishes_nothing() -> anyhow::Result<()> {
@@ -189,5 +195,244 @@ async fn blocking_and_unblocking_the_bot_is_recorded_for_the_sender() -> anyhow:
             .count(),
         1
     );
+    Ok(())
+}
+
+/// An ingress of its own beside the stack's, with these limits and source settings.
+async fn spawn_ingress(
+    stack: &Stack,
+    limits: Limits,
+    allowed: Option<&str>,
+    trusted: Option<&str>,
+) -> anyhow::Result<(courier_ingress::Ingress, CancellationToken)> {
+    let mut config = stack.ingress_config();
+    config.addr = SocketAddr::from(([127, 0, 0, 1], 0));
+    config.limits = limits;
+    config.access = AccessArgs {
+        allowed_networks: allowed.map(str::to_owned),
+        trusted_proxies: trusted.map(str::to_owned),
+    };
+    let cancel = CancellationToken::new();
+    let ingress = courier_ingress::spawn(config, cancel.clone()).await?;
+    Ok((ingress, cancel))
+}
+
+/// Reads until the peer closes. `Ok(bytes)`: what came before the close.
+async fn read_until_closed(stream: &mut TcpStream) -> anyhow::Result<Vec<u8>> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        match stream.read(&mut buf).await {
+            Ok(0) => return Ok(got),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            // Closed with unread data in the server's buffer: a reset, still a close.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Ok(got),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Reads one response head (the answers here have no body beyond their head's content).
+async fn read_head(stream: &mut TcpStream) -> anyhow::Result<String> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut buf).await?;
+        anyhow::ensure!(
+            n > 0,
+            "closed before an answer: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+    Ok(String::from_utf8_lossy(&got).into_owned())
+}
+
+fn raw_post(body: &str, extra_headers: &str) -> String {
+    format!(
+        "POST /webhook HTTP/1.1\r\nHost: ingress\r\nContent-Type: application/json\r\n\
+         {SECRET_HEADER}: {SECRET}\r\n{extra_headers}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_half_header_connections_are_closed_while_a_fresh_update_gets_200(
+) -> anyhow::Result<()> {
+    let stack = Stack::start_with(Services::IngressOnly).await?;
+    // A header timeout far below the test's deadline and an idle timeout far above it, so a
+    // close before the deadline can only come from the header timer.
+    let limits = Limits {
+        header_timeout: Duration::from_millis(300),
+        idle_timeout: Duration::from_secs(120),
+        max_connections: 20,
+    };
+    let (ingress, cancel) = spawn_ingress(&stack, limits, None, None).await?;
+    let (addr, stats) = (ingress.addr(), ingress.stats());
+
+    // 200 connections: three in four send half a request header, the rest nothing at all.
+    // Past the first 20 they wait in the listen backlog (which holds them all).
+    let mut stalled = Vec::new();
+    for i in 0..200 {
+        let mut stream = TcpStream::connect(addr).await?;
+        if i % 4 != 0 {
+            stream
+                .write_all(b"POST /webhook HTTP/1.1\r\nHost: ingress\r\nContent-Ty")
+                .await?;
+        }
+        stalled.push(stream);
+    }
+    let closed = tokio::spawn(futures::future::join_all(
+        stalled.into_iter().map(|mut stream| async move {
+            tokio::time::timeout(DEADLINE, read_until_closed(&mut stream)).await
+        }),
+    ));
+
+    // A valid update on a fresh connection is still served (once slots free up).
+    let fresh = reqwest::Client::builder().timeout(DEADLINE).build()?;
+    let status = fresh
+        .post(format!("http://{addr}/webhook"))
+        .header(SECRET_HEADER, SECRET)
+        .header("content-type", "application/json")
+        .body(text_update(5, 10, "through the crowd").to_string())
+        .send()
+        .await?
+        .status();
+    assert_eq!(status, 200);
+    assert_eq!(stack.stream_messages(topology::UPDATES_STREAM).await?, 1);
+
+    // Every stalled connection is closed by the server before the deadline, with no answer.
+    for (i, outcome) in closed.await?.into_iter().enumerate() {
+        let got = outcome.map_err(|_| anyhow::anyhow!("connection {i} still open"))??;
+        assert!(
+            got.is_empty(),
+            "connection {i} got {:?}",
+            String::from_utf8_lossy(&got)
+        );
+    }
+    use std::sync::atomic::Ordering::Relaxed;
+    assert_eq!(stats.header_timeouts.load(Relaxed), 200);
+    assert_eq!(stats.idle_timeouts.load(Relaxed), 0);
+    // The limit was reached and never exceeded.
+    assert_eq!(stats.peak.load(Relaxed), 20);
+
+    cancel.cancel();
+    tokio::time::timeout(DEADLINE, ingress.wait()).await??;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() -> anyhow::Result<()> {
+    let stack = Stack::start_with(Services::IngressOnly).await?;
+    // Here the header timer is the one that cannot fire before the deadline.
+    let limits = Limits {
+        header_timeout: Duration::from_secs(120),
+        idle_timeout: Duration::from_millis(300),
+        max_connections: 4,
+    };
+    let (ingress, cancel) = spawn_ingress(&stack, limits, None, None).await?;
+    let stats = ingress.stats();
+    let mut stream = TcpStream::connect(ingress.addr()).await?;
+    for id in [1, 2] {
+        let body = text_update(id, 10, "kept alive").to_string();
+        stream.write_all(raw_post(&body, "").as_bytes()).await?;
+        let head = read_head(&mut stream).await?;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    }
+    let rest = tokio::time::timeout(DEADLINE, read_until_closed(&mut stream))
+        .await
+        .map_err(|_| anyhow::anyhow!("the idle connection is still open"))??;
+    assert!(rest.is_empty());
+    use std::sync::atomic::Ordering::Relaxed;
+    assert_eq!(stats.idle_timeouts.load(Relaxed), 1);
+    assert_eq!(stats.header_timeouts.load(Relaxed), 0);
+    assert_eq!(stack.stream_messages(topology::UPDATES_STREAM).await?, 2);
+    cancel.cancel();
+    tokio::time::timeout(DEADLINE, ingress.wait()).await??;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sources_outside_the_allow_list_get_403_before_the_body_is_read() -> anyhow::Result<()> {
+    let stack = Stack::start_with(Services::IngressOnly).await?;
+    let post = |addr: SocketAddr, id: i64, forwarded: Option<&'static str>| {
+        let http = stack.http.clone();
+        async move {
+            let mut req = http
+                .post(format!("http://{addr}/webhook"))
+                .header(SECRET_HEADER, SECRET)
+                .header("content-type", "application/json")
+                .body(text_update(id, 10, "from where?").to_string());
+            if let Some(f) = forwarded {
+                req = req.header("x-forwarded-for", f);
+            }
+            anyhow::Ok(req.send().await?.status())
+        }
+    };
+
+    // Off by default: the stack's own ingress takes updates from 127.0.0.1.
+    assert_eq!(
+        stack
+            .post_webhook(text_update(1, 10, "default").to_string(), Some(SECRET))
+            .await?,
+        200
+    );
+
+    // Telegram's networks only: a local peer is refused, whatever its secret or its claims.
+    let (tg_only, stop_tg) =
+        spawn_ingress(&stack, Limits::default(), Some("telegram"), None).await?;
+    assert_eq!(post(tg_only.addr(), 2, None).await?, 403);
+    assert_eq!(post(tg_only.addr(), 3, Some("149.154.160.7")).await?, 403);
+    // Refused before the body is read: a request announcing a body it never sends is answered.
+    let mut stream = TcpStream::connect(tg_only.addr()).await?;
+    let head = raw_post("", "");
+    let head = head.replace("Content-Length: 0", "Content-Length: 100000");
+    stream.write_all(head.as_bytes()).await?;
+    let answer = tokio::time::timeout(DEADLINE, read_head(&mut stream)).await??;
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    // Health endpoints are not filtered (probes come from inside the cluster).
+    let ready = stack
+        .http
+        .get(format!("http://{}/readyz", tg_only.addr()))
+        .send()
+        .await?;
+    assert_eq!(ready.status(), 200);
+
+    // A list that holds the peer lets it through.
+    let (local, stop_local) = spawn_ingress(
+        &stack,
+        Limits::default(),
+        Some("telegram, 127.0.0.0/8"),
+        None,
+    )
+    .await?;
+    assert_eq!(post(local.addr(), 4, None).await?, 200);
+
+    // Behind a trusted proxy (here the local peer), the right-most untrusted forwarded
+    // address is the source.
+    let (proxied, stop_proxied) = spawn_ingress(
+        &stack,
+        Limits::default(),
+        Some("telegram"),
+        Some("127.0.0.1"),
+    )
+    .await?;
+    assert_eq!(post(proxied.addr(), 5, Some("149.154.160.7")).await?, 200);
+    assert_eq!(
+        post(proxied.addr(), 6, Some("149.154.160.7, 203.0.113.5")).await?,
+        403
+    );
+    assert_eq!(post(proxied.addr(), 7, None).await?, 403);
+
+    // Updates 1, 4 and 5 were published; none of the refused ones.
+    assert_eq!(stack.stream_messages(topology::UPDATES_STREAM).await?, 3);
+    for (ingress, stop) in [
+        (tg_only, stop_tg),
+        (local, stop_local),
+        (proxied, stop_proxied),
+    ] {
+        stop.cancel();
+        tokio::time::timeout(DEADLINE, ingress.wait()).await??;
+    }
     Ok(())
 }
