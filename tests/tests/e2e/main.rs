@@ -7,6 +7,6 @@ mod ingress;
 mod order;
 mod outages;
 mod scaling;
-mod sender;
 mod secrets;
+mod sender;
 mod shutdown;
