@@ -4,6 +4,7 @@
 mod conversation;
 mod delivery;
 mod ingress;
+mod input;
 mod order;
 mod outages;
 mod scaling;
