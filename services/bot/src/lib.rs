@@ -25,7 +25,7 @@ mod texts;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-pub use input::{classify, Incoming, Input, UserInfo};
+pub use input::{classify_json, Incoming, Input, UnreadableUpdate, UserInfo};
 
 /// How many notes `/history` shows.
 pub const HISTORY_LEN: usize = 5;

@@ -205,56 +205,9 @@ fn blocking_and_unblocking_are_recorded_without_a_reply() {
 }
 
 #[test]
-fn classify_reads_my_chat_member_in_private_chats() {
-    let raw = |status: &str, chat: &str| {
-        format!(
-            r#"{{"update_id":9,"my_chat_member":{{"chat":{chat},
-        "from":{{"id":7,"is_bot":false,"first_name":"Ada"}},"date":1764133380,
-        "old_chat_member":{{"user":{{"id":1,"is_bot":true,"first_name":"B"}},"status":"member"}},
-        "new_chat_member":{{"user":{{"id":1,"is_bot":true,"first_name":"B"}},"status":"{status}","until_date":0}}}}}}"#
-        )
-    };
-    let private = r#"{"id":7,"type":"private","first_name":"Ada"}"#;
-    let parse = |s: String| serde_json::from_str::<teloxide_core::types::Update>(&s).unwrap();
-    let kicked = classify(&parse(raw("kicked", private))).unwrap();
-    assert_eq!(kicked.input, Input::BotBlocked(true));
-    let member = classify(&parse(raw("member", private))).unwrap();
-    assert_eq!(member.input, Input::BotBlocked(false));
-    let group = r#"{"id":-5,"type":"group","title":"g"}"#;
-    assert_eq!(
-        classify(&parse(raw("kicked", group))),
-        None,
-        "groups are not a block"
-    );
-}
-
-#[test]
 fn state_serializes_as_tagged_json() {
     let v = serde_json::to_value(DialogueState::ReceiveNote).unwrap();
     assert_eq!(v, serde_json::json!({"state": "ReceiveNote"}));
     let back: DialogueState = serde_json::from_value(v).unwrap();
     assert_eq!(back, DialogueState::ReceiveNote);
-}
-
-#[test]
-fn classify_reads_teloxide_updates() {
-    let raw = r#"{"update_id":5,"message":{"message_id":3,"date":1764133380,
-        "chat":{"id":-100,"type":"group","title":"g"},
-        "from":{"id":7,"is_bot":false,"first_name":"Ada"},"text":"/history@courier_bot"}}"#;
-    let upd: teloxide_core::types::Update = serde_json::from_str(raw).unwrap();
-    let inc = classify(&upd).unwrap();
-    assert_eq!(inc.chat_id, -100);
-    assert_eq!(inc.from.unwrap().id, 7);
-    assert_eq!(
-        inc.input,
-        Input::Command {
-            name: "history".into(),
-            args: String::new()
-        }
-    );
-    let edited = r#"{"update_id":6,"edited_message":{"message_id":3,"date":1764133380,"edit_date":1764133390,
-        "chat":{"id":7,"type":"private","first_name":"Ada"},
-        "from":{"id":7,"is_bot":false,"first_name":"Ada"},"text":"x"}}"#;
-    let upd: teloxide_core::types::Update = serde_json::from_str(edited).unwrap();
-    assert_eq!(classify(&upd), None);
 }

@@ -131,14 +131,9 @@ pub async fn apply(
         tx.rollback().await?;
         return Ok(Applied::Duplicate);
     }
-    let from = (last_seq as u64).max(handled) + 1;
-    if from < upd.seq {
-        if let Some(earlier) = next.next_from(from).await? {
-            if earlier < upd.seq {
-                tx.rollback().await?;
-                return Ok(Applied::EarlierFirst(earlier));
-            }
-        }
+    if let Some(earlier) = earlier_unapplied(upd, last_seq, handled, next).await? {
+        tx.rollback().await?;
+        return Ok(Applied::EarlierFirst(earlier));
     }
     let mut ctx = Context::default();
     if let (Some(Read::History), Some(user)) = (courier_bot::reads(incoming), &incoming.from) {
@@ -300,17 +295,61 @@ fn outbox_row(r: &sqlx::postgres::PgRow) -> Result<OutboxRow, StoreError> {
     })
 }
 
+/// The order guard's question: the stream sequence of the chat's first update after
+/// `max(last_seq, handled)` when it comes before `upd` (it must be dealt with first).
+async fn earlier_unapplied(
+    upd: UpdateRef,
+    last_seq: i64,
+    handled: u64,
+    next: &impl NextOnSubject,
+) -> Result<Option<u64>, StoreError> {
+    let from = (last_seq.max(0) as u64).max(handled) + 1;
+    if from >= upd.seq {
+        return Ok(None);
+    }
+    Ok(next
+        .next_from(from)
+        .await?
+        .filter(|&earlier| earlier < upd.seq))
+}
+
+/// How starting a dead letter went (see [`begin_dead_letter`]).
+pub enum DeadLetterStart {
+    /// Claimed, and the chat's `last_seq` moved past it: publish the dead letter, then commit
+    /// (or drop the transaction if the publish failed).
+    Begun(Transaction<'static, Postgres>),
+    /// Handled before (applied or dead-lettered): nothing to do.
+    Handled,
+    /// Not recorded: the chat has an earlier update at this stream sequence that is not
+    /// applied yet. It must be dealt with first, or moving `last_seq` past this one would
+    /// make it look applied.
+    EarlierFirst(u64),
+}
+
 /// Starts recording a poison update: claims it as `dead_lettered` and moves its chat's
-/// `last_seq` past it, so the chat carries on. Returns `None` when it was handled before. The
-/// caller publishes the dead letter, then commits (or drops the transaction if that failed).
+/// `last_seq` past it, so the chat carries on — under the same order guard as [`apply`], so a
+/// dead letter never overtakes an earlier update of its chat.
 pub async fn begin_dead_letter(
     pool: &PgPool,
     upd: UpdateRef,
-) -> Result<Option<Transaction<'static, Postgres>>, StoreError> {
+    handled: u64,
+    next: &impl NextOnSubject,
+) -> Result<DeadLetterStart, StoreError> {
     let mut tx = pool.begin().await?;
     if !claim(&mut tx, upd, "dead_lettered").await? {
         tx.rollback().await?;
-        return Ok(None);
+        return Ok(DeadLetterStart::Handled);
+    }
+    let last_seq: Option<i64> = sqlx::query_scalar(
+        "SELECT last_seq FROM dialogue_states WHERE bot_id = $1 AND chat_id = $2 FOR UPDATE",
+    )
+    .bind(upd.bot_id)
+    .bind(upd.chat_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some(earlier) = earlier_unapplied(upd, last_seq.unwrap_or(0), handled, next).await? {
+        tx.rollback().await?;
+        return Ok(DeadLetterStart::EarlierFirst(earlier));
     }
     sqlx::query(
         "INSERT INTO dialogue_states (bot_id, chat_id, state, last_update_id, last_seq) \
@@ -325,7 +364,7 @@ pub async fn begin_dead_letter(
     .bind(upd.seq as i64)
     .execute(&mut *tx)
     .await?;
-    Ok(Some(tx))
+    Ok(DeadLetterStart::Begun(tx))
 }
 
 /// Inserts the update's `processed_updates` row; `false` when it was there already.

@@ -163,3 +163,85 @@ async fn an_update_unreadable_even_leniently_is_dead_lettered_and_its_chat_carri
     assert_eq!(stack.worker_stats().dead_lettered.load(Relaxed), 1);
     Ok(())
 }
+
+/// A dead letter moves its chat's order past it, so it must wait for the chat's earlier
+/// updates like any other: applied out of turn, it would make an earlier note look applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_update_delivered_before_an_earlier_one_is_dead_lettered_after_it(
+) -> anyhow::Result<()> {
+    use async_nats::jetstream::message::PublishMessage;
+    use courier_common::{partition::partition_of, CancellationToken};
+    use courier_proto::{v1::InboundUpdate, Message as _};
+    use courier_worker::apply::{Applier, Delivered, Outcome};
+    use std::sync::atomic::Ordering::Relaxed;
+
+    let stack = Stack::start_with(courier_tests::Services::IngressOnly).await?;
+    // Migrate through a worker that owns no partition, so nothing consumes behind our back.
+    let mut config = stack.worker_config();
+    config.fixed_partitions = Some(vec![]);
+    let (idle, idle_cancel) = stack.spawn_worker(config).await?;
+
+    let js = async_nats::jetstream::new(async_nats::connect(stack.nats.url()).await?);
+    let (bot, chat) = (stack.bot_id(), 78);
+    let p = partition_of(chat, courier_common::partition::DEFAULT_PARTITIONS);
+    let subject = topology::update_subject(bot, p, chat);
+    let mut poison = courier_tests::text_update(3, chat, "undated");
+    poison["message"]["date"] = json!("yesterday");
+    let mut delivered = Vec::new();
+    for (id, update) in [
+        (1, courier_tests::text_update(1, chat, "/start")),
+        (2, courier_tests::text_update(2, chat, "older")),
+        (3, poison),
+    ] {
+        let env = InboundUpdate {
+            bot_id: bot,
+            update_id: id,
+            chat_id: chat,
+            partition: p,
+            received_at_unix_ms: 0,
+            update_json: update.to_string().into_bytes(),
+            update_fingerprint: 0,
+        };
+        let payload: bytes::Bytes = env.encode_to_vec().into();
+        let ack = js
+            .send_publish(
+                subject.clone(),
+                PublishMessage::build().payload(payload.clone()),
+            )
+            .await?
+            .await?;
+        delivered.push(Delivered {
+            seq: ack.sequence,
+            subject: subject.clone(),
+            payload,
+        });
+    }
+    let stats = std::sync::Arc::new(courier_worker::Stats::default());
+    let applier = Applier::new(
+        bot,
+        stack.db.clone(),
+        js.clone(),
+        js.get_stream(topology::UPDATES_STREAM).await?,
+        stats.clone(),
+        CancellationToken::new(),
+    );
+
+    // The poison arrives first (its predecessors are "in redelivery").
+    assert_eq!(applier.process(&delivered[2], 0, None).await, Outcome::Done);
+    assert_eq!(
+        stack.notes(chat).await?,
+        vec!["older"],
+        "the older note first"
+    );
+    assert_eq!(outcome(&stack, 3).await?.as_deref(), Some("dead_lettered"));
+    // The redeliveries are then duplicates.
+    applier.process(&delivered[1], 0, None).await;
+    applier.process(&delivered[0], 0, None).await;
+    assert_eq!(stack.notes(chat).await?, vec!["older"]);
+    assert_eq!(stats.applied.load(Relaxed), 2);
+    assert_eq!(stats.dead_lettered.load(Relaxed), 1);
+    assert_eq!(stats.duplicates.load(Relaxed), 2);
+    idle_cancel.cancel();
+    idle.wait().await?;
+    Ok(())
+}
