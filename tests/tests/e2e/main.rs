@@ -3,6 +3,7 @@
 
 mod conversation;
 mod delivery;
+mod flood;
 mod ingress;
 mod input;
 mod order;
