@@ -132,6 +132,7 @@ fn history_needs_a_read_and_lists_newest_first_with_times() {
     assert_eq!(reads(&msg("/help")), None);
     let at = |h| Utc.with_ymd_and_hms(2026, 11, 26, h, 0, 0).unwrap();
     let ctx = Context {
+        pace: Pace::Within,
         history: vec![
             Note {
                 text: "second".into(),
@@ -164,6 +165,7 @@ fn empty_history_says_so() {
 fn history_of_five_long_notes_fits_one_telegram_message() {
     let long = "x".repeat(4096);
     let ctx = Context {
+        pace: Pace::Within,
         history: vec![
             Note {
                 text: long,
@@ -210,4 +212,53 @@ fn state_serializes_as_tagged_json() {
     assert_eq!(v, serde_json::json!({"state": "ReceiveNote"}));
     let back: DialogueState = serde_json::from_value(v).unwrap();
     assert_eq!(back, DialogueState::ReceiveNote);
+}
+
+#[test]
+fn over_the_flood_budget_one_slow_down_then_nothing_and_no_state_change() {
+    for state in [DialogueState::Start, DialogueState::ReceiveNote] {
+        for text in ["/start", "a note", "/history", "/help"] {
+            let slow = Context {
+                pace: Pace::SlowDown,
+                ..Context::default()
+            };
+            let t = step(state, &msg(text), &slow);
+            assert_eq!(t.state, state, "{text}: no state change, not even /start");
+            assert_eq!(
+                t.effects,
+                vec![Effect::Reply {
+                    chat_id: 7,
+                    text: texts::SLOW_DOWN.into()
+                }],
+                "{text}"
+            );
+            let over = Context {
+                pace: Pace::Over,
+                ..Context::default()
+            };
+            let t = step(state, &msg(text), &over);
+            assert_eq!((t.state, t.effects), (state, vec![]), "{text}");
+        }
+    }
+    assert!(texts::SLOW_DOWN.contains("too fast"));
+}
+
+#[test]
+fn blocking_is_recorded_whatever_the_pace() {
+    for pace in [Pace::Within, Pace::SlowDown, Pace::Over] {
+        let mut m = msg("x");
+        m.input = Input::BotBlocked(true);
+        let ctx = Context {
+            pace,
+            ..Context::default()
+        };
+        let t = step(DialogueState::ReceiveNote, &m, &ctx);
+        assert_eq!(
+            t.effects,
+            vec![Effect::SetBlocked {
+                chat_id: 7,
+                blocked: true
+            }]
+        );
+    }
 }

@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 
 use chrono::DateTime;
 use courier_bot::{
-    classify_json, step, Context, DialogueState, Effect, Incoming, Input, Note, UserInfo,
+    classify_json, step, Context, DialogueState, Effect, Incoming, Input, Note, Pace, UserInfo,
 };
 use proptest::prelude::*;
 use serde_json::{Map, Value};
@@ -135,39 +135,54 @@ fn mutate(v: &mut Value, at: usize, m: Mutation) {
     }
 }
 
-/// Runs the bot on what was read, in both states, and checks the rules every step keeps.
+/// Runs the bot on what was read, in both states and at every pace, and checks the rules every
+/// step keeps.
 fn step_everywhere(incoming: &Incoming, history: &[Note]) {
+    let blocking = matches!(incoming.input, Input::BotBlocked(_));
     for state in [DialogueState::Start, DialogueState::ReceiveNote] {
-        let ctx = Context {
-            history: history.to_vec(),
-        };
-        let t = step(state, incoming, &ctx);
-        let is_start = matches!(&incoming.input, Input::Command { name, .. } if name == "start");
-        let want = if is_start {
-            DialogueState::ReceiveNote
-        } else {
-            state
-        };
-        assert_eq!(t.state, want, "{incoming:?}");
-        for e in &t.effects {
-            match e {
-                Effect::Reply { chat_id, text } => {
-                    assert_eq!(*chat_id, incoming.chat_id);
-                    assert!(!text.is_empty());
+        for pace in [Pace::Within, Pace::SlowDown, Pace::Over] {
+            let ctx = Context {
+                history: history.to_vec(),
+                pace,
+            };
+            let t = step(state, incoming, &ctx);
+            let is_start =
+                matches!(&incoming.input, Input::Command { name, .. } if name == "start");
+            let want = if is_start && pace == Pace::Within {
+                DialogueState::ReceiveNote
+            } else {
+                state
+            };
+            assert_eq!(t.state, want, "{incoming:?} {pace:?}");
+            if !blocking {
+                match pace {
+                    Pace::Within => {}
+                    Pace::SlowDown => assert!(
+                        matches!(&t.effects[..], [Effect::Reply { .. }]),
+                        "one reply: {:?}",
+                        t.effects
+                    ),
+                    Pace::Over => assert!(t.effects.is_empty(), "{:?}", t.effects),
                 }
-                Effect::SaveNote { chat_id, text, .. } => {
-                    assert_eq!(state, DialogueState::ReceiveNote, "notes only after /start");
-                    assert_eq!(*chat_id, incoming.chat_id);
-                    assert_eq!(
-                        Some(text),
-                        match &incoming.input {
+            }
+            for e in &t.effects {
+                match e {
+                    Effect::Reply { chat_id, text } => {
+                        assert_eq!(*chat_id, incoming.chat_id);
+                        assert!(!text.is_empty());
+                    }
+                    Effect::SaveNote { chat_id, text, .. } => {
+                        assert_eq!(state, DialogueState::ReceiveNote, "notes only after /start");
+                        assert_eq!(*chat_id, incoming.chat_id);
+                        let sent = match &incoming.input {
                             Input::Text(t) => Some(t),
                             _ => None,
-                        }
-                    );
-                }
-                Effect::UpsertUser { chat_id, .. } | Effect::SetBlocked { chat_id, .. } => {
-                    assert_eq!(*chat_id, incoming.chat_id)
+                        };
+                        assert_eq!(Some(text), sent, "saved verbatim");
+                    }
+                    Effect::UpsertUser { chat_id, .. } | Effect::SetBlocked { chat_id, .. } => {
+                        assert_eq!(*chat_id, incoming.chat_id)
+                    }
                 }
             }
         }

@@ -49,6 +49,7 @@ pub struct Applier {
     pub(crate) js: jetstream::Context,
     pub(crate) updates: jetstream::stream::Stream,
     pub(crate) max_attempts: u32,
+    pub(crate) flood: store::FloodBudget,
     pub(crate) marker: mpsc::UnboundedSender<Vec<i64>>,
     pub(crate) stats: Arc<Stats>,
     pub(crate) cancel: CancellationToken,
@@ -103,6 +104,7 @@ impl Applier {
             js,
             updates,
             max_attempts: 3,
+            flood: store::FloodBudget::default(),
             marker,
             stats,
             cancel,
@@ -216,7 +218,7 @@ impl Applier {
                 stream: &self.updates,
                 subject: &d.subject,
             };
-            match store::apply(&self.pool, upd, &incoming, handled, &next).await {
+            match store::apply(&self.pool, upd, &incoming, handled, &next, self.flood).await {
                 Ok(Applied::Applied(rows)) => {
                     self.stats.applied.fetch_add(1, Ordering::Relaxed);
                     if !rows.is_empty() {

@@ -285,6 +285,13 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Worker
         }
         .into());
     }
+    if config.flood_limit > 0 && config.flood_window.is_zero() {
+        return Err(ConfigError {
+            var: "COURIER_WORKER_FLOOD_WINDOW",
+            reason: "must be longer than 0 (or set COURIER_WORKER_FLOOD_LIMIT=0 to turn flood control off)".into(),
+        }
+        .into());
+    }
     if let Some(bad) = config
         .fixed_partitions
         .iter()
@@ -386,6 +393,10 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Worker
         js,
         updates,
         max_attempts: config.max_attempts.max(1),
+        flood: store::FloodBudget {
+            limit: config.flood_limit,
+            window: config.flood_window,
+        },
         marker,
         stats: stats.clone(),
         cancel: shutdown.clone(),

@@ -4,8 +4,10 @@
 //! user and note rows, the dialogue state and the outgoing messages) is written in one
 //! transaction, so an update is applied entirely or not at all, and at most once.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
-use courier_bot::{Context, DialogueState, Effect, Incoming, Note, Read, HISTORY_LEN};
+use courier_bot::{flood, Context, DialogueState, Effect, Incoming, Note, Pace, Read, HISTORY_LEN};
 use sqlx::{PgPool, Postgres, Row, Transaction};
 
 /// Why applying an update failed.
@@ -91,8 +93,28 @@ pub struct UpdateRef {
     pub fingerprint: u64,
 }
 
-/// Applies one update in one transaction: dedup, lock the chat's state, check the order, run
-/// the FSM, write the effects, the new state and the outbox.
+/// Inbound flood control: at most `limit` updates per sender per `window` (0: no limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FloodBudget {
+    /// Updates per window.
+    pub limit: u32,
+    /// The window, which starts at a sender's first update after the previous one ended.
+    pub window: Duration,
+}
+
+impl Default for FloodBudget {
+    /// The worker's defaults: 20 updates in 10 s.
+    fn default() -> Self {
+        Self {
+            limit: 20,
+            window: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Applies one update in one transaction: dedup, lock the chat's state, check the order, count
+/// it against its sender's flood budget, run the FSM, write the effects, the new state and the
+/// outbox.
 ///
 /// **Order guard.** The chat's row holds `last_seq`, the stream sequence of its last applied
 /// update, locked for the transaction. An update at or below it is a duplicate. Otherwise
@@ -101,12 +123,18 @@ pub struct UpdateRef {
 /// if that is an earlier one, nothing is written and [`Applied::EarlierFirst`] names it. So a
 /// chat's updates are applied in stream order whatever order they are delivered in, and by
 /// however many workers.
+///
+/// **Flood control.** The sender's counter (`flood_counters`) is bumped in this transaction,
+/// so the budget holds across chats and workers and a rolled-back update does not count; an
+/// update over the budget is recorded as `throttled` and runs the FSM with its [`Pace`] (one
+/// reply, then nothing: no note is stored).
 pub async fn apply(
     pool: &PgPool,
     upd: UpdateRef,
     incoming: &Incoming,
     handled: u64,
     next: &impl NextOnSubject,
+    budget: FloodBudget,
 ) -> Result<Applied, StoreError> {
     let mut tx = pool.begin().await?;
     if !claim(&mut tx, upd, "applied").await? {
@@ -136,7 +164,24 @@ pub async fn apply(
         return Ok(Applied::EarlierFirst(earlier));
     }
     let mut ctx = Context::default();
-    if let (Some(Read::History), Some(user)) = (courier_bot::reads(incoming), &incoming.from) {
+    if let (Some(sender), true) = (flood::counted_as(incoming), budget.limit > 0) {
+        let count = count_inbound(&mut tx, upd.bot_id, sender, budget.window).await?;
+        ctx.pace = flood::pace(count, budget.limit);
+        if ctx.pace != Pace::Within {
+            set_outcome(&mut tx, upd, "throttled").await?;
+            if ctx.pace == Pace::SlowDown {
+                tracing::info!(
+                    sender,
+                    chat_id = incoming.chat_id,
+                    "sender over the flood budget; slowing them down"
+                );
+            }
+        }
+    }
+    let history = ctx.pace == Pace::Within;
+    if let (Some(Read::History), Some(user), true) =
+        (courier_bot::reads(incoming), &incoming.from, history)
+    {
         ctx.history = sqlx::query(
             "SELECT text, sent_at FROM messages WHERE bot_id = $1 AND chat_id = $2 AND user_id = $3 \
              ORDER BY id DESC LIMIT $4",
@@ -365,6 +410,52 @@ pub async fn begin_dead_letter(
     .execute(&mut *tx)
     .await?;
     Ok(DeadLetterStart::Begun(tx))
+}
+
+/// Counts an update against its sender's window and returns its number in the window (1 for
+/// the first); a window that has ended starts again with this update. One statement, so two
+/// transactions for the same sender serialize on the row.
+async fn count_inbound(
+    tx: &mut Transaction<'_, Postgres>,
+    bot_id: i64,
+    sender: i64,
+    window: Duration,
+) -> Result<u64, StoreError> {
+    let n: i64 = sqlx::query_scalar(
+        "INSERT INTO flood_counters AS f (bot_id, sender_id, window_start, updates) \
+         VALUES ($1, $2, now(), 1) \
+         ON CONFLICT (bot_id, sender_id) DO UPDATE SET \
+         window_start = CASE WHEN f.window_start <= now() - make_interval(secs => $3) \
+                        THEN now() ELSE f.window_start END, \
+         updates = CASE WHEN f.window_start <= now() - make_interval(secs => $3) \
+                   THEN 1 ELSE f.updates + 1 END \
+         RETURNING updates",
+    )
+    .bind(bot_id)
+    .bind(sender)
+    .bind(window.as_secs_f64())
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(n.max(1) as u64)
+}
+
+/// Changes the outcome recorded by [`claim`] in the same transaction.
+async fn set_outcome(
+    tx: &mut Transaction<'_, Postgres>,
+    upd: UpdateRef,
+    outcome: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE processed_updates SET outcome = $4 \
+         WHERE bot_id = $1 AND update_id = $2 AND update_fingerprint = $3",
+    )
+    .bind(upd.bot_id)
+    .bind(upd.update_id)
+    .bind(upd.fingerprint as i64)
+    .bind(outcome)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// Inserts the update's `processed_updates` row; `false` when it was there already.

@@ -132,7 +132,7 @@ async fn a_flooding_user_is_slowed_down_once_per_window_while_other_chats_go_thr
     // reply when it is spent.
     sqlx::query(
         "UPDATE flood_counters SET window_start = window_start - interval '2 hours' \
-         WHERE user_id = $1",
+         WHERE sender_id = $1",
     )
     .bind(flooder)
     .execute(&stack.db)
