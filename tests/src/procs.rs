@@ -139,8 +139,8 @@ impl ServiceProcess {
         env: &[(&str, String)],
         log: &std::path::Path,
     ) -> Result<Self> {
-        let file = std::fs::File::create(log)
-            .with_context(|| format!("creating {}", log.display()))?;
+        let file =
+            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let err = file.try_clone()?;
         Self::spawn(name, env, "debug", file.into(), err.into()).await
     }

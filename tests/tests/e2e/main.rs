@@ -9,6 +9,6 @@ mod input;
 mod order;
 mod outages;
 mod scaling;
-mod sender;
 mod secrets;
+mod sender;
 mod shutdown;

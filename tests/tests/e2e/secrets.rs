@@ -5,17 +5,18 @@
 use std::time::Duration;
 
 use courier_tests::procs::{free_local_port, ServiceProcess};
-use courier_tests::{eventually, NatsServer, Postgres, Line, SECRET, TOKEN};
+use courier_tests::{eventually, Line, NatsServer, Postgres, SECRET, TOKEN};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_secret_appears_in_any_services_logs_over_a_whole_conversation() -> anyhow::Result<()>
-{
+async fn no_secret_appears_in_any_services_logs_over_a_whole_conversation() -> anyhow::Result<()> {
     let nats = NatsServer::start().await?;
     let pg = Postgres::fresh().await?;
     // The test cluster trusts local connections, so any password works: it is only there to
     // be looked for in the logs.
     let password = "pw-Zq81_secret";
-    let database_url = pg.url().replacen("://postgres@", &format!("://postgres:{password}@"), 1);
+    let database_url = pg
+        .url()
+        .replacen("://postgres@", &format!("://postgres:{password}@"), 1);
     assert!(database_url.contains(password), "{}", pg.url());
     let (sandbox_port, ingress_port) = (free_local_port()?, free_local_port()?);
     let sandbox_url = format!("http://127.0.0.1:{sandbox_port}");
@@ -64,29 +65,30 @@ async fn no_secret_appears_in_any_services_logs_over_a_whole_conversation() -> a
     let mut services = Vec::new();
     for (name, env) in &plan {
         let log = dir.join(format!("{name}.log"));
-        services.push((
-            ServiceProcess::start_logged(name, env, &log).await?,
-            log,
-        ));
+        services.push((ServiceProcess::start_logged(name, env, &log).await?, log));
     }
 
     let http = reqwest::Client::new();
     let chat = 930_001;
     for text in ["/start", "a note with my token? no", "/history", "/help"] {
-        eventually("the sandbox takes a message", Duration::from_secs(60), || {
-            let (http, url) = (http.clone(), format!("{sandbox_url}/sandbox/messages"));
-            async move {
-                let ok = http
-                    .post(url)
-                    .json(&serde_json::json!({
-                        "chat_id": chat, "user_id": chat, "first_name": "Ada", "text": text
-                    }))
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success());
-                Ok(ok.then_some(()))
-            }
-        })
+        eventually(
+            "the sandbox takes a message",
+            Duration::from_secs(60),
+            || {
+                let (http, url) = (http.clone(), format!("{sandbox_url}/sandbox/messages"));
+                async move {
+                    let ok = http
+                        .post(url)
+                        .json(&serde_json::json!({
+                            "chat_id": chat, "user_id": chat, "first_name": "Ada", "text": text
+                        }))
+                        .send()
+                        .await
+                        .is_ok_and(|r| r.status().is_success());
+                    Ok(ok.then_some(()))
+                }
+            },
+        )
         .await?;
     }
     eventually("four replies", Duration::from_secs(60), || {
