@@ -216,6 +216,8 @@ impl Stack {
             max_ack_pending: 512,
             ack_wait: Duration::from_secs(10),
             max_attempts: 3,
+            flood_limit: 20,
+            flood_window: Duration::from_secs(10),
             relay_interval: Duration::from_millis(500),
             relay_grace: Duration::from_secs(2),
             nats: self.nats_args(),

@@ -1,14 +1,27 @@
 //! Turning a Telegram update into the bot's input: which chat, who, when, and what.
+//!
+//! The update is read **leniently**, straight from its JSON: only the fields the bot uses are
+//! deserialized (chat id, sender, date, text, which non-text kind, the bot's new membership
+//! status), and everything else — fields and kinds added to the Bot API after this code was
+//! written, fields old clients leave out such as `is_bot` — is skipped. A full Bot API type
+//! library cannot do that: teloxide-core turns a `Message` it cannot deserialize into
+//! `UpdateKind::Error`, or reads a text message with an unknown entity type as a message
+//! without text, and either way the user's note would be lost.
+//!
+//! What the bot needs and cannot read (a `message` without a chat, a date that is not a
+//! number, ...) is an [`UnreadableUpdate`] with a reason naming the field; the worker
+//! dead-letters it. Update kinds the bot does not handle are not read at all.
 
 use chrono::{DateTime, Utc};
-use teloxide_core::types::{Message, Update, UpdateKind};
+use serde::de::IgnoredAny;
+use serde::Deserialize;
 
 /// The sender of a message, as the bot keeps it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserInfo {
     /// Telegram user id.
     pub id: i64,
-    /// First name.
+    /// First name (empty when the update has none).
     pub first_name: String,
     /// Last name, if any.
     pub last_name: Option<String>,
@@ -51,55 +64,180 @@ pub struct Incoming {
     pub input: Input,
 }
 
-/// The bot's view of an update: `None` for the update kinds the notes bot ignores (edits,
-/// channel posts, callbacks, membership changes, reactions, polls, and kinds this version of
-/// the Bot API types does not know). Ignored updates are accepted and acknowledged.
-pub fn classify(update: &Update) -> Option<Incoming> {
-    match &update.kind {
-        UpdateKind::Message(msg) => Some(from_message(msg)),
-        UpdateKind::MyChatMember(m) if m.chat.is_private() => {
-            let new = &m.new_chat_member.kind;
-            let blocked = if new.is_banned() {
-                true
-            } else if new.is_member() {
-                false
-            } else {
-                return None;
-            };
-            Some(Incoming {
-                chat_id: m.chat.id.0,
-                from: Some(user_info(&m.from)),
-                date: m.date,
-                input: Input::BotBlocked(blocked),
-            })
+/// An update of a kind the bot handles whose fields the bot needs cannot be read. The worker
+/// parks it in the dead-letter stream with this reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unreadable update: {reason}")]
+pub struct UnreadableUpdate {
+    /// What could not be read, starting with the field's path (`message.date: ...`).
+    pub reason: String,
+}
+
+impl UnreadableUpdate {
+    fn new(reason: impl Into<String>) -> Self {
+        Self {
+            reason: reason.into(),
         }
-        _ => None,
     }
 }
 
-fn from_message(msg: &Message) -> Incoming {
-    let from = msg.from.as_ref().map(user_info);
-    let input = match msg.text() {
+/// The bot's view of an update, read from its raw JSON.
+///
+/// `Ok(None)` for the update kinds the notes bot ignores (edits, channel posts, callbacks,
+/// reactions, polls, membership changes other than the bot being blocked or unblocked in a
+/// private chat, and kinds added to the Bot API later): they are accepted and acknowledged.
+/// `Err` when the body is not a JSON object, or an update the bot handles lacks a field it
+/// needs or carries it with the wrong type.
+pub fn classify_json(raw: &[u8]) -> Result<Option<Incoming>, UnreadableUpdate> {
+    // A derived struct also accepts an array of its fields in order; an update is an object.
+    if raw.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(UnreadableUpdate::new(
+            "not a Telegram update: not a JSON object",
+        ));
+    }
+    let de = &mut serde_json::Deserializer::from_slice(raw);
+    let update: RawUpdate = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            UnreadableUpdate::new(format!("not valid JSON: {inner}"))
+        } else if path == "." {
+            UnreadableUpdate::new(format!("not a Telegram update: {inner}"))
+        } else {
+            UnreadableUpdate::new(format!("{path}: {inner}"))
+        }
+    })?;
+    de.end()
+        .map_err(|e| UnreadableUpdate::new(format!("not valid JSON: {e}")))?;
+    if let Some(msg) = update.message {
+        return from_message(msg).map(Some);
+    }
+    match update.my_chat_member {
+        Some(m) => from_member_update(m),
+        None => Ok(None),
+    }
+}
+
+/// The parts of an `Update` the bot reads; any other key is skipped unread.
+#[derive(Deserialize)]
+#[serde(expecting = "an update object")]
+struct RawUpdate {
+    message: Option<RawMessage>,
+    my_chat_member: Option<RawMemberUpdate>,
+}
+
+/// The parts of a `Message` the bot reads. The content fields are only checked for presence.
+#[derive(Deserialize)]
+#[serde(expecting = "a message object")]
+struct RawMessage {
+    chat: RawChat,
+    from: Option<RawUser>,
+    date: i64,
+    text: Option<String>,
+    sticker: Option<IgnoredAny>,
+    photo: Option<IgnoredAny>,
+    voice: Option<IgnoredAny>,
+    video_note: Option<IgnoredAny>,
+    video: Option<IgnoredAny>,
+    animation: Option<IgnoredAny>,
+    audio: Option<IgnoredAny>,
+    document: Option<IgnoredAny>,
+    venue: Option<IgnoredAny>,
+    location: Option<IgnoredAny>,
+    contact: Option<IgnoredAny>,
+    poll: Option<IgnoredAny>,
+    dice: Option<IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+#[serde(expecting = "a chat object")]
+struct RawChat {
+    id: i64,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(expecting = "a user object")]
+struct RawUser {
+    id: i64,
+    #[serde(default)]
+    first_name: String,
+    last_name: Option<String>,
+    username: Option<String>,
+}
+
+/// The parts of a `ChatMemberUpdated` the bot reads.
+#[derive(Deserialize)]
+#[serde(expecting = "a chat member update object")]
+struct RawMemberUpdate {
+    chat: RawChat,
+    from: Option<RawUser>,
+    date: i64,
+    new_chat_member: RawChatMember,
+}
+
+#[derive(Deserialize)]
+#[serde(expecting = "a chat member object")]
+struct RawChatMember {
+    status: String,
+}
+
+impl From<RawUser> for UserInfo {
+    fn from(u: RawUser) -> Self {
+        UserInfo {
+            id: u.id,
+            first_name: u.first_name,
+            last_name: u.last_name,
+            username: u.username,
+        }
+    }
+}
+
+fn date(field: &str, unix: i64) -> Result<DateTime<Utc>, UnreadableUpdate> {
+    DateTime::from_timestamp(unix, 0)
+        .ok_or_else(|| UnreadableUpdate::new(format!("{field}: {unix} is not a valid date")))
+}
+
+fn from_message(msg: RawMessage) -> Result<Incoming, UnreadableUpdate> {
+    let date = date("message.date", msg.date)?;
+    let input = match &msg.text {
         Some(text) => parse_text(text),
         None => Input::NonText {
-            kind: non_text_kind(msg),
+            kind: non_text_kind(&msg),
         },
     };
-    Incoming {
-        chat_id: msg.chat.id.0,
-        from,
-        date: msg.date,
+    Ok(Incoming {
+        chat_id: msg.chat.id,
+        from: msg.from.map(UserInfo::from),
+        date,
         input,
-    }
+    })
 }
 
-fn user_info(u: &teloxide_core::types::User) -> UserInfo {
-    UserInfo {
-        id: u.id.0 as i64,
-        first_name: u.first_name.clone(),
-        last_name: u.last_name.clone(),
-        username: u.username.clone(),
+fn from_member_update(m: RawMemberUpdate) -> Result<Option<Incoming>, UnreadableUpdate> {
+    // Only a private chat's membership says the user blocked the bot. The chat's type decides
+    // it, so an update without one cannot be read.
+    match m.chat.kind.as_deref() {
+        Some("private") => {}
+        Some(_) => return Ok(None),
+        None => {
+            return Err(UnreadableUpdate::new(
+                "my_chat_member.chat: missing field `type`",
+            ))
+        }
     }
+    let blocked = match m.new_chat_member.status.as_str() {
+        "kicked" => true,
+        "member" => false,
+        _ => return Ok(None),
+    };
+    Ok(Some(Incoming {
+        chat_id: m.chat.id,
+        from: m.from.map(UserInfo::from),
+        date: date("my_chat_member.date", m.date)?,
+        input: Input::BotBlocked(blocked),
+    }))
 }
 
 /// Splits `/cmd@bot args` into a command; anything else is text, verbatim.
@@ -122,22 +260,26 @@ pub(crate) fn parse_text(text: &str) -> Input {
     }
 }
 
-fn non_text_kind(msg: &Message) -> &'static str {
-    if msg.sticker().is_some() {
-        "sticker"
-    } else if msg.photo().is_some() {
-        "photo"
-    } else if msg.voice().is_some() {
-        "voice message"
-    } else if msg.video().is_some() {
-        "video"
-    } else if msg.document().is_some() {
-        "document"
-    } else if msg.location().is_some() {
-        "location"
-    } else if msg.contact().is_some() {
-        "contact"
-    } else {
-        "message of this kind"
-    }
+/// A word for what a message without text is. The order matters where Telegram sends two
+/// fields for one thing: an animation also carries `document`, a venue also `location`.
+fn non_text_kind(msg: &RawMessage) -> &'static str {
+    let kinds = [
+        (msg.sticker.is_some(), "sticker"),
+        (msg.photo.is_some(), "photo"),
+        (msg.voice.is_some(), "voice message"),
+        (msg.video_note.is_some(), "video message"),
+        (msg.video.is_some(), "video"),
+        (msg.animation.is_some(), "GIF"),
+        (msg.audio.is_some(), "music file"),
+        (msg.document.is_some(), "document"),
+        (msg.venue.is_some(), "venue"),
+        (msg.location.is_some(), "location"),
+        (msg.contact.is_some(), "contact"),
+        (msg.poll.is_some(), "poll"),
+        (msg.dice.is_some(), "dice"),
+    ];
+    kinds
+        .into_iter()
+        .find_map(|(present, word)| present.then_some(word))
+        .unwrap_or("message of this kind")
 }

@@ -17,15 +17,21 @@
 //! | `Start`       | text / non-text  | fallback pointing at `/start` and `/help` | `Start`       |
 //! | any           | unknown command  | fallback pointing at `/help`              | unchanged     |
 //! | any           | bot (un)blocked  | record it (no reply)                      | unchanged     |
+//!
+//! Before all of that, flood control ([`flood`]): a sender over their budget gets one
+//! "slow down" reply for the first update over it and nothing for the rest of the window
+//! (state unchanged, nothing saved); blocking and unblocking are never throttled.
 #![deny(missing_docs)]
 
+pub mod flood;
 mod input;
 mod texts;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-pub use input::{classify, Incoming, Input, UserInfo};
+pub use flood::Pace;
+pub use input::{classify_json, Incoming, Input, UnreadableUpdate, UserInfo};
 
 /// How many notes `/history` shows.
 pub const HISTORY_LEN: usize = 5;
@@ -62,6 +68,8 @@ pub enum Read {
 pub struct Context {
     /// The sender's latest notes, newest first (only loaded for `/history`).
     pub history: Vec<Note>,
+    /// Where this update falls against its sender's flood budget ([`flood::pace`]).
+    pub pace: Pace,
 }
 
 /// A side effect the shell applies, in order, inside the update's transaction.
@@ -122,6 +130,23 @@ pub fn reads(incoming: &Incoming) -> Option<Read> {
 pub fn step(state: DialogueState, incoming: &Incoming, ctx: &Context) -> Transition {
     let chat_id = incoming.chat_id;
     let reply = |text: String| Effect::Reply { chat_id, text };
+    if !matches!(incoming.input, Input::BotBlocked(_)) {
+        match ctx.pace {
+            Pace::Within => {}
+            Pace::SlowDown => {
+                return Transition {
+                    state,
+                    effects: vec![reply(texts::SLOW_DOWN.to_owned())],
+                }
+            }
+            Pace::Over => {
+                return Transition {
+                    state,
+                    effects: Vec::new(),
+                }
+            }
+        }
+    }
     match (&incoming.input, state) {
         (Input::BotBlocked(blocked), state) => Transition {
             state,

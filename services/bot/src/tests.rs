@@ -132,6 +132,7 @@ fn history_needs_a_read_and_lists_newest_first_with_times() {
     assert_eq!(reads(&msg("/help")), None);
     let at = |h| Utc.with_ymd_and_hms(2026, 11, 26, h, 0, 0).unwrap();
     let ctx = Context {
+        pace: Pace::Within,
         history: vec![
             Note {
                 text: "second".into(),
@@ -164,6 +165,7 @@ fn empty_history_says_so() {
 fn history_of_five_long_notes_fits_one_telegram_message() {
     let long = "x".repeat(4096);
     let ctx = Context {
+        pace: Pace::Within,
         history: vec![
             Note {
                 text: long,
@@ -205,30 +207,6 @@ fn blocking_and_unblocking_are_recorded_without_a_reply() {
 }
 
 #[test]
-fn classify_reads_my_chat_member_in_private_chats() {
-    let raw = |status: &str, chat: &str| {
-        format!(
-            r#"{{"update_id":9,"my_chat_member":{{"chat":{chat},
-        "from":{{"id":7,"is_bot":false,"first_name":"Ada"}},"date":1764133380,
-        "old_chat_member":{{"user":{{"id":1,"is_bot":true,"first_name":"B"}},"status":"member"}},
-        "new_chat_member":{{"user":{{"id":1,"is_bot":true,"first_name":"B"}},"status":"{status}","until_date":0}}}}}}"#
-        )
-    };
-    let private = r#"{"id":7,"type":"private","first_name":"Ada"}"#;
-    let parse = |s: String| serde_json::from_str::<teloxide_core::types::Update>(&s).unwrap();
-    let kicked = classify(&parse(raw("kicked", private))).unwrap();
-    assert_eq!(kicked.input, Input::BotBlocked(true));
-    let member = classify(&parse(raw("member", private))).unwrap();
-    assert_eq!(member.input, Input::BotBlocked(false));
-    let group = r#"{"id":-5,"type":"group","title":"g"}"#;
-    assert_eq!(
-        classify(&parse(raw("kicked", group))),
-        None,
-        "groups are not a block"
-    );
-}
-
-#[test]
 fn state_serializes_as_tagged_json() {
     let v = serde_json::to_value(DialogueState::ReceiveNote).unwrap();
     assert_eq!(v, serde_json::json!({"state": "ReceiveNote"}));
@@ -237,24 +215,50 @@ fn state_serializes_as_tagged_json() {
 }
 
 #[test]
-fn classify_reads_teloxide_updates() {
-    let raw = r#"{"update_id":5,"message":{"message_id":3,"date":1764133380,
-        "chat":{"id":-100,"type":"group","title":"g"},
-        "from":{"id":7,"is_bot":false,"first_name":"Ada"},"text":"/history@courier_bot"}}"#;
-    let upd: teloxide_core::types::Update = serde_json::from_str(raw).unwrap();
-    let inc = classify(&upd).unwrap();
-    assert_eq!(inc.chat_id, -100);
-    assert_eq!(inc.from.unwrap().id, 7);
-    assert_eq!(
-        inc.input,
-        Input::Command {
-            name: "history".into(),
-            args: String::new()
+fn over_the_flood_budget_one_slow_down_then_nothing_and_no_state_change() {
+    for state in [DialogueState::Start, DialogueState::ReceiveNote] {
+        for text in ["/start", "a note", "/history", "/help"] {
+            let slow = Context {
+                pace: Pace::SlowDown,
+                ..Context::default()
+            };
+            let t = step(state, &msg(text), &slow);
+            assert_eq!(t.state, state, "{text}: no state change, not even /start");
+            assert_eq!(
+                t.effects,
+                vec![Effect::Reply {
+                    chat_id: 7,
+                    text: texts::SLOW_DOWN.into()
+                }],
+                "{text}"
+            );
+            let over = Context {
+                pace: Pace::Over,
+                ..Context::default()
+            };
+            let t = step(state, &msg(text), &over);
+            assert_eq!((t.state, t.effects), (state, vec![]), "{text}");
         }
-    );
-    let edited = r#"{"update_id":6,"edited_message":{"message_id":3,"date":1764133380,"edit_date":1764133390,
-        "chat":{"id":7,"type":"private","first_name":"Ada"},
-        "from":{"id":7,"is_bot":false,"first_name":"Ada"},"text":"x"}}"#;
-    let upd: teloxide_core::types::Update = serde_json::from_str(edited).unwrap();
-    assert_eq!(classify(&upd), None);
+    }
+    assert!(texts::SLOW_DOWN.contains("too fast"));
+}
+
+#[test]
+fn blocking_is_recorded_whatever_the_pace() {
+    for pace in [Pace::Within, Pace::SlowDown, Pace::Over] {
+        let mut m = msg("x");
+        m.input = Input::BotBlocked(true);
+        let ctx = Context {
+            pace,
+            ..Context::default()
+        };
+        let t = step(DialogueState::ReceiveNote, &m, &ctx);
+        assert_eq!(
+            t.effects,
+            vec![Effect::SetBlocked {
+                chat_id: 7,
+                blocked: true
+            }]
+        );
+    }
 }

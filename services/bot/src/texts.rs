@@ -17,6 +17,9 @@ pub(crate) const SAVED: &str = "Saved your note. Send another, or /history to se
 pub(crate) const NOT_STARTED: &str =
     "I'm not taking notes yet. Send /start to begin, or /help to see what I can do.";
 
+pub(crate) const SLOW_DOWN: &str =
+    "You're sending messages too fast; please wait a few seconds. Messages sent meanwhile are not saved.";
+
 pub(crate) const ANONYMOUS: &str =
     "I can only save notes from a user, not from an anonymous sender. See /help.";
 

@@ -13,7 +13,7 @@ use sqlx::PgPool;
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::outbox;
-use crate::store::{self, Applied, NextOnSubject, StoreError, UpdateRef};
+use crate::store::{self, Applied, DeadLetterStart, NextOnSubject, StoreError, UpdateRef};
 use crate::Stats;
 
 /// One update as the stream holds it.
@@ -49,6 +49,7 @@ pub struct Applier {
     pub(crate) js: jetstream::Context,
     pub(crate) updates: jetstream::stream::Stream,
     pub(crate) max_attempts: u32,
+    pub(crate) flood: store::FloodBudget,
     pub(crate) marker: mpsc::UnboundedSender<Vec<i64>>,
     pub(crate) stats: Arc<Stats>,
     pub(crate) cancel: CancellationToken,
@@ -103,6 +104,7 @@ impl Applier {
             js,
             updates,
             max_attempts: 3,
+            flood: store::FloodBudget::default(),
             marker,
             stats,
             cancel,
@@ -170,7 +172,13 @@ impl Applier {
             Ok(env) => env,
             Err(e) => {
                 return self
-                    .dead_letter(d, None, &format!("undecodable envelope: {e}"))
+                    .dead_letter(
+                        d,
+                        None,
+                        handled,
+                        keepalive,
+                        &format!("undecodable envelope: {e}"),
+                    )
                     .await
             }
         };
@@ -186,19 +194,21 @@ impl Applier {
             seq: d.seq,
             fingerprint,
         };
-        let update: teloxide_core::types::Update =
-            match serde_json::from_slice(&envelope.update_json) {
-                Ok(u) => u,
-                Err(e) => {
-                    return self
-                        .dead_letter(d, Some(upd), &format!("update is not valid JSON: {e}"))
-                        .await
-                }
-            };
-        let Some(incoming) = courier_bot::classify(&update) else {
-            self.stats.ignored.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(update_id = upd.update_id, "update kind ignored by the bot");
-            return Outcome::Done;
+        // Read leniently from the raw bytes: only what the bot needs. What it needs and cannot
+        // read is dead-lettered with the reason; kinds it does not handle are acked.
+        let incoming = match courier_bot::classify_json(&envelope.update_json) {
+            Ok(Some(incoming)) => incoming,
+            Ok(None) => {
+                self.stats.ignored.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(update_id = upd.update_id, "update kind ignored by the bot");
+                return Outcome::Done;
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                return self
+                    .dead_letter(d, Some(upd), handled, keepalive, &reason)
+                    .await;
+            }
         };
 
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
@@ -208,7 +218,7 @@ impl Applier {
                 stream: &self.updates,
                 subject: &d.subject,
             };
-            match store::apply(&self.pool, upd, &incoming, handled, &next).await {
+            match store::apply(&self.pool, upd, &incoming, handled, &next, self.flood).await {
                 Ok(Applied::Applied(rows)) => {
                     self.stats.applied.fetch_add(1, Ordering::Relaxed);
                     if !rows.is_empty() {
@@ -259,7 +269,10 @@ impl Applier {
                     failures += 1;
                     tracing::warn!(update_id = upd.update_id, attempt = failures, error = %e, "update failed");
                     if failures >= self.max_attempts {
-                        return self.dead_letter(d, Some(upd), &e.to_string()).await;
+                        let reason = e.to_string();
+                        return self
+                            .dead_letter(d, Some(upd), handled, keepalive, &reason)
+                            .await;
                     }
                 }
             }
@@ -288,13 +301,35 @@ impl Applier {
     }
 
     /// Parks a poison update in `COURIER_DLQ` with its reason and records it as handled (its
-    /// chat moves on). If the dead letter cannot be stored yet, retries until it can or the
-    /// worker stops: a poison update is never dropped silently.
-    async fn dead_letter(&self, d: &Delivered, upd: Option<UpdateRef>, reason: &str) -> Outcome {
+    /// chat moves on), after any earlier update of its chat that is not applied yet (`handled`
+    /// and `keepalive` as in [`Applier::process`]). If the dead letter cannot be stored yet,
+    /// retries until it can or the worker stops: a poison update is never dropped silently.
+    async fn dead_letter(
+        &self,
+        d: &Delivered,
+        upd: Option<UpdateRef>,
+        mut handled: u64,
+        keepalive: Option<&jetstream::Message>,
+        reason: &str,
+    ) -> Outcome {
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
         loop {
-            match self.try_dead_letter(d, upd, reason).await {
-                Ok(()) => return Outcome::Done,
+            match self.try_dead_letter(d, upd, handled, reason).await {
+                Ok(None) => return Outcome::Done,
+                Ok(Some(seq)) => match self.fetch(seq).await {
+                    Ok(earlier) => {
+                        if Box::pin(self.process(&earlier, handled, keepalive)).await
+                            == Outcome::Abandoned
+                        {
+                            return Outcome::Abandoned;
+                        }
+                        handled = seq;
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, seq, "cannot fetch the earlier update; retrying")
+                    }
+                },
                 Err(e) => tracing::warn!(error = %e, "cannot dead-letter yet; retrying"),
             }
             tokio::select! {
@@ -304,20 +339,29 @@ impl Applier {
         }
     }
 
+    /// `Ok(Some(seq))`: the chat's earlier update `seq` must be dealt with first.
     async fn try_dead_letter(
         &self,
         d: &Delivered,
         upd: Option<UpdateRef>,
+        handled: u64,
         reason: &str,
-    ) -> Result<(), String> {
+    ) -> Result<Option<u64>, String> {
         let tx = match upd {
-            Some(upd) => match store::begin_dead_letter(&self.pool, upd)
-                .await
-                .map_err(|e| e.to_string())?
-            {
-                Some(tx) => Some(tx),
-                None => return Ok(()), // dead-lettered before
-            },
+            Some(upd) => {
+                let next = Subject {
+                    stream: &self.updates,
+                    subject: &d.subject,
+                };
+                match store::begin_dead_letter(&self.pool, upd, handled, &next)
+                    .await
+                    .map_err(|e| e.to_string())?
+                {
+                    DeadLetterStart::Begun(tx) => Some(tx),
+                    DeadLetterStart::Handled => return Ok(None),
+                    DeadLetterStart::EarlierFirst(seq) => return Ok(Some(seq)),
+                }
+            }
             None => None,
         };
         tracing::error!(
@@ -342,6 +386,6 @@ impl Applier {
             tx.commit().await.map_err(|e| e.to_string())?;
         }
         self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-        Ok(())
+        Ok(None)
     }
 }

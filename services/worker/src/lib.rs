@@ -115,6 +115,19 @@ pub struct Config {
         default_value_t = 5
     )]
     pub max_attempts: u32,
+    /// Updates one user may send within `COURIER_WORKER_FLOOD_WINDOW` (counted across chats
+    /// and workers, in PostgreSQL); the first one over gets a single "slow down" reply, the
+    /// rest of the window is recorded as handled without effects. 0 turns flood control off.
+    #[arg(
+        long = "flood-limit",
+        env = "COURIER_WORKER_FLOOD_LIMIT",
+        default_value_t = 20
+    )]
+    pub flood_limit: u32,
+    /// The window of `COURIER_WORKER_FLOOD_LIMIT`; it starts at a user's first update after the
+    /// previous one ended.
+    #[arg(long = "flood-window", env = "COURIER_WORKER_FLOOD_WINDOW", default_value = "10s", value_parser = parse_duration)]
+    pub flood_window: Duration,
     /// Time between sweeps of the outbox relay.
     #[arg(long = "relay-interval", env = "COURIER_OUTBOX_RELAY_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub relay_interval: Duration,
@@ -272,6 +285,13 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Worker
         }
         .into());
     }
+    if config.flood_limit > 0 && config.flood_window.is_zero() {
+        return Err(ConfigError {
+            var: "COURIER_WORKER_FLOOD_WINDOW",
+            reason: "must be longer than 0 (or set COURIER_WORKER_FLOOD_LIMIT=0 to turn flood control off)".into(),
+        }
+        .into());
+    }
     if let Some(bad) = config
         .fixed_partitions
         .iter()
@@ -373,6 +393,10 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Worker
         js,
         updates,
         max_attempts: config.max_attempts.max(1),
+        flood: store::FloodBudget {
+            limit: config.flood_limit,
+            window: config.flood_window,
+        },
         marker,
         stats: stats.clone(),
         cancel: shutdown.clone(),

@@ -4,8 +4,10 @@
 //! user and note rows, the dialogue state and the outgoing messages) is written in one
 //! transaction, so an update is applied entirely or not at all, and at most once.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
-use courier_bot::{Context, DialogueState, Effect, Incoming, Note, Read, HISTORY_LEN};
+use courier_bot::{flood, Context, DialogueState, Effect, Incoming, Note, Pace, Read, HISTORY_LEN};
 use sqlx::{PgPool, Postgres, Row, Transaction};
 
 /// Why applying an update failed.
@@ -91,8 +93,28 @@ pub struct UpdateRef {
     pub fingerprint: u64,
 }
 
-/// Applies one update in one transaction: dedup, lock the chat's state, check the order, run
-/// the FSM, write the effects, the new state and the outbox.
+/// Inbound flood control: at most `limit` updates per sender per `window` (0: no limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FloodBudget {
+    /// Updates per window.
+    pub limit: u32,
+    /// The window, which starts at a sender's first update after the previous one ended.
+    pub window: Duration,
+}
+
+impl Default for FloodBudget {
+    /// The worker's defaults: 20 updates in 10 s.
+    fn default() -> Self {
+        Self {
+            limit: 20,
+            window: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Applies one update in one transaction: dedup, lock the chat's state, check the order, count
+/// it against its sender's flood budget, run the FSM, write the effects, the new state and the
+/// outbox.
 ///
 /// **Order guard.** The chat's row holds `last_seq`, the stream sequence of its last applied
 /// update, locked for the transaction. An update at or below it is a duplicate. Otherwise
@@ -101,12 +123,18 @@ pub struct UpdateRef {
 /// if that is an earlier one, nothing is written and [`Applied::EarlierFirst`] names it. So a
 /// chat's updates are applied in stream order whatever order they are delivered in, and by
 /// however many workers.
+///
+/// **Flood control.** The sender's counter (`flood_counters`) is bumped in this transaction,
+/// so the budget holds across chats and workers and a rolled-back update does not count; an
+/// update over the budget is recorded as `throttled` and runs the FSM with its [`Pace`] (one
+/// reply, then nothing: no note is stored).
 pub async fn apply(
     pool: &PgPool,
     upd: UpdateRef,
     incoming: &Incoming,
     handled: u64,
     next: &impl NextOnSubject,
+    budget: FloodBudget,
 ) -> Result<Applied, StoreError> {
     let mut tx = pool.begin().await?;
     if !claim(&mut tx, upd, "applied").await? {
@@ -131,17 +159,29 @@ pub async fn apply(
         tx.rollback().await?;
         return Ok(Applied::Duplicate);
     }
-    let from = (last_seq as u64).max(handled) + 1;
-    if from < upd.seq {
-        if let Some(earlier) = next.next_from(from).await? {
-            if earlier < upd.seq {
-                tx.rollback().await?;
-                return Ok(Applied::EarlierFirst(earlier));
+    if let Some(earlier) = earlier_unapplied(upd, last_seq, handled, next).await? {
+        tx.rollback().await?;
+        return Ok(Applied::EarlierFirst(earlier));
+    }
+    let mut ctx = Context::default();
+    if let (Some(sender), true) = (flood::counted_as(incoming), budget.limit > 0) {
+        let count = count_inbound(&mut tx, upd.bot_id, sender, budget.window).await?;
+        ctx.pace = flood::pace(count, budget.limit);
+        if ctx.pace != Pace::Within {
+            set_outcome(&mut tx, upd, "throttled").await?;
+            if ctx.pace == Pace::SlowDown {
+                tracing::info!(
+                    sender,
+                    chat_id = incoming.chat_id,
+                    "sender over the flood budget; slowing them down"
+                );
             }
         }
     }
-    let mut ctx = Context::default();
-    if let (Some(Read::History), Some(user)) = (courier_bot::reads(incoming), &incoming.from) {
+    let history = ctx.pace == Pace::Within;
+    if let (Some(Read::History), Some(user), true) =
+        (courier_bot::reads(incoming), &incoming.from, history)
+    {
         ctx.history = sqlx::query(
             "SELECT text, sent_at FROM messages WHERE bot_id = $1 AND chat_id = $2 AND user_id = $3 \
              ORDER BY id DESC LIMIT $4",
@@ -300,17 +340,61 @@ fn outbox_row(r: &sqlx::postgres::PgRow) -> Result<OutboxRow, StoreError> {
     })
 }
 
+/// The order guard's question: the stream sequence of the chat's first update after
+/// `max(last_seq, handled)` when it comes before `upd` (it must be dealt with first).
+async fn earlier_unapplied(
+    upd: UpdateRef,
+    last_seq: i64,
+    handled: u64,
+    next: &impl NextOnSubject,
+) -> Result<Option<u64>, StoreError> {
+    let from = (last_seq.max(0) as u64).max(handled) + 1;
+    if from >= upd.seq {
+        return Ok(None);
+    }
+    Ok(next
+        .next_from(from)
+        .await?
+        .filter(|&earlier| earlier < upd.seq))
+}
+
+/// How starting a dead letter went (see [`begin_dead_letter`]).
+pub enum DeadLetterStart {
+    /// Claimed, and the chat's `last_seq` moved past it: publish the dead letter, then commit
+    /// (or drop the transaction if the publish failed).
+    Begun(Transaction<'static, Postgres>),
+    /// Handled before (applied or dead-lettered): nothing to do.
+    Handled,
+    /// Not recorded: the chat has an earlier update at this stream sequence that is not
+    /// applied yet. It must be dealt with first, or moving `last_seq` past this one would
+    /// make it look applied.
+    EarlierFirst(u64),
+}
+
 /// Starts recording a poison update: claims it as `dead_lettered` and moves its chat's
-/// `last_seq` past it, so the chat carries on. Returns `None` when it was handled before. The
-/// caller publishes the dead letter, then commits (or drops the transaction if that failed).
+/// `last_seq` past it, so the chat carries on — under the same order guard as [`apply`], so a
+/// dead letter never overtakes an earlier update of its chat.
 pub async fn begin_dead_letter(
     pool: &PgPool,
     upd: UpdateRef,
-) -> Result<Option<Transaction<'static, Postgres>>, StoreError> {
+    handled: u64,
+    next: &impl NextOnSubject,
+) -> Result<DeadLetterStart, StoreError> {
     let mut tx = pool.begin().await?;
     if !claim(&mut tx, upd, "dead_lettered").await? {
         tx.rollback().await?;
-        return Ok(None);
+        return Ok(DeadLetterStart::Handled);
+    }
+    let last_seq: Option<i64> = sqlx::query_scalar(
+        "SELECT last_seq FROM dialogue_states WHERE bot_id = $1 AND chat_id = $2 FOR UPDATE",
+    )
+    .bind(upd.bot_id)
+    .bind(upd.chat_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some(earlier) = earlier_unapplied(upd, last_seq.unwrap_or(0), handled, next).await? {
+        tx.rollback().await?;
+        return Ok(DeadLetterStart::EarlierFirst(earlier));
     }
     sqlx::query(
         "INSERT INTO dialogue_states (bot_id, chat_id, state, last_update_id, last_seq) \
@@ -325,7 +409,53 @@ pub async fn begin_dead_letter(
     .bind(upd.seq as i64)
     .execute(&mut *tx)
     .await?;
-    Ok(Some(tx))
+    Ok(DeadLetterStart::Begun(tx))
+}
+
+/// Counts an update against its sender's window and returns its number in the window (1 for
+/// the first); a window that has ended starts again with this update. One statement, so two
+/// transactions for the same sender serialize on the row.
+async fn count_inbound(
+    tx: &mut Transaction<'_, Postgres>,
+    bot_id: i64,
+    sender: i64,
+    window: Duration,
+) -> Result<u64, StoreError> {
+    let n: i64 = sqlx::query_scalar(
+        "INSERT INTO flood_counters AS f (bot_id, sender_id, window_start, updates) \
+         VALUES ($1, $2, now(), 1) \
+         ON CONFLICT (bot_id, sender_id) DO UPDATE SET \
+         window_start = CASE WHEN f.window_start <= now() - make_interval(secs => $3) \
+                        THEN now() ELSE f.window_start END, \
+         updates = CASE WHEN f.window_start <= now() - make_interval(secs => $3) \
+                   THEN 1 ELSE f.updates + 1 END \
+         RETURNING updates",
+    )
+    .bind(bot_id)
+    .bind(sender)
+    .bind(window.as_secs_f64())
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(n.max(1) as u64)
+}
+
+/// Changes the outcome recorded by [`claim`] in the same transaction.
+async fn set_outcome(
+    tx: &mut Transaction<'_, Postgres>,
+    upd: UpdateRef,
+    outcome: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE processed_updates SET outcome = $4 \
+         WHERE bot_id = $1 AND update_id = $2 AND update_fingerprint = $3",
+    )
+    .bind(upd.bot_id)
+    .bind(upd.update_id)
+    .bind(upd.fingerprint as i64)
+    .bind(outcome)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// Inserts the update's `processed_updates` row; `false` when it was there already.

@@ -3,7 +3,9 @@
 
 mod conversation;
 mod delivery;
+mod flood;
 mod ingress;
+mod input;
 mod order;
 mod outages;
 mod scaling;
