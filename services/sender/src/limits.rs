@@ -83,6 +83,14 @@ impl Clock for TokioClock {
 /// which the arrival window ([`Window`]) makes safe whatever the lateness.
 pub const CATCH_UP: Duration = Duration::from_millis(5);
 
+/// The bot's GCRA lets this many calls go back to back. With a burst of one, every late call
+/// (a slow answer holding the arrival window) delays all the calls after it for good, and the
+/// bot loses up to the network's worst delay per second; a small burst lets the calls after
+/// it catch up. The arrival window still keeps the budget; the burst only allows a few calls
+/// in quick succession (measured with 50 ms of jitter: 94.6% of the budget with a burst of
+/// one; see docs/BENCHMARKS.md for the burst of three).
+pub const BOT_BURST: NonZeroU32 = NonZeroU32::new(3).expect("non-zero");
+
 /// The bot limiter's clock: tokio's, except that the head of the queue, waking up to
 /// [`CATCH_UP`] after the instant it slept until, is counted at that instant.
 ///
@@ -142,9 +150,12 @@ impl Default for Rates {
 }
 
 impl Rates {
-    /// The time between two calls of the bot.
+    /// The time between two calls of the bot: exact, without the headroom. The GCRA only
+    /// spreads the calls evenly; the arrival window ([`Window`]), lengthened by the headroom,
+    /// is what keeps the budget, and a second gate just as long would lose the network's
+    /// delay twice (measured: 94.6% of the budget with 50 ms of jitter, against 96–97%).
     pub fn bot_period(&self) -> Duration {
-        Duration::from_secs_f64((1.0 + self.headroom) / self.bot_per_sec)
+        Duration::from_secs_f64(1.0 / self.bot_per_sec)
     }
 
     /// The time between two calls to `chat` (groups have negative ids).
@@ -302,7 +313,10 @@ impl Limits {
         let bot_clock = PacedClock::default();
         Self {
             rates,
-            bot: RateLimiter::direct_with_clock(quota(rates.bot_period()), bot_clock.clone()),
+            bot: RateLimiter::direct_with_clock(
+                quota(rates.bot_period()).allow_burst(BOT_BURST),
+                bot_clock.clone(),
+            ),
             bot_clock,
             private: RateLimiter::new(quota(rates.chat_period(1)), Default::default(), TokioClock),
             group: RateLimiter::new(quota(rates.chat_period(-1)), Default::default(), TokioClock),
@@ -510,11 +524,13 @@ mod tests {
         // The bot: consecutive grants 1/30 s apart (less the timer's catch-up), and 31 grants
         // never within a second (less the catch-up: the headroom covers it in production).
         let period = Duration::from_secs(1) / 30;
-        for w in all.windows(2) {
+        let burst = BOT_BURST.get() as usize;
+        for w in all.windows(burst + 1) {
             assert!(
-                w[1] - w[0] >= period - CATCH_UP,
-                "bot grants {:?} apart",
-                w[1] - w[0]
+                w[burst] - w[0] >= period - CATCH_UP,
+                "{} bot grants within {:?}",
+                burst + 1,
+                w[burst] - w[0]
             );
         }
         for i in 30..all.len() {
@@ -524,11 +540,12 @@ mod tests {
                 "31 grants within {span:?}"
             );
         }
-        // Saturated while the many chats have work: the first 1,000 grants take 1,000/30 s.
+        // Saturated while the many chats have work: after the first burst, the first 1,000
+        // grants take (1,000 - burst)/30 s.
         let elapsed_1000 = all[999] - start;
         assert!(
-            (33_300..=33_400).contains(&ms(elapsed_1000)),
-            "1000 grants in {elapsed_1000:?}, expected 999/30 s"
+            (33_200..=33_300).contains(&ms(elapsed_1000)),
+            "1000 grants in {elapsed_1000:?}, expected 997/30 s"
         );
         // Each chat: private at most 1/s, groups at most 20/min.
         for (chat, at) in &per_chat {
@@ -556,7 +573,7 @@ mod tests {
     fn headroom_lengthens_every_period() {
         let r = Rates::default();
         assert_eq!(r.headroom, 0.01);
-        assert_eq!(r.bot_period().as_micros(), 33_666);
+        assert_eq!(r.bot_period().as_micros(), 33_333);
         assert_eq!(r.chat_period(5).as_millis(), 1010);
         assert_eq!(r.chat_period(-5).as_millis(), 3030);
         let w = Window::new(&r);
@@ -657,7 +674,7 @@ mod tests {
         let first = limits.acquire(1).await;
         let t0 = first.at();
         let second = limits.acquire(2).await.at();
-        assert_eq!(second - t0, Duration::from_millis(500));
+        assert!(second - t0 <= Duration::from_millis(500));
         let l = limits.clone();
         let third = tokio::spawn(async move { l.acquire(3).await.at() });
         tokio::time::sleep(Duration::from_secs(5)).await;
