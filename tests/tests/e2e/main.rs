@@ -12,3 +12,4 @@ mod scaling;
 mod secrets;
 mod sender;
 mod shutdown;
+mod stream_epoch;
