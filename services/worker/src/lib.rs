@@ -21,6 +21,7 @@
 
 pub mod apply;
 pub mod assign;
+pub mod epoch;
 pub mod membership;
 pub mod outbox;
 pub mod partitions;
@@ -204,6 +205,8 @@ pub struct Stats {
     pub retries: AtomicU64,
     /// Times an earlier update of a chat was found unapplied and applied first.
     pub reordered: AtomicU64,
+    /// Updates from a deleted incarnation of the updates stream, neither applied nor acked.
+    pub stale: AtomicU64,
 }
 
 /// A running worker.
@@ -391,6 +394,7 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Worker
         bot_id,
         pool: pool.clone(),
         js,
+        epoch: Arc::new(epoch::StreamEpoch::new(updates.clone())),
         updates,
         max_attempts: config.max_attempts.max(1),
         flood: store::FloodBudget {
@@ -496,6 +500,11 @@ async fn metrics(
             "courier_worker_reordered_total",
             "Earlier updates found unapplied and applied first.",
             &s.reordered,
+        ),
+        (
+            "courier_worker_updates_stale_stream_total",
+            "Updates from a deleted incarnation of the updates stream (not applied).",
+            &s.stale,
         ),
     ];
     for (name, help, v) in counters {

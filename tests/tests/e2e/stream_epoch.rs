@@ -4,8 +4,11 @@
 //! "duplicate".
 
 use async_nats::jetstream;
-use courier_common::topology;
-use courier_tests::Stack;
+use courier_common::{partition::partition_of, topology, CancellationToken};
+use courier_proto::{v1::InboundUpdate, Message as _};
+use courier_tests::{text_update, Services, Stack};
+
+const P: u32 = courier_common::partition::DEFAULT_PARTITIONS;
 
 async fn last_seq(stack: &Stack, chat: i64) -> anyhow::Result<i64> {
     Ok(
@@ -20,8 +23,8 @@ async fn last_seq(stack: &Stack, chat: i64) -> anyhow::Result<i64> {
 /// again (ingress recreates the stream, as `ensure_streams` does): the chat's next update gets
 /// a sequence below its `last_seq`, and must still be applied and answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_recreated_updates_stream_does_not_swallow_an_old_chats_next_update(
-) -> anyhow::Result<()> {
+async fn a_recreated_updates_stream_does_not_swallow_an_old_chats_next_update() -> anyhow::Result<()>
+{
     let mut stack = Stack::start().await?;
     let chat = 9101;
     stack.say(chat, "Vera", "/start").await?;
@@ -112,5 +115,108 @@ async fn a_running_worker_notices_the_recreated_stream() -> anyhow::Result<()> {
             "note in the new stream"
         ]
     );
+    Ok(())
+}
+
+/// The applier on its own, deterministic: it holds the old stream's epoch when the stream is
+/// recreated. An update of the new stream below the chat's `last_seq` is applied (the epoch
+/// is read again before anything is skipped); updates of the deleted stream that are still
+/// in flight are neither applied nor acknowledged, whatever the new stream holds at their
+/// sequence; a redelivery in the new stream is a duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updates_are_judged_by_the_stream_that_holds_them() -> anyhow::Result<()> {
+    use courier_worker::apply::{Applier, Delivered, Outcome};
+    use std::sync::atomic::Ordering;
+
+    let stack = Stack::start_with(Services::IngressOnly).await?;
+    // Migrate through a worker that owns no partition, so nothing consumes behind our back.
+    let mut config = stack.worker_config();
+    config.fixed_partitions = Some(vec![]);
+    let (idle, idle_cancel) = stack.spawn_worker(config).await?;
+
+    let js = jetstream::new(async_nats::connect(stack.nats.url()).await?);
+    let bot = stack.bot_id();
+    let chat = 9103;
+    let subject = topology::update_subject(bot, partition_of(chat, P), chat);
+    let publish = |id: i64, text: &'static str| {
+        let js = js.clone();
+        let subject = subject.clone();
+        async move {
+            let env = InboundUpdate {
+                bot_id: bot,
+                update_id: id,
+                chat_id: chat,
+                partition: partition_of(chat, P),
+                received_at_unix_ms: 0,
+                update_json: text_update(id, chat, text).to_string().into_bytes(),
+                update_fingerprint: 0,
+            };
+            let seq = js
+                .publish(subject.clone(), env.encode_to_vec().into())
+                .await?
+                .await?
+                .sequence;
+            let stored = js
+                .get_stream(topology::UPDATES_STREAM)
+                .await?
+                .direct_get(seq)
+                .await?;
+            anyhow::Ok(Delivered {
+                seq,
+                subject,
+                payload: stored.payload,
+                stored_at_ns: Some(stored.time.unix_timestamp_nanos() as i64),
+            })
+        }
+    };
+    let applier = |stream, stats| {
+        Applier::new(
+            bot,
+            stack.db.clone(),
+            js.clone(),
+            stream,
+            stats,
+            CancellationToken::new(),
+        )
+    };
+
+    let old_stream = js.get_stream(topology::UPDATES_STREAM).await?;
+    let old = applier(old_stream.clone(), Default::default());
+    let mut old_updates = Vec::new();
+    for (id, text) in [(1, "/start"), (2, "note a"), (3, "note b")] {
+        let d = publish(id, text).await?;
+        assert_eq!(old.process(&d, 0, None).await, Outcome::Done);
+        old_updates.push(d);
+    }
+    assert_eq!(stack.notes(chat).await?, vec!["note a", "note b"]);
+
+    js.delete_stream(topology::UPDATES_STREAM).await?;
+    topology::ensure_streams(&js, P).await?;
+    let new_note = publish(4, "note c").await?;
+    assert_eq!(new_note.seq, 1);
+
+    // An applier that read the epoch just now, from the old stream's handle: it has not seen
+    // the new stream yet.
+    let stats = std::sync::Arc::new(courier_worker::Stats::default());
+    let stale = applier(old_stream, stats.clone());
+    assert_eq!(stale.process(&new_note, 0, None).await, Outcome::Done);
+    assert_eq!(stack.notes(chat).await?, vec!["note a", "note b", "note c"]);
+    assert_eq!(stats.duplicates.load(Ordering::Relaxed), 0);
+
+    // The deleted stream's updates, still in flight: seq 1 now holds another update, seq 3
+    // nothing. Neither is applied, neither is acknowledged.
+    for d in [&old_updates[0], &old_updates[2]] {
+        assert_eq!(stale.process(d, 0, None).await, Outcome::Stale);
+    }
+    assert_eq!(stats.stale.load(Ordering::Relaxed), 2);
+    assert_eq!(stack.notes(chat).await?, vec!["note a", "note b", "note c"]);
+
+    // A redelivery in the new stream is a duplicate.
+    assert_eq!(stale.process(&new_note, 0, None).await, Outcome::Done);
+    assert_eq!(stats.duplicates.load(Ordering::Relaxed), 1);
+    assert_eq!(stack.notes(chat).await?, vec!["note a", "note b", "note c"]);
+
+    idle_cancel.cancel();
+    idle.wait().await?;
     Ok(())
 }
