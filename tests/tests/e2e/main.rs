@@ -6,6 +6,7 @@ mod delivery;
 mod flood;
 mod ingress;
 mod input;
+mod lease_ttl;
 mod order;
 mod outages;
 mod scaling;
