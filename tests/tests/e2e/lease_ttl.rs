@@ -65,6 +65,12 @@ async fn a_larger_lease_ttl_never_gives_two_valid_holders() -> anyhow::Result<()
     )
     .await?;
     assert!(short.is_valid());
+
+    // A replica still configured with 2 s (a rollback, or an old one restarting) works with
+    // the bucket's 6 s and does not lower it.
+    let again = Lease::open(&js, 1, "again".into(), Duration::from_secs(2)).await?;
+    assert_eq!(again.ttl(), Duration::from_secs(6));
+    assert_eq!(max_age(&js, LEASES).await?, Duration::from_secs(6));
     Ok(())
 }
 
@@ -82,5 +88,9 @@ async fn a_larger_member_ttl_is_what_the_bucket_keeps() -> anyhow::Result<()> {
         bucket >= Duration::from_secs(6),
         "a member expects its key to live 6 s; the bucket keeps it {bucket:?}"
     );
+    // A worker configured shorter works with the bucket's TTL; the bucket is not lowered.
+    let third = Membership::join(&js, 1, "third", Duration::from_secs(2)).await?;
+    assert_eq!(third.ttl(), Duration::from_secs(6));
+    assert_eq!(max_age(&js, MEMBERS).await?, Duration::from_secs(6));
     Ok(())
 }
