@@ -9,6 +9,7 @@ mod input;
 mod lease_ttl;
 mod order;
 mod outages;
+mod retention;
 mod scaling;
 mod secrets;
 mod sender;
