@@ -25,6 +25,7 @@ pub mod epoch;
 pub mod membership;
 pub mod outbox;
 pub mod partitions;
+pub mod retention;
 pub mod store;
 
 use std::collections::BTreeSet;
@@ -135,6 +136,9 @@ pub struct Config {
     /// Age of an unpublished outbox row before the relay takes it over from the live path.
     #[arg(long = "relay-grace", env = "COURIER_OUTBOX_RELAY_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub relay_grace: Duration,
+    /// Pruning of old bookkeeping rows.
+    #[command(flatten)]
+    pub retention: retention::Args,
     /// NATS settings.
     #[command(flatten)]
     pub nats: NatsArgs,
@@ -281,6 +285,7 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Worker
     let token = config.secrets.bot_token()?;
     let bot_id = token.bot_id();
     let pool = courier_db::lazy_pool(config.database_url.as_deref(), config.db_pool_size)?;
+    let retention = config.retention.settings()?;
     if config.member_ttl <= config.heartbeat * 2 {
         return Err(ConfigError {
             var: "COURIER_WORKER_MEMBER_TTL",
@@ -390,6 +395,7 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Worker
         },
         shutdown.clone(),
     ));
+    let pruner = tokio::spawn(retention::run(pool.clone(), retention, shutdown.clone()));
     let applier = Arc::new(Applier {
         bot_id,
         pool: pool.clone(),
@@ -423,6 +429,7 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Worker
     let task = tokio::spawn(async move {
         partitions::run(applier, membership, settings, task_owned, shutdown).await;
         let _ = relay.await;
+        let _ = pruner.await;
         let _ = marker_task.await;
         let _ = http.await;
         pool.close().await;

@@ -136,3 +136,101 @@ async fn old_bookkeeping_is_pruned_while_updates_are_applied() -> anyhow::Result
     stack.bot_replies(chat, 3).await?;
     Ok(())
 }
+
+/// One worker prunes at a time (the advisory lock), in batches, and only what is old enough.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_pass_at_a_time_prunes_in_batches() -> anyhow::Result<()> {
+    use courier_worker::retention::{self, Pass, Pruned};
+    use sqlx::Connection;
+
+    let pg = courier_tests::Postgres::fresh().await?;
+    let db = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .connect(pg.url())
+        .await?;
+    courier_worker::MIGRATOR.run(&db).await?;
+    seed(&db, 1, 2_500, "8 days", false).await?;
+    seed(&db, 10_001, 7, "6 days", false).await?;
+    let settings = retention::Args {
+        batch: 1000,
+        ..Default::default()
+    }
+    .settings()?;
+    let cancel = courier_common::CancellationToken::new();
+
+    // Another worker is pruning: this one does nothing.
+    let mut other = sqlx::PgConnection::connect(pg.url()).await?;
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(retention::LOCK_KEY)
+        .execute(&mut other)
+        .await?;
+    assert_eq!(
+        retention::prune_once(&db, &settings, &cancel).await?,
+        Pass::Busy
+    );
+    assert_eq!(older_than(&db, 7).await?, [2_500, 2_500, 2_500]);
+    // It finishes (unlocking explicitly: a closed session's locks go only when its backend
+    // has exited).
+    sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(retention::LOCK_KEY)
+        .execute(&mut other)
+        .await?;
+
+    let all = Pruned {
+        processed_updates: 2_500,
+        sent_messages: 2_500,
+        outbox: 2_500,
+    };
+    assert_eq!(
+        retention::prune_once(&db, &settings, &cancel).await?,
+        Pass::Pruned(all)
+    );
+    assert_eq!(older_than(&db, 7).await?, [0, 0, 0]);
+    assert_eq!(older_than(&db, 5).await?, [7, 7, 7], "younger rows stay");
+    assert_eq!(
+        retention::prune_once(&db, &settings, &cancel).await?,
+        Pass::Pruned(Pruned::default())
+    );
+    // The lock was released: a session can take it.
+    let mut again = sqlx::PgConnection::connect(pg.url()).await?;
+    let free: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        .bind(retention::LOCK_KEY)
+        .fetch_one(&mut again)
+        .await?;
+    assert!(free);
+    Ok(())
+}
+
+/// Every migration can be reverted and applied again (the index migrations run outside a
+/// transaction, `CONCURRENTLY`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrations_revert_and_apply_again() -> anyhow::Result<()> {
+    let pg = courier_tests::Postgres::fresh().await?;
+    let db = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(pg.url())
+        .await?;
+    courier_worker::MIGRATOR.run(&db).await?;
+    courier_worker::MIGRATOR.undo(&db, 0).await?;
+    let tables: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND tablename <> '_sqlx_migrations'",
+    )
+    .fetch_one(&db)
+    .await?;
+    assert_eq!(tables, 0, "every table dropped");
+    courier_worker::MIGRATOR.run(&db).await?;
+    let indexes: Vec<String> = sqlx::query_scalar(
+        "SELECT indexname::text FROM pg_indexes WHERE indexname LIKE '%\\_at\\_idx' ORDER BY 1",
+    )
+    .fetch_all(&db)
+    .await?;
+    assert_eq!(
+        indexes,
+        [
+            "outbox_published_at_idx",
+            "processed_updates_processed_at_idx",
+            "sent_messages_sent_at_idx"
+        ]
+    );
+    Ok(())
+}
