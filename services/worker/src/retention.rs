@@ -238,9 +238,42 @@ async fn prune_locked(
     Ok(Pass::Pruned(pruned))
 }
 
+/// The indexes pruning reads (created by the migrations `20261201000002`-`4`).
+pub const INDEXES: [&str; 3] = [
+    "processed_updates_processed_at_idx",
+    "sent_messages_sent_at_idx",
+    "outbox_published_at_idx",
+];
+
+/// Which of [`INDEXES`] are INVALID: a `CREATE INDEX CONCURRENTLY` was interrupted (a pod
+/// killed while migrating), and the migration's `IF NOT EXISTS` skipped it on the next start.
+/// PostgreSQL does not use them, so each batch would scan its table.
+pub async fn invalid_indexes(pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT c.relname::text FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
+         WHERE c.relname = ANY($1) AND NOT i.indisvalid ORDER BY 1",
+    )
+    .bind(&INDEXES[..])
+    .fetch_all(pool)
+    .await
+}
+
 /// Prunes once now and then every `settings.interval` until `cancel` fires. Failures are
-/// logged and retried at the next pass.
+/// logged and retried at the next pass. Reports INVALID indexes first ([`invalid_indexes`]).
 pub async fn run(pool: PgPool, settings: Settings, cancel: CancellationToken) {
+    match invalid_indexes(&pool).await {
+        Ok(invalid) => {
+            for index in invalid {
+                tracing::error!(
+                    index = %index,
+                    "index is INVALID (its CREATE INDEX CONCURRENTLY was interrupted): pruning \
+                     scans the whole table. Run DROP INDEX CONCURRENTLY, then the CREATE INDEX \
+                     CONCURRENTLY of its migration (migrations/2026120100000[2-4]_*.up.sql)"
+                );
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "cannot check the pruning indexes"),
+    }
     let mut tick = tokio::time::interval(settings.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -232,5 +232,20 @@ async fn migrations_revert_and_apply_again() -> anyhow::Result<()> {
             "sent_messages_sent_at_idx"
         ]
     );
+
+    // An interrupted CONCURRENTLY build leaves an INVALID index: reported.
+    assert!(courier_worker::retention::invalid_indexes(&db)
+        .await?
+        .is_empty());
+    sqlx::query(
+        "UPDATE pg_index SET indisvalid = false \
+         WHERE indexrelid = 'sent_messages_sent_at_idx'::regclass",
+    )
+    .execute(&db)
+    .await?;
+    assert_eq!(
+        courier_worker::retention::invalid_indexes(&db).await?,
+        ["sent_messages_sent_at_idx"]
+    );
     Ok(())
 }
