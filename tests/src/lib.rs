@@ -220,6 +220,7 @@ impl Stack {
             flood_window: Duration::from_secs(10),
             relay_interval: Duration::from_millis(500),
             relay_grace: Duration::from_secs(2),
+            retention: Default::default(),
             nats: self.nats_args(),
             secrets: secrets(),
         }

@@ -47,7 +47,7 @@ fn render() -> String {
          `COURIER_WEBHOOK_SECRET`, `DATABASE_URL`) are never printed or logged. Without \
          `COURIER_DEV=1` a service refuses to start when a secret it needs is missing; with it, \
          the development values `100001:courier-dev-token` and `courier-dev-secret` are used.\n\n\
-         Durations take `ms`, `s` or `m` (`500ms`, `5s`, `2m`); a bare number is milliseconds.\n\n\
+         Durations take `ms`, `s`, `m`, `h` or `d` (`500ms`, `5s`, `2m`, `1h`, `7d`); a bare number is milliseconds.\n\n\
          This file is generated from the code by `tests/tests/config_docs.rs`.\n\n",
     );
     doc += &table(

@@ -139,7 +139,8 @@ fn resolve<T, E: std::fmt::Display>(
     }
 }
 
-/// Parses a duration given in milliseconds (`250`) or with a unit (`250ms`, `5s`, `2m`).
+/// Parses a duration given in milliseconds (`250`) or with a unit (`250ms`, `5s`, `2m`, `1h`,
+/// `7d`).
 pub fn parse_duration(raw: &str) -> Result<Duration, String> {
     let raw = raw.trim();
     let (num, unit) = raw
@@ -148,12 +149,19 @@ pub fn parse_duration(raw: &str) -> Result<Duration, String> {
         .unwrap_or((raw, "ms"));
     let n: u64 = num
         .parse()
-        .map_err(|_| format!("`{raw}` is not a duration such as 500ms, 5s or 2m"))?;
+        .map_err(|_| format!("`{raw}` is not a duration such as 500ms, 5s, 2m, 1h or 7d"))?;
+    let secs = |per: u64| {
+        n.checked_mul(per)
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("`{raw}` is too long"))
+    };
     match unit {
         "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("`{raw}`: use ms, s or m as the unit")),
+        "s" => secs(1),
+        "m" => secs(60),
+        "h" => secs(3600),
+        "d" => secs(86400),
+        _ => Err(format!("`{raw}`: use ms, s, m, h or d as the unit")),
     }
 }
 
@@ -197,6 +205,12 @@ mod tests {
         assert_eq!(parse_duration("3s").unwrap(), Duration::from_secs(3));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert!(parse_duration("x").is_err());
-        assert!(parse_duration("5h").is_err());
+        assert_eq!(parse_duration("5h").unwrap(), Duration::from_secs(5 * 3600));
+        assert_eq!(
+            parse_duration("7d").unwrap(),
+            Duration::from_secs(7 * 86400)
+        );
+        assert!(parse_duration("5w").is_err());
+        assert!(parse_duration("99999999999999999d").is_err());
     }
 }

@@ -9,6 +9,7 @@
 //!   constant-time comparison of the webhook secret.
 //! - [`partition`]: the stable hash that maps a chat to a partition.
 //! - [`topology`]: names of streams, subjects and consumers, and their idempotent creation.
+//! - [`ttl_bucket`]: key-value buckets whose `max_age` is a time to live (leases, membership).
 //! - [`lanes`]: per-key lanes (one item at a time per chat, many chats at once).
 //! - [`pull`]: a JetStream pull consumer as an endless stream keyed by chat.
 //! - [`backoff`]: exponential backoff with jitter.
@@ -27,5 +28,6 @@ pub mod secret;
 pub mod shutdown;
 pub mod telemetry;
 pub mod topology;
+pub mod ttl_bucket;
 
 pub use tokio_util::sync::CancellationToken;

@@ -9,12 +9,18 @@
 //! it *sent* its last successful renewal, which is before the server stamped it, so the holder
 //! stops calling Telegram at least a quarter of the TTL before any other sender can acquire.
 //! Two senders therefore never send at the same time, and the bot's budget is never shared.
+//!
+//! The TTL is the bucket's `max_age` as read at [`Lease::open`], not the configured one: a
+//! bucket created with a shorter TTL is raised to the configured one, a bucket with a longer
+//! one is used as it is (`courier_common::ttl_bucket`), so no sender counts on a key living
+//! longer than the bucket keeps it.
 
 use std::sync::Mutex;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
+use courier_common::ttl_bucket;
 use tokio::time::Instant;
 
 /// The bucket holding the leases.
@@ -54,25 +60,25 @@ impl std::fmt::Debug for Lease {
 pub struct LeaseError(String);
 
 impl Lease {
-    /// Opens (creating when missing) the bucket with `ttl` as its `max_age`.
+    /// Opens (creating when missing) the bucket with `ttl` as its `max_age`; works with the
+    /// bucket's `max_age` (raised to `ttl` when shorter, used as it is when longer).
     pub async fn open(
         js: &jetstream::Context,
         bot_id: i64,
         holder: String,
         ttl: Duration,
     ) -> Result<Self, LeaseError> {
-        let store = match js.get_key_value(BUCKET).await {
-            Ok(s) => s,
-            Err(_) => js
-                .create_key_value(kv::Config {
-                    bucket: BUCKET.into(),
-                    history: 1,
-                    max_age: ttl,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| LeaseError(e.to_string()))?,
-        };
+        let (store, ttl) = ttl_bucket::open(
+            js,
+            kv::Config {
+                bucket: BUCKET.into(),
+                history: 1,
+                max_age: ttl,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| LeaseError(e.to_string()))?;
         Ok(Self {
             store,
             key: format!("bot_{bot_id}"),
@@ -80,6 +86,11 @@ impl Lease {
             ttl,
             state: Mutex::new((0, None)),
         })
+    }
+
+    /// The TTL this lease works with: the bucket's `max_age` as read at [`Lease::open`].
+    pub fn ttl(&self) -> Duration {
+        self.ttl
     }
 
     fn validity(&self, sent_at: Instant) -> Instant {

@@ -12,6 +12,7 @@ use courier_proto::{v1::InboundUpdate, Message as _};
 use sqlx::PgPool;
 use tokio::sync::{mpsc, Semaphore};
 
+use crate::epoch::{Epoch, StreamEpoch};
 use crate::outbox;
 use crate::store::{self, Applied, DeadLetterStart, NextOnSubject, StoreError, UpdateRef};
 use crate::Stats;
@@ -25,6 +26,9 @@ pub struct Delivered {
     pub subject: String,
     /// The `InboundUpdate` envelope.
     pub payload: Bytes,
+    /// When the stream stored it (nanoseconds since the Unix epoch), if known: a message
+    /// stored before the current stream was created comes from a deleted one.
+    pub stored_at_ns: Option<i64>,
 }
 
 /// How processing an update ended.
@@ -34,6 +38,10 @@ pub enum Outcome {
     Done,
     /// Given up because the worker is shutting down: do not ack (JetStream redelivers it).
     Abandoned,
+    /// It came from a stream that was deleted since (its sequence means nothing in the new
+    /// one): neither applied nor acked, since an ack would reach the new stream's consumer of
+    /// the same name and could settle the new message at that sequence.
+    Stale,
 }
 
 /// How long handing an update back (a nak) may take: NATS may be gone, and a partition's
@@ -48,6 +56,7 @@ pub struct Applier {
     pub(crate) pool: PgPool,
     pub(crate) js: jetstream::Context,
     pub(crate) updates: jetstream::stream::Stream,
+    pub(crate) epoch: Arc<StreamEpoch>,
     pub(crate) max_attempts: u32,
     pub(crate) flood: store::FloodBudget,
     pub(crate) marker: mpsc::UnboundedSender<Vec<i64>>,
@@ -64,6 +73,11 @@ pub(crate) async fn hand_back(msg: &jetstream::Message) {
         Ok(Err(e)) => tracing::debug!(error = %e, "nak failed; redelivered after the ack wait"),
         Err(_) => tracing::debug!("nak timed out; redelivered after the ack wait"),
     }
+}
+
+/// Nanoseconds since the Unix epoch, as stored (saturating; i64 lasts until 2262).
+fn nanos(t: i128) -> i64 {
+    i64::try_from(t).unwrap_or(i64::MAX)
 }
 
 struct Subject<'a> {
@@ -102,6 +116,7 @@ impl Applier {
             bot_id,
             pool,
             js,
+            epoch: Arc::new(StreamEpoch::new(updates.clone())),
             updates,
             max_attempts: 3,
             flood: store::FloodBudget::default(),
@@ -136,8 +151,11 @@ impl Applier {
         let Ok(_permit) = permit else {
             return;
         };
-        let seq = match msg.info() {
-            Ok(info) => info.stream_sequence,
+        let (seq, stored_at_ns) = match msg.info() {
+            Ok(info) => (
+                info.stream_sequence,
+                nanos(info.published.unix_timestamp_nanos()),
+            ),
             Err(e) => {
                 tracing::error!(error = %e, "message without JetStream info");
                 return;
@@ -147,6 +165,7 @@ impl Applier {
             seq,
             subject: msg.subject.to_string(),
             payload: msg.payload.clone(),
+            stored_at_ns: Some(stored_at_ns),
         };
         match self.process(&delivered, 0, Some(&msg)).await {
             Outcome::Done => {
@@ -156,6 +175,8 @@ impl Applier {
                 }
             }
             Outcome::Abandoned => hand_back(&msg).await,
+            // Neither ack nor nak: either would reach the new stream's consumer.
+            Outcome::Stale => {}
         }
     }
 
@@ -168,6 +189,12 @@ impl Applier {
         mut handled: u64,
         keepalive: Option<&jetstream::Message>,
     ) -> Outcome {
+        let delivered_by = tokio::time::Instant::now();
+        let mut epoch = self.epoch.current().await;
+        let mut confirmed = false;
+        if let Some(outcome) = self.check_stream(d, epoch, keepalive).await {
+            return outcome;
+        }
         let envelope = match InboundUpdate::decode(d.payload.clone()) {
             Ok(env) => env,
             Err(e) => {
@@ -187,12 +214,14 @@ impl Applier {
             0 => topology::update_fingerprint(&envelope.update_json),
             f => f,
         };
-        let upd = UpdateRef {
+        let mut upd = UpdateRef {
             bot_id: envelope.bot_id,
             update_id: envelope.update_id,
             chat_id: envelope.chat_id,
             seq: d.seq,
             fingerprint,
+            epoch: epoch.id,
+            epoch_confirmed: false,
         };
         // Read leniently from the raw bytes: only what the bot needs. What it needs and cannot
         // read is dead-lettered with the reason; kinds it does not handle are acked.
@@ -214,6 +243,8 @@ impl Applier {
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
         let mut failures = 0u32;
         loop {
+            upd.epoch = epoch.id;
+            upd.epoch_confirmed = confirmed;
             let next = Subject {
                 stream: &self.updates,
                 subject: &d.subject,
@@ -261,6 +292,24 @@ impl Applier {
                         }
                     }
                 }
+                Ok(Applied::Behind | Applied::OtherEpoch(_)) => {
+                    // Whether the stream was recreated since the epoch was read decides.
+                    match self.epoch.read_since(delivered_by).await {
+                        Ok(read) => {
+                            if read.id != epoch.id {
+                                if let Some(outcome) = self.check_stream(d, read, keepalive).await {
+                                    return outcome;
+                                }
+                            }
+                            epoch = read;
+                            confirmed = true;
+                            continue;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot read the updates stream's epoch; retrying")
+                        }
+                    }
+                }
                 Err(e) if e.is_transient() => {
                     self.stats.retries.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(update_id = upd.update_id, error = %e, "transient failure; retrying");
@@ -276,13 +325,54 @@ impl Applier {
                     }
                 }
             }
-            if let Some(msg) = keepalive {
-                // Keep the delivery alive while the chat waits.
-                let _ = msg.ack_with(AckKind::Progress).await;
+            if self.pause(&mut backoff, keepalive).await.is_err() {
+                return Outcome::Abandoned;
             }
-            tokio::select! {
-                _ = self.cancel.cancelled() => return Outcome::Abandoned,
-                _ = tokio::time::sleep(backoff.next_delay()) => {}
+        }
+    }
+
+    /// Waits before a retry, keeping the delivery alive; `Err` when the worker stops.
+    async fn pause(
+        &self,
+        backoff: &mut Backoff,
+        keepalive: Option<&jetstream::Message>,
+    ) -> Result<(), ()> {
+        if let Some(msg) = keepalive {
+            // Keep the delivery alive while the chat waits.
+            let _ = msg.ack_with(AckKind::Progress).await;
+        }
+        tokio::select! {
+            _ = self.cancel.cancelled() => Err(()),
+            _ = tokio::time::sleep(backoff.next_delay()) => Ok(()),
+        }
+    }
+
+    /// `Some(Outcome::Stale)` when the update comes from a stream deleted before the one of
+    /// `epoch` was created; retries while that cannot be told (`Some(Abandoned)` on shutdown).
+    async fn check_stream(
+        &self,
+        d: &Delivered,
+        epoch: Epoch,
+        keepalive: Option<&jetstream::Message>,
+    ) -> Option<Outcome> {
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
+        loop {
+            match self.is_of_a_deleted_stream(d, epoch).await {
+                Ok(false) => return None,
+                Ok(true) => {
+                    self.stats.stale.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(
+                        seq = d.seq,
+                        subject = %d.subject,
+                        "update from a deleted incarnation of the updates stream: not applied, \
+                         not acknowledged"
+                    );
+                    return Some(Outcome::Stale);
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot check the update's stream; retrying"),
+            }
+            if self.pause(&mut backoff, keepalive).await.is_err() {
+                return Some(Outcome::Abandoned);
             }
         }
     }
@@ -297,7 +387,27 @@ impl Applier {
             seq: m.sequence,
             subject: m.subject.to_string(),
             payload: m.payload,
+            stored_at_ns: Some(nanos(m.time.unix_timestamp_nanos())),
         })
+    }
+
+    /// Whether the update was stored before the stream of `epoch` was created, and that
+    /// stream does not hold it (checked by a direct get, so that servers whose clocks differ
+    /// a little never drop an update of the current stream).
+    async fn is_of_a_deleted_stream(&self, d: &Delivered, epoch: Epoch) -> Result<bool, String> {
+        use async_nats::jetstream::stream::DirectGetErrorKind;
+        let Some(stored_at) = d.stored_at_ns else {
+            return Ok(false);
+        };
+        if stored_at >= epoch.id {
+            return Ok(false);
+        }
+        match self.updates.direct_get(d.seq).await {
+            Ok(m) => Ok(!(m.subject.as_str() == d.subject
+                && nanos(m.time.unix_timestamp_nanos()) == stored_at)),
+            Err(e) if matches!(e.kind(), DirectGetErrorKind::NotFound) => Ok(true),
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     /// Parks a poison update in `COURIER_DLQ` with its reason and records it as handled (its

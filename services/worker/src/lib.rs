@@ -21,9 +21,11 @@
 
 pub mod apply;
 pub mod assign;
+pub mod epoch;
 pub mod membership;
 pub mod outbox;
 pub mod partitions;
+pub mod retention;
 pub mod store;
 
 use std::collections::BTreeSet;
@@ -134,6 +136,9 @@ pub struct Config {
     /// Age of an unpublished outbox row before the relay takes it over from the live path.
     #[arg(long = "relay-grace", env = "COURIER_OUTBOX_RELAY_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub relay_grace: Duration,
+    /// Pruning of old bookkeeping rows.
+    #[command(flatten)]
+    pub retention: retention::Args,
     /// NATS settings.
     #[command(flatten)]
     pub nats: NatsArgs,
@@ -204,6 +209,8 @@ pub struct Stats {
     pub retries: AtomicU64,
     /// Times an earlier update of a chat was found unapplied and applied first.
     pub reordered: AtomicU64,
+    /// Updates from a deleted incarnation of the updates stream, neither applied nor acked.
+    pub stale: AtomicU64,
 }
 
 /// A running worker.
@@ -278,6 +285,7 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Worker
     let token = config.secrets.bot_token()?;
     let bot_id = token.bot_id();
     let pool = courier_db::lazy_pool(config.database_url.as_deref(), config.db_pool_size)?;
+    let retention = config.retention.settings()?;
     if config.member_ttl <= config.heartbeat * 2 {
         return Err(ConfigError {
             var: "COURIER_WORKER_MEMBER_TTL",
@@ -387,10 +395,12 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Worker
         },
         shutdown.clone(),
     ));
+    let pruner = tokio::spawn(retention::run(pool.clone(), retention, shutdown.clone()));
     let applier = Arc::new(Applier {
         bot_id,
         pool: pool.clone(),
         js,
+        epoch: Arc::new(epoch::StreamEpoch::new(updates.clone())),
         updates,
         max_attempts: config.max_attempts.max(1),
         flood: store::FloodBudget {
@@ -419,6 +429,7 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Worker
     let task = tokio::spawn(async move {
         partitions::run(applier, membership, settings, task_owned, shutdown).await;
         let _ = relay.await;
+        let _ = pruner.await;
         let _ = marker_task.await;
         let _ = http.await;
         pool.close().await;
@@ -496,6 +507,11 @@ async fn metrics(
             "courier_worker_reordered_total",
             "Earlier updates found unapplied and applied first.",
             &s.reordered,
+        ),
+        (
+            "courier_worker_updates_stale_stream_total",
+            "Updates from a deleted incarnation of the updates stream (not applied).",
+            &s.stale,
         ),
     ];
     for (name, help, v) in counters {

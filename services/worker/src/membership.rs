@@ -3,10 +3,15 @@
 //! Each worker puts `<bot>.<worker id>` every heartbeat interval. The bucket's `max_age` is the
 //! member TTL, so the key of a worker that stopped heartbeating (killed, partitioned away)
 //! disappears by itself; a worker that shuts down gracefully deletes its key at once.
+//!
+//! The TTL is the bucket's `max_age` as read at [`Membership::join`]: a bucket created with a
+//! shorter member TTL is raised to the configured one, a longer one is kept
+//! (`courier_common::ttl_bucket`), so no worker's key expires between its heartbeats.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream::{self, kv};
+use courier_common::ttl_bucket;
 use futures::TryStreamExt;
 
 /// The bucket of worker heartbeats.
@@ -25,39 +30,46 @@ fn err(e: impl std::fmt::Display) -> MembershipError {
 #[derive(Clone)]
 pub struct Membership {
     kv: kv::Store,
+    ttl: Duration,
     prefix: String,
     id: String,
 }
 
 impl Membership {
-    /// Opens (or creates) the bucket with `ttl` as its max age.
+    /// Opens (or creates) the bucket with `ttl` as its max age (raised to `ttl` when
+    /// shorter, kept when longer).
     pub async fn join(
         js: &jetstream::Context,
         bot_id: i64,
         id: &str,
         ttl: Duration,
     ) -> Result<Self, MembershipError> {
-        let kv = match js.get_key_value(BUCKET).await {
-            Ok(kv) => kv,
-            Err(_) => js
-                .create_key_value(kv::Config {
-                    bucket: BUCKET.to_owned(),
-                    description: "Courier worker heartbeats".to_owned(),
-                    history: 1,
-                    max_age: ttl,
-                    storage: jetstream::stream::StorageType::Memory,
-                    ..Default::default()
-                })
-                .await
-                .map_err(err)?,
-        };
+        let (kv, ttl) = ttl_bucket::open(
+            js,
+            kv::Config {
+                bucket: BUCKET.to_owned(),
+                description: "Courier worker heartbeats".to_owned(),
+                history: 1,
+                max_age: ttl,
+                storage: jetstream::stream::StorageType::Memory,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(err)?;
         let me = Self {
             kv,
+            ttl,
             prefix: format!("{bot_id}."),
             id: id.to_owned(),
         };
         me.heartbeat().await?;
         Ok(me)
+    }
+
+    /// The member TTL: the bucket's `max_age` as read at [`Membership::join`].
+    pub fn ttl(&self) -> Duration {
+        self.ttl
     }
 
     /// This worker's id.

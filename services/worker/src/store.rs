@@ -66,6 +66,14 @@ pub enum Applied {
     /// Not applied: the chat has an earlier update at this stream sequence that is not applied
     /// yet; it must be applied first (see [`apply`]).
     EarlierFirst(u64),
+    /// Not applied, and the epoch was not confirmed: the sequence is at or below the chat's
+    /// `last_seq`, which is a duplicate only if the stream was not recreated since the epoch
+    /// was read. Read the epoch again and retry with [`UpdateRef::epoch_confirmed`].
+    Behind,
+    /// Not applied, and the epoch was not confirmed: the chat's guard was recorded in another
+    /// incarnation of the stream (this epoch). Read the epoch again and retry with
+    /// [`UpdateRef::epoch_confirmed`].
+    OtherEpoch(i64),
 }
 
 /// Finds the stream sequence of the chat's first message at or after a sequence; `None` when
@@ -91,7 +99,18 @@ pub struct UpdateRef {
     pub seq: u64,
     /// The fingerprint of the update's bytes (part of the idempotency key).
     pub fingerprint: u64,
+    /// The epoch of the stream that holds it (`crate::epoch`): `seq` means something only
+    /// within it.
+    pub epoch: i64,
+    /// Whether `epoch` was read after the update was delivered, so it is the stream that
+    /// exists now. Without it, decisions that rest on the epoch are handed back to the caller
+    /// ([`Applied::Behind`], [`Applied::OtherEpoch`]).
+    pub epoch_confirmed: bool,
 }
+
+/// The `stream_epoch` of rows written before epochs were recorded: taken to be the current
+/// stream's (the stream they were written in is the one that existed at the upgrade).
+pub const LEGACY_EPOCH: i64 = 0;
 
 /// Inbound flood control: at most `limit` updates per sender per `window` (0: no limit).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,7 +136,11 @@ impl Default for FloodBudget {
 /// outbox.
 ///
 /// **Order guard.** The chat's row holds `last_seq`, the stream sequence of its last applied
-/// update, locked for the transaction. An update at or below it is a duplicate. Otherwise
+/// update, and `stream_epoch`, the stream it belongs to, locked for the transaction. If the
+/// row names another epoch than the update's, the stream was recreated since the chat's last
+/// update: once the epoch is confirmed, the guard restarts at 0 in the new stream (logged as a
+/// warning; `processed_updates` still keeps every update to one application). An update at
+/// or below `last_seq` of the same stream is a duplicate (once the epoch is confirmed). Otherwise
 /// `next` is asked for the chat's first message after `max(last_seq, handled)` (`handled`:
 /// sequences the caller already dealt with in this catch-up, such as updates the bot ignores);
 /// if that is an earlier one, nothing is written and [`Applied::EarlierFirst`] names it. So a
@@ -142,22 +165,44 @@ pub async fn apply(
         return Ok(Applied::Duplicate);
     }
     let row = sqlx::query(
-        "SELECT state, last_seq FROM dialogue_states WHERE bot_id = $1 AND chat_id = $2 FOR UPDATE",
+        "SELECT state, last_seq, stream_epoch FROM dialogue_states \
+         WHERE bot_id = $1 AND chat_id = $2 FOR UPDATE",
     )
     .bind(upd.bot_id)
     .bind(incoming.chat_id)
     .fetch_optional(&mut *tx)
     .await?;
-    let (state, last_seq) = match row {
+    let (state, mut last_seq, epoch) = match row {
         Some(r) => (
             serde_json::from_value::<DialogueState>(r.try_get("state")?)?,
             r.try_get::<i64, _>("last_seq")?,
+            r.try_get::<i64, _>("stream_epoch")?,
         ),
-        None => (DialogueState::default(), 0),
+        None => (DialogueState::default(), 0, upd.epoch),
     };
+    if epoch != upd.epoch && epoch != LEGACY_EPOCH {
+        if !upd.epoch_confirmed {
+            tx.rollback().await?;
+            return Ok(Applied::OtherEpoch(epoch));
+        }
+        tracing::warn!(
+            chat_id = incoming.chat_id,
+            last_seq,
+            recorded_epoch = epoch,
+            epoch = upd.epoch,
+            seq = upd.seq,
+            "chat's order guard restarts: its last update was in another incarnation of the \
+             updates stream"
+        );
+        last_seq = 0;
+    }
     if upd.seq as i64 <= last_seq {
         tx.rollback().await?;
-        return Ok(Applied::Duplicate);
+        return Ok(if upd.epoch_confirmed {
+            Applied::Duplicate
+        } else {
+            Applied::Behind
+        });
     }
     if let Some(earlier) = earlier_unapplied(upd, last_seq, handled, next).await? {
         tx.rollback().await?;
@@ -275,19 +320,23 @@ pub async fn apply(
         }
     }
     // The WHERE makes a concurrent first update of a new chat (no row to lock yet) safe: if a
-    // later update got there first, this one is not applied.
+    // later update got there first, this one is not applied. (A row of another epoch was
+    // locked and judged above.)
     let written = sqlx::query(
-        "INSERT INTO dialogue_states (bot_id, chat_id, state, last_update_id, last_seq) \
-         VALUES ($1, $2, $3, $4, $5) \
+        "INSERT INTO dialogue_states (bot_id, chat_id, state, last_update_id, last_seq, stream_epoch) \
+         VALUES ($1, $2, $3, $4, $5, $6) \
          ON CONFLICT (bot_id, chat_id) DO UPDATE SET state = EXCLUDED.state, \
-         last_update_id = EXCLUDED.last_update_id, last_seq = EXCLUDED.last_seq, updated_at = now() \
-         WHERE dialogue_states.last_seq < EXCLUDED.last_seq",
+         last_update_id = EXCLUDED.last_update_id, last_seq = EXCLUDED.last_seq, \
+         stream_epoch = EXCLUDED.stream_epoch, updated_at = now() \
+         WHERE dialogue_states.stream_epoch <> EXCLUDED.stream_epoch \
+         OR dialogue_states.last_seq < EXCLUDED.last_seq",
     )
     .bind(upd.bot_id)
     .bind(incoming.chat_id)
     .bind(serde_json::to_value(transition.state)?)
     .bind(upd.update_id)
     .bind(upd.seq as i64)
+    .bind(upd.epoch)
     .execute(&mut *tx)
     .await?
     .rows_affected();
@@ -374,6 +423,9 @@ pub enum DeadLetterStart {
 /// Starts recording a poison update: claims it as `dead_lettered` and moves its chat's
 /// `last_seq` past it, so the chat carries on — under the same order guard as [`apply`], so a
 /// dead letter never overtakes an earlier update of its chat.
+///
+/// A row of an older epoch (the stream was recreated) takes this update's sequence and epoch;
+/// a row of a newer epoch than the update's is left alone.
 pub async fn begin_dead_letter(
     pool: &PgPool,
     upd: UpdateRef,
@@ -385,28 +437,42 @@ pub async fn begin_dead_letter(
         tx.rollback().await?;
         return Ok(DeadLetterStart::Handled);
     }
-    let last_seq: Option<i64> = sqlx::query_scalar(
-        "SELECT last_seq FROM dialogue_states WHERE bot_id = $1 AND chat_id = $2 FOR UPDATE",
+    let row: Option<(i64, i64)> = sqlx::query_as(
+        "SELECT last_seq, stream_epoch FROM dialogue_states \
+         WHERE bot_id = $1 AND chat_id = $2 FOR UPDATE",
     )
     .bind(upd.bot_id)
     .bind(upd.chat_id)
     .fetch_optional(&mut *tx)
     .await?;
-    if let Some(earlier) = earlier_unapplied(upd, last_seq.unwrap_or(0), handled, next).await? {
+    // A guard of another stream says nothing about this one: look from its start (what is
+    // applied already is skipped through `processed_updates`).
+    let last_seq = match row {
+        Some((seq, epoch)) if epoch == upd.epoch || epoch == LEGACY_EPOCH => seq,
+        _ => 0,
+    };
+    if let Some(earlier) = earlier_unapplied(upd, last_seq, handled, next).await? {
         tx.rollback().await?;
         return Ok(DeadLetterStart::EarlierFirst(earlier));
     }
     sqlx::query(
-        "INSERT INTO dialogue_states (bot_id, chat_id, state, last_update_id, last_seq) \
-         VALUES ($1, $2, $3, $4, $5) \
+        "INSERT INTO dialogue_states (bot_id, chat_id, state, last_update_id, last_seq, stream_epoch) \
+         VALUES ($1, $2, $3, $4, $5, $6) \
          ON CONFLICT (bot_id, chat_id) DO UPDATE SET \
-         last_seq = GREATEST(dialogue_states.last_seq, EXCLUDED.last_seq), updated_at = now()",
+         last_seq = CASE \
+             WHEN dialogue_states.stream_epoch IN (0, EXCLUDED.stream_epoch) \
+                 THEN GREATEST(dialogue_states.last_seq, EXCLUDED.last_seq) \
+             WHEN dialogue_states.stream_epoch < EXCLUDED.stream_epoch THEN EXCLUDED.last_seq \
+             ELSE dialogue_states.last_seq END, \
+         stream_epoch = GREATEST(dialogue_states.stream_epoch, EXCLUDED.stream_epoch), \
+         updated_at = now()",
     )
     .bind(upd.bot_id)
     .bind(upd.chat_id)
     .bind(serde_json::to_value(DialogueState::default())?)
     .bind(upd.update_id)
     .bind(upd.seq as i64)
+    .bind(upd.epoch)
     .execute(&mut *tx)
     .await?;
     Ok(DeadLetterStart::Begun(tx))

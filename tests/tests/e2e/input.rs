@@ -214,6 +214,7 @@ async fn an_unreadable_update_delivered_before_an_earlier_one_is_dead_lettered_a
             seq: ack.sequence,
             subject: subject.clone(),
             payload,
+            stored_at_ns: None,
         });
     }
     let stats = std::sync::Arc::new(courier_worker::Stats::default());

@@ -1,0 +1,1 @@
+ALTER TABLE dialogue_states DROP COLUMN stream_epoch;
