@@ -8,6 +8,8 @@
 //!   starts a private cluster for this test process (`initdb` from `$COURIER_PG_BINDIR` or
 //!   the newest `/usr/lib/postgresql/*/bin`), which is stopped and removed when the process
 //!   ends, however it ends.
+//! * [`PgCluster`]: a cluster of its own that can be crashed (`pg_ctl stop -m immediate`) and
+//!   started again, for the chaos run.
 //!
 //! Working directories live under `<target>/courier-test/`. When the tests run as root, the
 //! PostgreSQL programs run as the `postgres` user (initdb refuses root).
@@ -190,6 +192,15 @@ impl NatsServer {
                 status.context("waiting for nats-server to exit")?;
             }
             Err(_) => child.kill().await.context("killing nats-server")?,
+        }
+        Ok(())
+    }
+
+    /// Kills the server (SIGKILL: no flush, no goodbye) and reaps it. The store is kept for
+    /// [`restart`](Self::restart), which then recovers it as after a crash.
+    pub async fn kill(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.context("killing nats-server")?;
         }
         Ok(())
     }
@@ -447,43 +458,75 @@ type Spawned = (
     PathBuf,
 );
 
+/// A new cluster directory under `<target>/courier-test/pg-<unique>`, owned by the user
+/// the PostgreSQL programs run as, with an initialised `data` directory in it.
+struct ClusterDir {
+    bin: PathBuf,
+    run_as: Option<(u32, u32)>,
+    dir: PathBuf,
+    data: PathBuf,
+}
+
+impl ClusterDir {
+    fn init() -> Result<Self> {
+        use std::os::unix::process::CommandExt;
+
+        let bin = pg_bindir()?;
+        let run_as = postgres_user()?;
+        let dir = test_dir()?.join(format!("pg-{}", unique()));
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        if let Some((uid, gid)) = run_as {
+            std::os::unix::fs::chown(&dir, Some(uid), Some(gid))
+                .with_context(|| format!("chown postgres {}", dir.display()))?;
+            make_traversable(&dir)?;
+        }
+        let data = dir.join("data");
+        let mut initdb = std::process::Command::new(bin.join("initdb"));
+        initdb
+            .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--locale=C"])
+            .arg("--no-sync")
+            .arg("-D")
+            .arg(&data)
+            .current_dir(&dir)
+            .stdin(Stdio::null());
+        if let Some((uid, gid)) = run_as {
+            initdb.uid(uid).gid(gid);
+        }
+        let out = initdb.output().context("running initdb")?;
+        if !out.status.success() {
+            let _ = fs::remove_dir_all(&dir);
+            bail!(
+                "initdb failed ({}): {}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(Self {
+            bin,
+            run_as,
+            dir,
+            data,
+        })
+    }
+}
+
 /// initdb, then `postgres` (as the postgres user when we are root) and its reaper.
 fn spawn_private_cluster() -> Result<Spawned> {
     use std::os::unix::process::CommandExt;
 
-    let bin = pg_bindir()?;
-    let run_as = postgres_user()?;
-    let dir = test_dir()?.join(format!("pg-{}", unique()));
-    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let ClusterDir {
+        bin,
+        run_as,
+        dir,
+        data,
+    } = ClusterDir::init()?;
     let as_user = |cmd: &mut std::process::Command| {
         cmd.current_dir(&dir).stdin(Stdio::null());
         if let Some((uid, gid)) = run_as {
             cmd.uid(uid).gid(gid);
         }
     };
-    if let Some((uid, gid)) = run_as {
-        std::os::unix::fs::chown(&dir, Some(uid), Some(gid))
-            .with_context(|| format!("chown postgres {}", dir.display()))?;
-        make_traversable(&dir)?;
-    }
-    let data = dir.join("data");
-    let mut initdb = std::process::Command::new(bin.join("initdb"));
-    initdb
-        .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--locale=C"])
-        .arg("--no-sync")
-        .arg("-D")
-        .arg(&data);
-    as_user(&mut initdb);
-    let out = initdb.output().context("running initdb")?;
-    if !out.status.success() {
-        let _ = fs::remove_dir_all(&dir);
-        bail!(
-            "initdb failed ({}): {}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
 
     let port = free_port()?;
     let log = dir.join("postgres.log");
@@ -525,6 +568,185 @@ fn spawn_private_cluster() -> Result<Spawned> {
     };
     let admin_url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
     Ok((postgres, lifeline, admin_url, log))
+}
+
+// ---------------------------------------------------------------------------------------
+// A PostgreSQL cluster that can crash
+
+/// A PostgreSQL cluster of its own, run with `pg_ctl`, that can be crashed and started again
+/// on the same port and data directory ([`stop_immediate`](Self::stop_immediate): `pg_ctl
+/// stop -m immediate`, no checkpoint, recovery from the WAL at the next start). For the chaos
+/// run; tests use [`Postgres::fresh`].
+///
+/// Unlike the tests' cluster it keeps `synchronous_commit` on, as production does: with it
+/// off, an immediate stop loses commits already acknowledged to the client (the WAL writer's
+/// last fraction of a second), which would show as lost notes that no production server
+/// loses. `fsync` stays off: the operating system survives an immediate stop, and so does
+/// everything written to it.
+///
+/// Stopped and removed when dropped, or, however this process ends, by a reaper that stops
+/// whatever postmaster the data directory names at that time.
+#[derive(Debug)]
+pub struct PgCluster {
+    bin: PathBuf,
+    run_as: Option<(u32, u32)>,
+    dir: PathBuf,
+    data: PathBuf,
+    port: u16,
+    admin_url: String,
+    _lifeline: std::process::ChildStdin,
+}
+
+/// Runs in the reaper of a [`PgCluster`]: `$1` data directory, `$2` directory to remove.
+const PIDFILE_REAPER: &str = r#"
+cat >/dev/null 2>&1
+pid=$(head -n 1 "$1/postmaster.pid" 2>/dev/null)
+if [ -n "$pid" ]; then kill -INT "$pid" 2>/dev/null; fi
+i=0
+while [ -e "$1/postmaster.pid" ] && [ "$i" -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+if [ -n "$pid" ] && [ -e "$1/postmaster.pid" ]; then kill -KILL "$pid" 2>/dev/null; fi
+rm -rf "$2"
+"#;
+
+impl PgCluster {
+    /// initdb, then `pg_ctl start` on a free port; returns once it accepts connections.
+    pub async fn start() -> Result<Self> {
+        use std::os::unix::process::CommandExt;
+
+        let (cluster, port) = tokio::task::spawn_blocking(|| -> Result<(ClusterDir, u16)> {
+            Ok((ClusterDir::init()?, free_port()?))
+        })
+        .await??;
+        let reaper = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(PIDFILE_REAPER)
+            .arg("courier-pg-reaper")
+            .arg(&cluster.data)
+            .arg(&cluster.dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            // Its own process group, so that killing ours leaves it to clean up.
+            .process_group(0)
+            .spawn();
+        let lifeline = match reaper {
+            Ok(mut reaper) => reaper.stdin.take().context("the reaper's stdin")?,
+            Err(err) => {
+                let _ = fs::remove_dir_all(&cluster.dir);
+                return Err(err).context("starting sh for the cluster's reaper");
+            }
+        };
+        let me = Self {
+            admin_url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+            bin: cluster.bin,
+            run_as: cluster.run_as,
+            dir: cluster.dir,
+            data: cluster.data,
+            port,
+            _lifeline: lifeline,
+        };
+        me.start_again().await?;
+        Ok(me)
+    }
+
+    /// `postgres://postgres@127.0.0.1:PORT/postgres`.
+    pub fn admin_url(&self) -> &str {
+        &self.admin_url
+    }
+
+    /// The port it listens on (the same across restarts).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Creates a new, empty database on this cluster.
+    pub async fn fresh_database(&self) -> Result<Postgres> {
+        let name = format!("courier_test_{}", random_hex());
+        let mut conn = PgConnection::connect(&self.admin_url)
+            .await
+            .with_context(|| format!("connecting to {}", self.admin_url))?;
+        sqlx::raw_sql(&format!("CREATE DATABASE \"{name}\""))
+            .execute(&mut conn)
+            .await
+            .with_context(|| format!("CREATE DATABASE {name}"))?;
+        let _ = conn.close().await;
+        Ok(Postgres {
+            url: with_database(&self.admin_url, &name)?,
+            name,
+        })
+    }
+
+    /// `pg_ctl stop -m immediate`: every server process quits at once, without a checkpoint;
+    /// clients see their connections drop. Returns when the postmaster is gone.
+    pub async fn stop_immediate(&self) -> Result<()> {
+        self.pg_ctl(&["stop", "-m", "immediate", "-w", "-t", "30"])
+            .await
+    }
+
+    /// `pg_ctl start` on the same port and data directory (crash recovery first, after an
+    /// immediate stop); returns once it accepts connections.
+    pub async fn start_again(&self) -> Result<()> {
+        let options = format!(
+            "-k {} -p {} -h 127.0.0.1 -c fsync=off -c full_page_writes=off",
+            self.dir.display(),
+            self.port
+        );
+        let log = self.dir.join("postgres.log");
+        self.pg_ctl(&[
+            "start",
+            "-w",
+            "-t",
+            "30",
+            "-l",
+            &log.to_string_lossy(),
+            "-o",
+            &options,
+        ])
+        .await
+        .with_context(|| format!("its log:\n{}", tail(&log, 20)))
+    }
+
+    async fn pg_ctl(&self, args: &[&str]) -> Result<()> {
+        let mut cmd = Command::new(self.bin.join("pg_ctl"));
+        cmd.arg("-D")
+            .arg(&self.data)
+            .args(args)
+            .current_dir(&self.dir)
+            .stdin(Stdio::null());
+        if let Some((uid, gid)) = self.run_as {
+            cmd.uid(uid).gid(gid);
+        }
+        let out = cmd.output().await.context("running pg_ctl")?;
+        if !out.status.success() {
+            bail!(
+                "pg_ctl {} failed ({}): {}{}",
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = std::process::Command::new(self.bin.join("pg_ctl"));
+        cmd.arg("-D")
+            .arg(&self.data)
+            .args(["stop", "-m", "immediate", "-w"])
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some((uid, gid)) = self.run_as {
+            cmd.uid(uid).gid(gid);
+        }
+        let _ = cmd.status();
+        // Closing the lifeline (dropped after this) makes the reaper remove the directory.
+    }
 }
 
 /// `$COURIER_PG_BINDIR`, else the newest `/usr/lib/postgresql/<N>/bin` with the server.
@@ -657,6 +879,59 @@ mod tests {
         let js = jetstream::new(async_nats::connect(&url).await?);
         let mut stream = js.get_stream("INFRA").await?;
         assert_eq!(stream.info().await?.state.messages, 1);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn nats_keeps_acknowledged_messages_across_a_sigkill() -> Result<()> {
+        use async_nats::jetstream;
+
+        let mut nats = NatsServer::start().await?;
+        let js = jetstream::new(async_nats::connect(nats.url()).await?);
+        js.create_stream(jetstream::stream::Config {
+            name: "CRASH".into(),
+            subjects: vec!["crash.>".into()],
+            ..Default::default()
+        })
+        .await?;
+        js.publish("crash.one", "acknowledged".into())
+            .await?
+            .await?;
+        drop(js);
+
+        nats.kill().await?;
+        assert!(!nats.is_running());
+        nats.restart().await?;
+
+        let js = jetstream::new(async_nats::connect(nats.url()).await?);
+        let mut stream = js.get_stream("CRASH").await?;
+        assert_eq!(stream.info().await?.state.messages, 1);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn pg_cluster_keeps_committed_rows_across_an_immediate_stop() -> Result<()> {
+        let cluster = PgCluster::start().await?;
+        let db = cluster.fresh_database().await?;
+        let mut conn = PgConnection::connect(db.url()).await?;
+        sqlx::raw_sql("CREATE TABLE t (v INT); INSERT INTO t VALUES (1), (2)")
+            .execute(&mut conn)
+            .await?;
+
+        cluster.stop_immediate().await?;
+        assert!(
+            sqlx::query("SELECT 1").execute(&mut conn).await.is_err(),
+            "the connection is gone after an immediate stop"
+        );
+        cluster.start_again().await?;
+
+        let mut conn = PgConnection::connect(db.url()).await?;
+        let sum: i64 = sqlx::query_scalar("SELECT sum(v) FROM t")
+            .fetch_one(&mut conn)
+            .await?;
+        assert_eq!(sum, 3, "every acknowledged commit survives crash recovery");
+        let port = cluster.port();
+        assert!(db.url().contains(&format!(":{port}/")), "same port");
         Ok(())
     }
 

@@ -1,6 +1,6 @@
 //! Courier services as separate processes, for tests that kill them.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -168,6 +168,38 @@ impl ServiceProcess {
         })
     }
 
+    /// Starts `name` with `env` and `RUST_LOG=rust_log`, its stdout and stderr appended to
+    /// `log` (so that the generations of a restarted service share one file).
+    pub async fn start_appending(
+        name: &str,
+        env: &[(&str, String)],
+        rust_log: &str,
+        log: &Path,
+    ) -> Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("opening {}", log.display()))?;
+        let err = file.try_clone()?;
+        Self::spawn(name, env, rust_log, file.into(), err.into()).await
+    }
+
+    /// Its process id (`None` once it has been reaped).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Its exit status, once it has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// SIGKILL, and wait until it is gone.
+    pub async fn kill(&mut self) -> Result<()> {
+        self.child.kill().await.context("killing a service process")
+    }
+
     /// Whether it is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
@@ -197,4 +229,34 @@ impl ServiceProcess {
 /// A free TCP port on 127.0.0.1.
 pub fn free_local_port() -> Result<u16> {
     free_port()
+}
+
+/// Builds the given binaries of the workspace (`cargo build --bin …`), so that a run never
+/// uses a stale one ([`binary`], which [`ServiceProcess`] uses, builds only what is missing).
+pub async fn build_binaries(names: &[&str]) -> Result<()> {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.arg("build").current_dir(workspace_root());
+    // `cargo run` describes the package it runs in the environment; a build script that
+    // watches one of these (ring's watches CARGO_MANIFEST_DIR) would rebuild everything.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if key.starts_with("CARGO_PKG_")
+            || [
+                "CARGO_MANIFEST_DIR",
+                "CARGO_MANIFEST_PATH",
+                "CARGO_CRATE_NAME",
+            ]
+            .contains(&key.as_ref())
+        {
+            cmd.env_remove(key.as_ref());
+        }
+    }
+    for name in names {
+        cmd.args(["--bin", name]);
+    }
+    let status = cmd.status().await.context("running cargo build")?;
+    if !status.success() {
+        bail!("cargo build of {names:?} failed");
+    }
+    Ok(())
 }
