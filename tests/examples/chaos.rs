@@ -1569,11 +1569,12 @@ async fn main() -> Result<()> {
     println!("{:<28}{}", "total", secs(started.elapsed()));
 
     let failed = !broken.is_empty();
-    if failed || args.keep_logs {
+    let keep = failed || args.keep_logs || !timeline.unexpected_exits.is_empty();
+    if keep {
         println!("services' logs: {}", logs.display());
     }
     drop(system);
-    if !failed && !args.keep_logs {
+    if !keep {
         let _ = std::fs::remove_dir_all(&logs);
     }
     if failed {
