@@ -1011,7 +1011,11 @@ impl Outcome {
         // many chats at once, and a PostgreSQL outage stretches the window), so the rule is
         // not "one per kill" but: every duplicate reply is a send the ledger missed, and every
         // such send is explained by a sender kill before its record.
-        let explained = self.unrecorded.iter().filter(|u| u.kill_ms.is_some()).count();
+        let explained = self
+            .unrecorded
+            .iter()
+            .filter(|u| u.kill_ms.is_some())
+            .count();
         let unexplained = self.unrecorded.len() - explained;
         if self.duplicate_replies > explained {
             out.push(format!(

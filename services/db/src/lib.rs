@@ -63,6 +63,13 @@ pub async fn migrate_with_retry(
             Err(sqlx::migrate::MigrateError::Execute(e)) if is_transient(&e) => {
                 tracing::warn!(error = %e, "database not reachable for migrations; retrying");
             }
+            // A migration that failed for a passing reason: a deadlock (a `CREATE INDEX
+            // CONCURRENTLY` waits for every older transaction, among them other processes'
+            // waits for the migration lock), a lost connection. It was not recorded as
+            // applied, so running the migrations again retries it.
+            Err(sqlx::migrate::MigrateError::ExecuteMigration(e, version)) if is_transient(&e) => {
+                tracing::warn!(error = %e, version, "migration failed for a passing reason; retrying");
+            }
             Err(e) => return Err(e),
         }
         tokio::select! {
