@@ -105,33 +105,27 @@ impl Lease {
             return Some(Acquired::Fresh);
         }
         let entry = self.store.entry(&self.key).await.ok().flatten()?;
-        // Still ours (this process ended a term when the lease went invalid locally): nobody
-        // else can have held it meanwhile, so take it back at once; what this process handed
-        // back may still be pending, so it counts as fresh.
-        if entry.operation == kv::Operation::Put && entry.value == self.holder {
-            let sent_at = Instant::now();
-            if let Ok(rev) = self
-                .store
-                .update(&self.key, self.holder.clone(), entry.revision)
-                .await
-            {
-                *self.state.lock().expect("lease lock") = (rev, Some(self.validity(sent_at)));
-                return Some(Acquired::Fresh);
-            }
+        if entry.operation != kv::Operation::Put {
             return None;
         }
-        if entry.operation == kv::Operation::Put && entry.value.as_ref() == RELEASED {
-            let sent_at = Instant::now();
-            if let Ok(rev) = self
-                .store
-                .update(&self.key, self.holder.clone(), entry.revision)
-                .await
-            {
-                *self.state.lock().expect("lease lock") = (rev, Some(self.validity(sent_at)));
-                return Some(Acquired::HandedOver);
-            }
-        }
-        None
+        let how = if entry.value.as_ref() == RELEASED {
+            Acquired::HandedOver
+        } else if entry.value == self.holder {
+            // Still ours (this process ended a term when the lease went invalid locally):
+            // nobody else can have held it meanwhile, so take it back at once; what this
+            // process handed back may still be pending, so it counts as fresh.
+            Acquired::Fresh
+        } else {
+            return None;
+        };
+        let sent_at = Instant::now();
+        let rev = self
+            .store
+            .update(&self.key, self.holder.clone(), entry.revision)
+            .await
+            .ok()?;
+        *self.state.lock().expect("lease lock") = (rev, Some(self.validity(sent_at)));
+        Some(how)
     }
 
     /// Whether this sender may call Telegram now.

@@ -2,7 +2,8 @@
 //!
 //! Three budgets: one for the whole bot (default 30 calls/s), one per private chat (default
 //! 1/s, positive chat ids) and one per group or supergroup (default 20/min, negative chat ids).
-//! Every budget has a burst of one: a cell is one call, and a call is made only at the instant
+//! The chats' budgets have a burst of one, the bot's a burst of [`BOT_BURST`] (its arrival
+//! window keeps the budget): a cell is one call, and a call is made only at the instant
 //! both the bot's and its chat's limiter granted a cell, so the budget holds measured from any
 //! instant, not only on average.
 //!
@@ -428,11 +429,7 @@ impl Limits {
         self.window.lock().expect("window lock").answer(id, at);
         // The chat's next call goes out a whole period after this one's answer: the chat's
         // budget then holds at arrival, whatever the network's delay.
-        let next = at + self.rates.chat_period(chat);
-        let mut ready = self.ready.lock().expect("ready lock");
-        let slot = ready.entry(chat).or_insert(next);
-        *slot = (*slot).max(next);
-        drop(ready);
+        self.not_before(chat, at + self.rates.chat_period(chat));
         self.answers.send_modify(|n| *n = n.wrapping_add(1));
     }
 
@@ -442,10 +439,14 @@ impl Limits {
         let Some(at) = Instant::now().checked_sub(age) else {
             return;
         };
-        let next = at + self.rates.chat_period(chat);
+        self.not_before(chat, at + self.rates.chat_period(chat));
+    }
+
+    /// Moves `chat`'s next slot to `at` unless it is later already.
+    fn not_before(&self, chat: i64, at: Instant) {
         let mut ready = self.ready.lock().expect("ready lock");
-        let slot = ready.entry(chat).or_insert(next);
-        *slot = (*slot).max(next);
+        let slot = ready.entry(chat).or_insert(at);
+        *slot = (*slot).max(at);
     }
 
     /// Pauses every call of the bot for `d` from now (extends, never shortens, a pause).
