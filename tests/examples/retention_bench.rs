@@ -57,7 +57,7 @@ async fn one_update(pool: &PgPool, chat: i64) -> anyhow::Result<()> {
         epoch: 1,
         epoch_confirmed: true,
     };
-    let Applied::Applied(rows) = store::apply(
+    let Applied::Applied { publish: rows, .. } = store::apply(
         pool,
         upd,
         &incoming,

@@ -1,6 +1,7 @@
 //! Webhook delivery, like Telegram's: each update is POSTed to the webhook; at most
 //! `max_connections` deliveries in flight, at most one per chat, a chat's updates in creation
-//! order, a failed delivery retried (with backoff) before any later update of its chat.
+//! order, a failed delivery retried (with backoff) before any later update of its chat. (The
+//! `chat_in_flight` and `delivery_jitter_ms` faults let a chat's updates overtake each other.)
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -59,6 +60,9 @@ async fn sleep_until(at: Option<Instant>) {
 
 /// One POST of one update; `Err` carries the message getWebhookInfo reports.
 async fn deliver(client: reqwest::Client, d: Delivery) -> Result<(), String> {
+    if !d.hold.is_zero() {
+        tokio::time::sleep(d.hold).await;
+    }
     let mut request = client
         .post(&d.url)
         .header(CONTENT_TYPE, "application/json")

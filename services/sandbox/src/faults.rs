@@ -39,6 +39,15 @@ pub struct Faults {
     pub blocked_users: Vec<i64>,
     /// The next sending calls refused with 429, if any left.
     pub burst_429: Option<Burst429>,
+    /// Webhook deliveries of one chat in flight at once. 1 (the default) is what Telegram's
+    /// server does: a chat's next update goes out after the previous one was answered. More
+    /// lets a chat's updates overtake each other on the way, which Telegram's documentation
+    /// does not rule out (`update_id` "allows you to restore the correct update sequence,
+    /// should they get out of order").
+    pub chat_in_flight: u32,
+    /// Random delay before each webhook delivery, uniform in `0..=delivery_jitter_ms`
+    /// milliseconds: with `chat_in_flight` above 1, the order a chat's updates arrive in.
+    pub delivery_jitter_ms: u64,
 }
 
 fn default_retry_after() -> u32 {
@@ -57,6 +66,8 @@ impl Default for Faults {
             drop_rate: 0.0,
             blocked_users: Vec::new(),
             burst_429: None,
+            chat_in_flight: 1,
+            delivery_jitter_ms: 0,
         }
     }
 }
@@ -74,6 +85,8 @@ pub(crate) struct FaultsPatch {
     drop_rate: Option<f64>,
     blocked_users: Option<Vec<i64>>,
     burst_429: Option<Option<Burst429>>,
+    chat_in_flight: Option<u32>,
+    delivery_jitter_ms: Option<u64>,
 }
 
 /// What an injected fault does to a sending call.
@@ -122,6 +135,15 @@ impl Faults {
         if let Some(v) = patch.jitter_ms {
             next.jitter_ms = v;
         }
+        if let Some(v) = patch.chat_in_flight {
+            if v == 0 {
+                return Err("chat_in_flight must be at least 1".into());
+            }
+            next.chat_in_flight = v;
+        }
+        if let Some(v) = patch.delivery_jitter_ms {
+            next.delivery_jitter_ms = v;
+        }
         if let Some(v) = patch.blocked_users {
             next.blocked_users = v;
         }
@@ -149,6 +171,16 @@ impl Faults {
             0
         };
         Duration::from_millis(self.delay_ms + jitter.min(self.jitter_ms))
+    }
+
+    /// How long to hold a webhook delivery before sending it: a uniform draw in
+    /// `0..=delivery_jitter_ms`.
+    pub(crate) fn delivery_hold(&self, roll: impl FnOnce() -> f64) -> Duration {
+        if self.delivery_jitter_ms == 0 {
+            return Duration::ZERO;
+        }
+        let ms = (roll() * (self.delivery_jitter_ms + 1) as f64) as u64;
+        Duration::from_millis(ms.min(self.delivery_jitter_ms))
     }
 
     /// Decides the injected fault of one sending call, if any, with `roll` drawing uniform
@@ -212,6 +244,18 @@ pub struct FaultArgs {
         value_delimiter = ','
     )]
     pub blocked_users: Vec<i64>,
+    /// Webhook deliveries of one chat in flight at once (default 1, as Telegram's server).
+    #[arg(
+        long = "fault-chat-in-flight",
+        env = "COURIER_SANDBOX_FAULT_CHAT_IN_FLIGHT"
+    )]
+    pub chat_in_flight: Option<u32>,
+    /// Random delay before each webhook delivery, uniform in 0..=N milliseconds.
+    #[arg(
+        long = "fault-delivery-jitter-ms",
+        env = "COURIER_SANDBOX_FAULT_DELIVERY_JITTER_MS"
+    )]
+    pub delivery_jitter_ms: Option<u64>,
 }
 
 impl FaultArgs {
@@ -228,6 +272,8 @@ impl FaultArgs {
             drop_rate: self.drop_rate,
             blocked_users: (!self.blocked_users.is_empty()).then(|| self.blocked_users.clone()),
             burst_429: None,
+            chat_in_flight: self.chat_in_flight,
+            delivery_jitter_ms: self.delivery_jitter_ms,
         })?;
         Ok(faults)
     }

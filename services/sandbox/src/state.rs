@@ -305,21 +305,37 @@ pub(crate) struct Delivery {
     pub body: Bytes,
     pub url: String,
     pub secret: Option<String>,
+    /// How long to wait before sending it (the `delivery_jitter_ms` fault).
+    pub hold: Duration,
 }
 
 struct Queued {
     update_id: i64,
     body: Bytes,
+    in_flight: bool,
 }
 
-/// The undelivered updates of one chat. A chat with queued updates is in exactly one of three
-/// places: the ready list, in flight, or waiting for its retry time.
+/// The undelivered updates of one chat. Up to `chat_in_flight` of its first updates are in
+/// flight at once (one, as Telegram's server does, unless the fault says otherwise); a chat
+/// that can start another is on the ready list (perhaps more than once: a stale entry is
+/// skipped) unless it waits for its retry time.
 #[derive(Default)]
 struct ChatQueue {
     updates: VecDeque<Queued>,
-    in_flight: bool,
+    in_flight: usize,
     waiting: bool,
     backoff: Option<Backoff>,
+}
+
+impl ChatQueue {
+    /// The index of the update to deliver next, if the chat may start one now: the first of
+    /// its first `limit` updates not in flight.
+    fn next_to_send(&self, limit: usize) -> Option<usize> {
+        if self.waiting || self.in_flight >= limit {
+            return None;
+        }
+        self.updates.iter().take(limit).position(|u| !u.in_flight)
+    }
 }
 
 /// Everything mutable, behind one mutex.
@@ -401,7 +417,7 @@ impl Inner {
                     q.updates.pop_front();
                     removed += 1;
                 }
-                !q.updates.is_empty() || q.in_flight || q.waiting
+                !q.updates.is_empty() || q.in_flight > 0 || q.waiting
             });
             self.pending = self.pending.saturating_sub(removed);
         }
@@ -416,9 +432,16 @@ impl Inner {
 
     /// Queues an update of a chat for delivery.
     pub(crate) fn enqueue(&mut self, chat_id: i64, update_id: i64, body: Bytes) {
+        let limit = self.chat_limit();
         let q = self.queues.entry(chat_id).or_default();
-        q.updates.push_back(Queued { update_id, body });
-        if q.updates.len() == 1 && !q.in_flight && !q.waiting {
+        q.updates.push_back(Queued {
+            update_id,
+            body,
+            in_flight: false,
+        });
+        // Ready now only if this update is the one to go next (otherwise the chat is on the
+        // ready list already, or waits for a delivery or its retry).
+        if q.next_to_send(limit) == Some(q.updates.len() - 1) {
             self.ready.push_back(chat_id);
         }
         self.pending += 1;
@@ -433,13 +456,14 @@ impl Inner {
         self.queues.retain(|_, q| {
             q.updates.clear();
             q.waiting = false;
-            q.in_flight
+            q.in_flight > 0
         });
         self.pending = 0;
     }
 
     /// Moves the chats whose retry time has come to the ready list; returns the next retry time.
     pub(crate) fn promote_due(&mut self, now: Instant) -> Option<Instant> {
+        let limit = self.chat_limit();
         while let Some(&(at, chat_id)) = self.retry_at.first() {
             if at > now {
                 return Some(at);
@@ -447,7 +471,7 @@ impl Inner {
             self.retry_at.pop_first();
             if let Some(q) = self.queues.get_mut(&chat_id) {
                 q.waiting = false;
-                if !q.updates.is_empty() && !q.in_flight {
+                if q.next_to_send(limit).is_some() {
                     self.ready.push_back(chat_id);
                 }
             }
@@ -455,12 +479,18 @@ impl Inner {
         None
     }
 
-    /// Takes the deliveries to start now: the head update of ready chats, while the webhook's
+    /// Deliveries of one chat in flight at once (the `chat_in_flight` fault; 1 as Telegram).
+    fn chat_limit(&self) -> usize {
+        self.faults.chat_in_flight.max(1) as usize
+    }
+
+    /// Takes the deliveries to start now: the next update of ready chats, while the webhook's
     /// `max_connections` allows.
     pub(crate) fn take_ready(&mut self) -> Vec<Delivery> {
         let Some(webhook) = &self.webhook else {
             return Vec::new();
         };
+        let limit = self.chat_limit();
         let mut out = Vec::new();
         while self.in_flight < webhook.max_connections {
             let Some(chat_id) = self.ready.pop_front() else {
@@ -469,21 +499,24 @@ impl Inner {
             let Some(q) = self.queues.get_mut(&chat_id) else {
                 continue;
             };
-            let Some(head) = q.updates.front() else {
+            let Some(i) = q.next_to_send(limit) else {
                 continue;
             };
-            if q.in_flight || q.waiting {
-                continue;
-            }
-            q.in_flight = true;
+            let next = &mut q.updates[i];
+            next.in_flight = true;
+            q.in_flight += 1;
             self.in_flight += 1;
             out.push(Delivery {
                 chat_id,
-                update_id: head.update_id,
-                body: head.body.clone(),
+                update_id: next.update_id,
+                body: next.body.clone(),
                 url: webhook.url.clone(),
                 secret: webhook.secret.clone(),
+                hold: self.faults.delivery_hold(rand::random::<f64>),
             });
+            if q.next_to_send(limit).is_some() {
+                self.ready.push_back(chat_id);
+            }
         }
         out
     }
@@ -491,16 +524,19 @@ impl Inner {
     /// Records the outcome of a delivery.
     pub(crate) fn complete(&mut self, chat_id: i64, update_id: i64, outcome: Result<(), String>) {
         self.in_flight = self.in_flight.saturating_sub(1);
+        let limit = self.chat_limit();
         let Some(q) = self.queues.get_mut(&chat_id) else {
             return;
         };
-        q.in_flight = false;
+        q.in_flight = q.in_flight.saturating_sub(1);
+        // Gone if the pending updates were dropped meanwhile.
+        let at = q.updates.iter().position(|u| u.update_id == update_id);
         match outcome {
             Ok(()) => {
                 self.stats.updates_delivered += 1;
                 q.backoff = None;
-                if q.updates.front().is_some_and(|h| h.update_id == update_id) {
-                    q.updates.pop_front();
+                if let Some(i) = at {
+                    q.updates.remove(i);
                     self.pending = self.pending.saturating_sub(1);
                 }
             }
@@ -508,22 +544,23 @@ impl Inner {
                 self.stats.webhook_failures += 1;
                 tracing::debug!(chat_id, update_id, %message, "webhook delivery failed");
                 self.last_error = Some((chrono::Utc::now().timestamp(), message));
-                if !q.updates.is_empty() {
-                    let delay = q
-                        .backoff
-                        .get_or_insert_with(|| Backoff::new(RETRY_BASE, RETRY_CAP))
-                        .next_delay();
-                    q.waiting = true;
-                    self.retry_at.insert((Instant::now() + delay, chat_id));
+                if let Some(i) = at {
+                    q.updates[i].in_flight = false;
+                    if !q.waiting {
+                        let delay = q
+                            .backoff
+                            .get_or_insert_with(|| Backoff::new(RETRY_BASE, RETRY_CAP))
+                            .next_delay();
+                        q.waiting = true;
+                        self.retry_at.insert((Instant::now() + delay, chat_id));
+                    }
                 }
             }
         }
-        if !q.waiting {
-            if q.updates.is_empty() {
-                self.queues.remove(&chat_id);
-            } else {
-                self.ready.push_back(chat_id);
-            }
+        if q.updates.is_empty() && q.in_flight == 0 && !q.waiting {
+            self.queues.remove(&chat_id);
+        } else if q.next_to_send(limit).is_some() {
+            self.ready.push_back(chat_id);
         }
     }
 
@@ -731,6 +768,47 @@ mod tests {
         s.complete(2, 2, Err("late".into()));
         assert!(s.take_ready().is_empty());
         assert_eq!(s.stats().deliveries_in_flight, 0);
+    }
+
+    #[test]
+    fn a_chat_may_have_several_deliveries_in_flight_when_the_fault_says_so() {
+        let mut s = Inner {
+            webhook: Some(webhook(10)),
+            ..Inner::default()
+        };
+        s.faults.chat_in_flight = 2;
+        for id in 1..=4 {
+            s.enqueue(1, id, Bytes::new());
+        }
+        let started: Vec<_> = s.take_ready().iter().map(|d| d.update_id).collect();
+        assert_eq!(started, vec![1, 2], "two at once, the oldest first");
+        assert!(s.take_ready().is_empty());
+        s.complete(1, 2, Ok(()));
+        let next: Vec<_> = s.take_ready().iter().map(|d| d.update_id).collect();
+        assert_eq!(
+            next,
+            vec![3],
+            "the second finished first: the third goes out"
+        );
+        s.complete(1, 1, Err("boom".into()));
+        assert!(
+            s.take_ready().is_empty(),
+            "a failure holds the chat until its retry"
+        );
+        s.complete(1, 3, Ok(()));
+        assert!(s.take_ready().is_empty());
+        s.promote_due(Instant::now() + Duration::from_secs(10));
+        let again: Vec<_> = s.take_ready().iter().map(|d| d.update_id).collect();
+        assert_eq!(
+            again,
+            vec![1, 4],
+            "the failed update again, with the next one"
+        );
+        s.complete(1, 1, Ok(()));
+        s.complete(1, 4, Ok(()));
+        assert_eq!(s.pending(), 0);
+        assert_eq!(s.stats().updates_delivered, 4);
+        assert!(s.queues.is_empty());
     }
 
     #[test]

@@ -250,8 +250,21 @@ impl Applier {
                 subject: &d.subject,
             };
             match store::apply(&self.pool, upd, &incoming, handled, &next, self.flood).await {
-                Ok(Applied::Applied(rows)) => {
+                Ok(Applied::Applied {
+                    publish: rows,
+                    out_of_order,
+                }) => {
                     self.stats.applied.fetch_add(1, Ordering::Relaxed);
+                    if out_of_order {
+                        self.stats.out_of_order.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(
+                            update_id = upd.update_id,
+                            chat_id = upd.chat_id,
+                            seq = d.seq,
+                            "update applied after a later update of its chat (it reached the \
+                             webhook out of update_id order)"
+                        );
+                    }
                     if !rows.is_empty() {
                         let published = outbox::publish(&self.js, self.bot_id, &rows).await;
                         if !published.is_empty() {

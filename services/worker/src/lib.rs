@@ -211,6 +211,9 @@ pub struct Stats {
     pub reordered: AtomicU64,
     /// Updates from a deleted incarnation of the updates stream, neither applied nor acked.
     pub stale: AtomicU64,
+    /// Updates applied after a later update (by `update_id`) of their chat: they reached the
+    /// webhook out of order.
+    pub out_of_order: AtomicU64,
 }
 
 /// A running worker.
@@ -507,6 +510,11 @@ async fn metrics(
             "courier_worker_reordered_total",
             "Earlier updates found unapplied and applied first.",
             &s.reordered,
+        ),
+        (
+            "courier_worker_updates_out_of_order_total",
+            "Updates applied after a later update_id of their chat (arrived out of order).",
+            &s.out_of_order,
         ),
         (
             "courier_worker_updates_stale_stream_total",

@@ -58,9 +58,16 @@ pub struct OutboxRow {
 /// What happened to an update.
 #[derive(Debug)]
 pub enum Applied {
-    /// Applied now; these messages are to be published, in this order: the unpublished rows
-    /// of the chats it replied to, its own replies last, by id.
-    Applied(Vec<OutboxRow>),
+    /// Applied now.
+    Applied {
+        /// The messages to publish, in this order: the unpublished rows of the chats it
+        /// replied to, its own replies last, by id.
+        publish: Vec<OutboxRow>,
+        /// Its `update_id` is below one its chat had applied before, within the week that
+        /// Telegram keeps update ids increasing: it reached the stream after a later update
+        /// of its chat (see [`apply`], *Arrival order*).
+        out_of_order: bool,
+    },
     /// Applied before (same update id, or a stream sequence at or below the chat's last one).
     Duplicate,
     /// Not applied: the chat has an earlier update at this stream sequence that is not applied
@@ -147,6 +154,13 @@ impl Default for FloodBudget {
 /// chat's updates are applied in stream order whatever order they are delivered in, and by
 /// however many workers.
 ///
+/// **Arrival order.** A chat's updates are applied in stream order, which is the order ingress
+/// got them acknowledged in. Telegram's server delivers a chat's updates one at a time, each
+/// after the previous one was answered, and ingress answers only after JetStream's ack, so
+/// this is `update_id` order; an update whose id is below one its chat had applied (within a
+/// week) reached the stream late and is still applied, and reported as
+/// `out_of_order` of [`Applied::Applied`] (ARCHITECTURE.md, invariant 12: arrival order).
+///
 /// **Flood control.** The sender's counter (`flood_counters`) is bumped in this transaction,
 /// so the budget holds across chats and workers and a rolled-back update does not count; an
 /// update over the budget is recorded as `throttled` and runs the FSM with its [`Pace`] (one
@@ -165,21 +179,24 @@ pub async fn apply(
         return Ok(Applied::Duplicate);
     }
     let row = sqlx::query(
-        "SELECT state, last_seq, stream_epoch FROM dialogue_states \
-         WHERE bot_id = $1 AND chat_id = $2 FOR UPDATE",
+        "SELECT state, last_seq, stream_epoch, \
+         CASE WHEN updated_at > now() - interval '7 days' THEN last_update_id END AS recent_update_id \
+         FROM dialogue_states WHERE bot_id = $1 AND chat_id = $2 FOR UPDATE",
     )
     .bind(upd.bot_id)
     .bind(incoming.chat_id)
     .fetch_optional(&mut *tx)
     .await?;
-    let (state, mut last_seq, epoch) = match row {
+    let (state, mut last_seq, epoch, recent_update_id) = match row {
         Some(r) => (
             serde_json::from_value::<DialogueState>(r.try_get("state")?)?,
             r.try_get::<i64, _>("last_seq")?,
             r.try_get::<i64, _>("stream_epoch")?,
+            r.try_get::<Option<i64>, _>("recent_update_id")?,
         ),
-        None => (DialogueState::default(), 0, upd.epoch),
+        None => (DialogueState::default(), 0, upd.epoch, None),
     };
+    let out_of_order = recent_update_id.is_some_and(|last| upd.update_id < last);
     if epoch != upd.epoch && epoch != LEGACY_EPOCH {
         if !upd.epoch_confirmed {
             tx.rollback().await?;
@@ -321,12 +338,16 @@ pub async fn apply(
     }
     // The WHERE makes a concurrent first update of a new chat (no row to lock yet) safe: if a
     // later update got there first, this one is not applied. (A row of another epoch was
-    // locked and judged above.)
+    // locked and judged above.) `last_update_id` keeps the highest id of the week (Telegram
+    // may restart its ids after a week without updates).
     let written = sqlx::query(
         "INSERT INTO dialogue_states (bot_id, chat_id, state, last_update_id, last_seq, stream_epoch) \
          VALUES ($1, $2, $3, $4, $5, $6) \
          ON CONFLICT (bot_id, chat_id) DO UPDATE SET state = EXCLUDED.state, \
-         last_update_id = EXCLUDED.last_update_id, last_seq = EXCLUDED.last_seq, \
+         last_update_id = CASE WHEN dialogue_states.updated_at > now() - interval '7 days' \
+             THEN GREATEST(dialogue_states.last_update_id, EXCLUDED.last_update_id) \
+             ELSE EXCLUDED.last_update_id END, \
+         last_seq = EXCLUDED.last_seq, \
          stream_epoch = EXCLUDED.stream_epoch, updated_at = now() \
          WHERE dialogue_states.stream_epoch <> EXCLUDED.stream_epoch \
          OR dialogue_states.last_seq < EXCLUDED.last_seq",
@@ -353,7 +374,10 @@ pub async fn apply(
         to_publish.extend(unpublished_of_chat(&mut tx, upd.bot_id, chat_id).await?);
     }
     tx.commit().await?;
-    Ok(Applied::Applied(to_publish))
+    Ok(Applied::Applied {
+        publish: to_publish,
+        out_of_order,
+    })
 }
 
 /// Most rows of one chat an update publishes at once; the rest (after a long outage) go with
