@@ -56,6 +56,7 @@ async fn one_update(pool: &PgPool, chat: i64) -> anyhow::Result<()> {
         fingerprint: 1,
         epoch: 1,
         epoch_confirmed: true,
+        prev_on_subject: None,
     };
     let Applied::Applied { publish: rows, .. } = store::apply(
         pool,

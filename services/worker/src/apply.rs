@@ -29,6 +29,10 @@ pub struct Delivered {
     /// When the stream stored it (nanoseconds since the Unix epoch), if known: a message
     /// stored before the current stream was created comes from a deleted one.
     pub stored_at_ns: Option<i64>,
+    /// The stream sequence of its chat's previous message, when the partition's deliveries
+    /// tell it for certain (`deliveries::Tracker`): then the order guard need not ask the
+    /// stream once that one is applied.
+    pub prev_on_subject: Option<u64>,
 }
 
 /// How processing an update ended.
@@ -83,11 +87,13 @@ fn nanos(t: i128) -> i64 {
 struct Subject<'a> {
     stream: &'a jetstream::stream::Stream,
     subject: &'a str,
+    stats: &'a Stats,
 }
 
 impl NextOnSubject for Subject<'_> {
     async fn next_from(&self, from: u64) -> Result<Option<u64>, StoreError> {
         use async_nats::jetstream::stream::DirectGetErrorKind;
+        self.stats.guard_lookups.fetch_add(1, Ordering::Relaxed);
         match self
             .stream
             .direct_get_next_for_subject(self.subject, Some(from))
@@ -140,7 +146,7 @@ impl Applier {
     /// Handles one message of a lane: process it, then ack; when cancelled first (the
     /// partition released, the worker stopping), hand it back with a nak, so its partition's
     /// next holder gets it at once.
-    pub async fn handle(self: Arc<Self>, msg: jetstream::Message) {
+    pub async fn handle(self: Arc<Self>, msg: jetstream::Message, prev_on_subject: Option<u64>) {
         let permit = tokio::select! {
             permit = self.permits.clone().acquire_owned() => permit,
             _ = self.cancel.cancelled() => {
@@ -166,6 +172,7 @@ impl Applier {
             subject: msg.subject.to_string(),
             payload: msg.payload.clone(),
             stored_at_ns: Some(stored_at_ns),
+            prev_on_subject,
         };
         match self.process(&delivered, 0, Some(&msg)).await {
             Outcome::Done => {
@@ -222,6 +229,7 @@ impl Applier {
             fingerprint,
             epoch: epoch.id,
             epoch_confirmed: false,
+            prev_on_subject: d.prev_on_subject,
         };
         // Read leniently from the raw bytes: only what the bot needs. What it needs and cannot
         // read is dead-lettered with the reason; kinds it does not handle are acked.
@@ -248,6 +256,7 @@ impl Applier {
             let next = Subject {
                 stream: &self.updates,
                 subject: &d.subject,
+                stats: &self.stats,
             };
             match store::apply(&self.pool, upd, &incoming, handled, &next, self.flood).await {
                 Ok(Applied::Applied {
@@ -401,6 +410,7 @@ impl Applier {
             subject: m.subject.to_string(),
             payload: m.payload,
             stored_at_ns: Some(nanos(m.time.unix_timestamp_nanos())),
+            prev_on_subject: None,
         })
     }
 
@@ -475,6 +485,7 @@ impl Applier {
                 let next = Subject {
                     stream: &self.updates,
                     subject: &d.subject,
+                    stats: &self.stats,
                 };
                 match store::begin_dead_letter(&self.pool, upd, handled, &next)
                     .await

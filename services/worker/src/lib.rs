@@ -21,6 +21,7 @@
 
 pub mod apply;
 pub mod assign;
+pub mod deliveries;
 pub mod epoch;
 pub mod membership;
 pub mod outbox;
@@ -209,6 +210,9 @@ pub struct Stats {
     pub retries: AtomicU64,
     /// Times an earlier update of a chat was found unapplied and applied first.
     pub reordered: AtomicU64,
+    /// Times the order guard asked the stream for a chat's earlier updates (a direct get):
+    /// only when the partition's deliveries do not tell (`deliveries::Tracker`).
+    pub guard_lookups: AtomicU64,
     /// Updates from a deleted incarnation of the updates stream, neither applied nor acked.
     pub stale: AtomicU64,
     /// Updates applied after a later update (by `update_id`) of their chat: they reached the
@@ -510,6 +514,11 @@ async fn metrics(
             "courier_worker_reordered_total",
             "Earlier updates found unapplied and applied first.",
             &s.reordered,
+        ),
+        (
+            "courier_worker_order_guard_lookups_total",
+            "Stream lookups of the order guard (when deliveries do not tell a chat's previous update).",
+            &s.guard_lookups,
         ),
         (
             "courier_worker_updates_out_of_order_total",

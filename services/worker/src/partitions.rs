@@ -23,6 +23,7 @@ use tokio::task::JoinHandle;
 
 use crate::apply::{Applier, HAND_BACK_TIMEOUT};
 use crate::assign;
+use crate::deliveries::Tracker;
 use crate::membership::Membership;
 
 /// The priority group every worker pulls in.
@@ -227,9 +228,17 @@ async fn pull_partition(
     let expires = (settings.priority_timeout / 3).max(Duration::from_millis(300));
     let mut input =
         keyed::keyed_group_messages(consumer, GROUP.to_owned(), expires, cancel.clone());
-    let unstarted = lanes::run(&mut input, settings.max_lanes, cancel.clone(), {
+    // Deliveries are observed in the order received, before the lanes reorder them by chat.
+    let mut tracker = Tracker::default();
+    let tracked = futures::StreamExt::map(&mut input, move |(chat, msg)| {
+        let prev = msg.info().ok().and_then(|i| {
+            tracker.observe(chat, i.consumer_sequence, i.stream_sequence, i.delivered)
+        });
+        (chat, (msg, prev))
+    });
+    let unstarted = lanes::run(tracked, settings.max_lanes, cancel.clone(), {
         let applier = applier.clone();
-        move |_chat, msg| applier.clone().handle(msg)
+        move |_chat, (msg, prev)| applier.clone().handle(msg, prev)
     })
     .await;
     // Hand back what this worker received but will not process, so the next owner gets it at
@@ -237,7 +246,7 @@ async fn pull_partition(
     // JetStream redelivers after the ack wait anyway.
     let mut handed_back = 0usize;
     let hand_back = async {
-        for msg in unstarted {
+        for (msg, _) in unstarted {
             let _ = msg.ack_with(AckKind::Nak(None)).await;
             handed_back += 1;
         }

@@ -113,6 +113,10 @@ pub struct UpdateRef {
     /// exists now. Without it, decisions that rest on the epoch are handed back to the caller
     /// ([`Applied::Behind`], [`Applied::OtherEpoch`]).
     pub epoch_confirmed: bool,
+    /// The stream sequence of the chat's previous message, if the caller knows it for certain
+    /// (the chat has no message between it and `seq`): when that one is dealt with, the guard
+    /// does not ask `next`.
+    pub prev_on_subject: Option<u64>,
 }
 
 /// The `stream_epoch` of rows written before epochs were recorded: taken to be the current
@@ -421,10 +425,11 @@ async fn earlier_unapplied(
     handled: u64,
     next: &impl NextOnSubject,
 ) -> Result<Option<u64>, StoreError> {
-    let from = (last_seq.max(0) as u64).max(handled) + 1;
-    if from >= upd.seq {
+    let dealt_with = (last_seq.max(0) as u64).max(handled);
+    if dealt_with + 1 >= upd.seq || upd.prev_on_subject.is_some_and(|prev| dealt_with >= prev) {
         return Ok(None);
     }
+    let from = dealt_with + 1;
     Ok(next
         .next_from(from)
         .await?

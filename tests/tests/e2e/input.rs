@@ -215,6 +215,7 @@ async fn an_unreadable_update_delivered_before_an_earlier_one_is_dead_lettered_a
             subject: subject.clone(),
             payload,
             stored_at_ns: None,
+            prev_on_subject: None,
         });
     }
     let stats = std::sync::Arc::new(courier_worker::Stats::default());

@@ -213,6 +213,7 @@ async fn a_redelivered_older_update_is_applied_first_never_after() -> anyhow::Re
         subject: subject.clone(),
         payload: seqs[i].1.encode_to_vec().into(),
         stored_at_ns: None,
+        prev_on_subject: None,
     };
 
     // The newest arrives first (its predecessors are "in redelivery").

@@ -166,6 +166,7 @@ async fn updates_are_judged_by_the_stream_that_holds_them() -> anyhow::Result<()
                 subject,
                 payload: stored.payload,
                 stored_at_ns: Some(stored.time.unix_timestamp_nanos() as i64),
+                prev_on_subject: None,
             })
         }
     };
