@@ -3,6 +3,8 @@
 //! readiness probe, and which database errors are worth retrying.
 #![deny(missing_docs)]
 
+pub mod group;
+
 use std::sync::Arc;
 use std::time::Duration;
 

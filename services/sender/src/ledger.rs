@@ -2,6 +2,7 @@
 //!
 //! Tables from `migrations/20261126000003_sender.up.sql`.
 
+use courier_db::group::{BatchError, Batcher};
 use sqlx::PgPool;
 
 /// What the sender knows about a message before sending it.
@@ -41,33 +42,100 @@ pub async fn before(
     })
 }
 
+/// One ledger row: `part` of `outbox_id` is done with `outcome`.
+#[derive(Debug, Clone)]
+pub struct Record {
+    /// The bot.
+    pub bot_id: i64,
+    /// The outbox row (the message's idempotency key).
+    pub outbox_id: i64,
+    /// The part of a long text.
+    pub part: i32,
+    /// The chat it went to.
+    pub chat_id: i64,
+    /// `sent`, `dead_lettered` or `skipped_blocked`.
+    pub outcome: &'static str,
+    /// Telegram's id of the sent message.
+    pub telegram_message_id: Option<i64>,
+}
+
+/// Most ledger rows written in one statement.
+const LEDGER_BATCH: usize = 256;
+
+/// The ledger's writer: rows recorded while a write is in flight go together in the next one
+/// (one commit for all of them: `courier_db::group`).
+pub type Recorder = Batcher<Record>;
+
+/// Starts the ledger's writer.
+pub fn recorder(pool: PgPool) -> Recorder {
+    Batcher::spawn(LEDGER_BATCH, move |rows: Vec<Record>| {
+        let pool = pool.clone();
+        async move {
+            insert_records(&pool, &rows)
+                .await
+                .map_err(|e| e.to_string())
+        }
+    })
+}
+
+async fn insert_records(pool: &PgPool, rows: &[Record]) -> Result<(), sqlx::Error> {
+    let mut bots = Vec::with_capacity(rows.len());
+    let mut outbox_ids = Vec::with_capacity(rows.len());
+    let mut parts = Vec::with_capacity(rows.len());
+    let mut chats = Vec::with_capacity(rows.len());
+    let mut outcomes = Vec::with_capacity(rows.len());
+    let mut message_ids = Vec::with_capacity(rows.len());
+    for r in rows {
+        bots.push(r.bot_id);
+        outbox_ids.push(r.outbox_id);
+        parts.push(r.part);
+        chats.push(r.chat_id);
+        outcomes.push(r.outcome);
+        message_ids.push(r.telegram_message_id);
+    }
+    // ON CONFLICT DO NOTHING also skips a second row of the same key within the batch.
+    sqlx::query(
+        "INSERT INTO sent_messages (bot_id, outbox_id, part, chat_id, outcome, telegram_message_id)
+         SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::int[], $4::bigint[], $5::text[],
+                              $6::bigint[])
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(bots)
+    .bind(outbox_ids)
+    .bind(parts)
+    .bind(chats)
+    .bind(outcomes)
+    .bind(message_ids)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 /// Records that `part` of `outbox_id` is done with `outcome` (`sent`, `dead_lettered`,
-/// `skipped_blocked`). Idempotent. Messages without an outbox id (0) are not recorded.
+/// `skipped_blocked`), and returns once that is committed. Idempotent. Messages without an
+/// outbox id (0) are not recorded.
 pub async fn record(
-    pool: &PgPool,
+    recorder: &Recorder,
     bot_id: i64,
     outbox_id: i64,
     part: i32,
     chat_id: i64,
-    outcome: &str,
+    outcome: &'static str,
     telegram_message_id: Option<i64>,
-) -> Result<(), sqlx::Error> {
+) -> Result<(), BatchError> {
     if outbox_id == 0 {
         return Ok(());
     }
-    sqlx::query(
-        "INSERT INTO sent_messages (bot_id, outbox_id, part, chat_id, outcome, telegram_message_id)
-         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-    )
-    .bind(bot_id)
-    .bind(outbox_id)
-    .bind(part)
-    .bind(chat_id)
-    .bind(outcome)
-    .bind(telegram_message_id)
-    .execute(pool)
-    .await?;
-    Ok(())
+    recorder
+        .submit(Record {
+            bot_id,
+            outbox_id,
+            part,
+            chat_id,
+            outcome,
+            telegram_message_id,
+        })
+        .await
 }
 
 /// Marks the chat blocked, and its user (`users.blocked_at`; private chat id = user id).

@@ -432,6 +432,8 @@ struct Ctx {
     bot_id: i64,
     js: jetstream::Context,
     pool: PgPool,
+    /// The ledger's batched writer.
+    ledger: ledger::Recorder,
     limits: Arc<Limits>,
     breaker: Arc<Breaker>,
     lease: Arc<Lease>,
@@ -530,6 +532,7 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Sender
         bot_id,
         js,
         pool: pool.clone(),
+        ledger: ledger::recorder(pool.clone()),
         limits: Arc::new(Limits::new(rates)),
         breaker: Arc::new(Breaker::new(
             config.breaker_threshold,
@@ -833,10 +836,11 @@ fn pull_held(
 }
 
 /// Retries a database call until it succeeds; `None` when cancelled meanwhile.
-async fn db_retry<T, F, Fut>(ctx: &Ctx, what: &str, mut f: F) -> Option<T>
+async fn db_retry<T, E, F, Fut>(ctx: &Ctx, what: &str, mut f: F) -> Option<T>
 where
+    E: std::fmt::Display,
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+    Fut: std::future::Future<Output = Result<T, E>>,
 {
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
     loop {
@@ -900,7 +904,7 @@ async fn handle(ctx: Arc<Ctx>, held: Held) {
         );
         let recorded = db_retry(&ctx, "ledger record", || {
             ledger::record(
-                &ctx.pool,
+                &ctx.ledger,
                 bot_id,
                 out.outbox_id,
                 0,
@@ -972,7 +976,7 @@ async fn handle(ctx: Arc<Ctx>, held: Held) {
                     ctx.stats.sent.fetch_add(1, Ordering::Relaxed);
                     let recorded = db_retry(&ctx, "ledger record", || {
                         ledger::record(
-                            &ctx.pool,
+                            &ctx.ledger,
                             bot_id,
                             out.outbox_id,
                             part_no,
@@ -1072,7 +1076,7 @@ async fn park(ctx: &Ctx, held: Held, out: &OutboundMessage, chat: i64, reason: &
     let bot_id = ctx.bot_id;
     let recorded = db_retry(ctx, "ledger record", || {
         ledger::record(
-            &ctx.pool,
+            &ctx.ledger,
             bot_id,
             out.outbox_id,
             0,

@@ -1,0 +1,138 @@
+//! Group commit for small writes: rows submitted by many tasks go to the database together.
+//!
+//! A [`Batcher`] runs one writer task. While it executes a batch, the rows submitted meanwhile
+//! queue up, and the next batch takes all of them (up to a maximum) in one statement and one
+//! commit. There is no timer: a lone row is written at once, and under load the batch grows
+//! by itself with the number of concurrent writers — one commit (one WAL flush) for all of
+//! them instead of one each. Each submitter gets its batch's outcome, so a row is only taken
+//! as written once its commit succeeded.
+//!
+//! Written here rather than taken from a crate: it is a channel and a loop, and the writer's
+//! statement (a multi-row `INSERT … SELECT FROM unnest(…)`) is the caller's.
+
+use std::future::Future;
+
+use tokio::sync::{mpsc, oneshot};
+
+/// Why a submitted row was not written.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BatchError {
+    /// The batch's statement failed; the row may be submitted again.
+    #[error("batched write failed: {0}")]
+    Write(String),
+    /// The writer task is gone (the service is stopping).
+    #[error("batched writer stopped")]
+    Stopped,
+}
+
+type Pending<T> = (T, oneshot::Sender<Result<(), BatchError>>);
+
+/// A handle to a writer task; clones share it. The task ends when every handle is dropped.
+pub struct Batcher<T> {
+    tx: mpsc::UnboundedSender<Pending<T>>,
+}
+
+impl<T> Clone for Batcher<T> {
+    fn clone(&self) -> Self {
+        Self {
+            tx: self.tx.clone(),
+        }
+    }
+}
+
+impl<T: Send + 'static> Batcher<T> {
+    /// Starts the writer: `write` gets each batch (at most `max` rows, in submission order)
+    /// and writes it in one statement.
+    pub fn spawn<F, Fut>(max: usize, mut write: F) -> Self
+    where
+        F: FnMut(Vec<T>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(), String>> + Send,
+    {
+        let max = max.max(1);
+        let (tx, mut rx) = mpsc::unbounded_channel::<Pending<T>>();
+        tokio::spawn(async move {
+            let mut batch = Vec::new();
+            while let Some(first) = rx.recv().await {
+                batch.push(first);
+                while batch.len() < max {
+                    match rx.try_recv() {
+                        Ok(more) => batch.push(more),
+                        Err(_) => break,
+                    }
+                }
+                let (rows, replies): (Vec<T>, Vec<_>) = batch.drain(..).unzip();
+                let outcome = write(rows).await.map_err(BatchError::Write);
+                for reply in replies {
+                    let _ = reply.send(outcome.clone());
+                }
+            }
+        });
+        Self { tx }
+    }
+
+    /// Submits a row and waits until its batch was written.
+    pub async fn submit(&self, row: T) -> Result<(), BatchError> {
+        let (reply, done) = oneshot::channel();
+        self.tx
+            .send((row, reply))
+            .map_err(|_| BatchError::Stopped)?;
+        done.await.map_err(|_| BatchError::Stopped)?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_rows_share_batches_and_each_gets_its_batchs_outcome() {
+        let batches = Arc::new(Mutex::new(Vec::<Vec<u32>>::new()));
+        let seen = batches.clone();
+        let batcher = Batcher::spawn(8, move |rows: Vec<u32>| {
+            let seen = seen.clone();
+            async move {
+                // Slow enough that the other submitters queue up meanwhile.
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                let fail = rows.contains(&13);
+                seen.lock().unwrap().push(rows);
+                if fail {
+                    Err("row 13 is refused".to_owned())
+                } else {
+                    Ok(())
+                }
+            }
+        });
+        let outcomes = futures_join(&batcher, 0..40).await;
+        let batches = batches.lock().unwrap();
+        let mut all: Vec<u32> = batches.iter().flatten().copied().collect();
+        all.sort_unstable();
+        assert_eq!(all, (0..40).collect::<Vec<_>>(), "every row written once");
+        assert!(batches.iter().all(|b| b.len() <= 8), "{batches:?}");
+        assert!(batches.len() < 40, "rows shared batches: {batches:?}");
+        let failed_batch = batches.iter().find(|b| b.contains(&13)).unwrap();
+        for (row, outcome) in outcomes {
+            assert_eq!(
+                outcome.is_err(),
+                failed_batch.contains(&row),
+                "row {row}: {outcome:?}"
+            );
+        }
+    }
+
+    async fn futures_join(
+        batcher: &Batcher<u32>,
+        rows: std::ops::Range<u32>,
+    ) -> Vec<(u32, Result<(), BatchError>)> {
+        let mut tasks = tokio::task::JoinSet::new();
+        for row in rows {
+            let b = batcher.clone();
+            tasks.spawn(async move { (row, b.submit(row).await) });
+        }
+        let mut out = Vec::new();
+        while let Some(r) = tasks.join_next().await {
+            out.push(r.unwrap());
+        }
+        out
+    }
+}
