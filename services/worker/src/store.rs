@@ -178,28 +178,60 @@ pub async fn apply(
     budget: FloodBudget,
 ) -> Result<Applied, StoreError> {
     let mut tx = pool.begin().await?;
-    if !claim(&mut tx, upd, "applied").await? {
+    // One round trip: claim the update, lock and read the chat's row, and count the update
+    // against its sender's flood budget. (A rollback below undoes the claim and the count.)
+    let flood_sender = flood::counted_as(incoming).filter(|_| budget.limit > 0);
+    let row = sqlx::query(
+        "WITH claim AS ( \
+             INSERT INTO processed_updates \
+             (bot_id, update_id, update_fingerprint, chat_id, stream_seq, outcome) \
+             VALUES ($1, $2, $3, $4, $5, 'applied') \
+             ON CONFLICT (bot_id, update_id, update_fingerprint) DO NOTHING RETURNING 1), \
+         chat AS ( \
+             SELECT state, last_seq, stream_epoch, \
+             CASE WHEN updated_at > now() - interval '7 days' THEN last_update_id END \
+                 AS recent_update_id \
+             FROM dialogue_states WHERE bot_id = $1 AND chat_id = $6 FOR UPDATE), \
+         flood AS ( \
+             INSERT INTO flood_counters AS f (bot_id, sender_id, window_start, updates) \
+             SELECT $1, $7, now(), 1 WHERE $7::bigint IS NOT NULL AND EXISTS (SELECT 1 FROM claim) \
+             ON CONFLICT (bot_id, sender_id) DO UPDATE SET \
+             window_start = CASE WHEN f.window_start <= now() - make_interval(secs => $8) \
+                            THEN now() ELSE f.window_start END, \
+             updates = CASE WHEN f.window_start <= now() - make_interval(secs => $8) \
+                       THEN 1 ELSE f.updates + 1 END \
+             RETURNING updates) \
+         SELECT EXISTS (SELECT 1 FROM claim) AS claimed, \
+             (SELECT updates FROM flood) AS flood_count, \
+             chat.state, chat.last_seq, chat.stream_epoch, chat.recent_update_id \
+         FROM (SELECT 1) AS one LEFT JOIN chat ON true",
+    )
+    .bind(upd.bot_id)
+    .bind(upd.update_id)
+    // Stored as the same 64 bits in a BIGINT.
+    .bind(upd.fingerprint as i64)
+    .bind(upd.chat_id)
+    .bind(upd.seq as i64)
+    .bind(incoming.chat_id)
+    .bind(flood_sender)
+    .bind(budget.window.as_secs_f64())
+    .fetch_one(&mut *tx)
+    .await?;
+    if !row.try_get::<bool, _>("claimed")? {
         tx.rollback().await?;
         return Ok(Applied::Duplicate);
     }
-    let row = sqlx::query(
-        "SELECT state, last_seq, stream_epoch, \
-         CASE WHEN updated_at > now() - interval '7 days' THEN last_update_id END AS recent_update_id \
-         FROM dialogue_states WHERE bot_id = $1 AND chat_id = $2 FOR UPDATE",
-    )
-    .bind(upd.bot_id)
-    .bind(incoming.chat_id)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let (state, mut last_seq, epoch, recent_update_id) = match row {
-        Some(r) => (
-            serde_json::from_value::<DialogueState>(r.try_get("state")?)?,
-            r.try_get::<i64, _>("last_seq")?,
-            r.try_get::<i64, _>("stream_epoch")?,
-            r.try_get::<Option<i64>, _>("recent_update_id")?,
-        ),
-        None => (DialogueState::default(), 0, upd.epoch, None),
-    };
+    let flood_count = row.try_get::<Option<i64>, _>("flood_count")?;
+    let (state, mut last_seq, epoch, recent_update_id) =
+        match row.try_get::<Option<serde_json::Value>, _>("state")? {
+            Some(state) => (
+                serde_json::from_value::<DialogueState>(state)?,
+                row.try_get::<i64, _>("last_seq")?,
+                row.try_get::<i64, _>("stream_epoch")?,
+                row.try_get::<Option<i64>, _>("recent_update_id")?,
+            ),
+            None => (DialogueState::default(), 0, upd.epoch, None),
+        };
     let out_of_order = recent_update_id.is_some_and(|last| upd.update_id < last);
     if epoch != upd.epoch && epoch != LEGACY_EPOCH {
         if !upd.epoch_confirmed {
@@ -230,9 +262,8 @@ pub async fn apply(
         return Ok(Applied::EarlierFirst(earlier));
     }
     let mut ctx = Context::default();
-    if let (Some(sender), true) = (flood::counted_as(incoming), budget.limit > 0) {
-        let count = count_inbound(&mut tx, upd.bot_id, sender, budget.window).await?;
-        ctx.pace = flood::pace(count, budget.limit);
+    if let (Some(sender), Some(count)) = (flood_sender, flood_count) {
+        ctx.pace = flood::pace(count.max(1) as u64, budget.limit);
         if ctx.pace != Pace::Within {
             set_outcome(&mut tx, upd, "throttled").await?;
             if ctx.pace == Pace::SlowDown {
@@ -269,9 +300,10 @@ pub async fn apply(
     }
 
     let transition = courier_bot::step(state, incoming, &ctx);
-    // The chats this update writes replies to (the notes bot: the update's own chat).
-    let mut replied = std::collections::BTreeSet::new();
-    for effect in &transition.effects {
+    // Notes and replies go in the one statement below; the rarer effects here, in order.
+    let mut notes = Notes::default();
+    let (mut reply_chats, mut reply_texts) = (Vec::new(), Vec::new());
+    for effect in transition.effects {
         match effect {
             Effect::UpsertUser { user, chat_id } => {
                 sqlx::query(
@@ -296,22 +328,14 @@ pub async fn apply(
                 text,
                 at,
             } => {
-                sqlx::query(
-                    "INSERT INTO messages (bot_id, chat_id, user_id, update_id, text, sent_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6)",
-                )
-                .bind(upd.bot_id)
-                .bind(chat_id)
-                .bind(user_id)
-                .bind(upd.update_id)
-                .bind(text)
-                .bind(at)
-                .execute(&mut *tx)
-                .await?;
+                notes.chats.push(chat_id);
+                notes.users.push(user_id);
+                notes.texts.push(text);
+                notes.ats.push(at);
             }
             Effect::SetBlocked { chat_id, blocked } => {
                 // The sender skips chats in `blocked_chats`; Telegram tells us both ways.
-                let sql = if *blocked {
+                let sql = if blocked {
                     "WITH b AS (INSERT INTO blocked_chats (bot_id, chat_id, reason) \
                      VALUES ($1, $2, 'my_chat_member: kicked') ON CONFLICT DO NOTHING) \
                      UPDATE users SET blocked_at = now() WHERE bot_id = $1 AND chat_id = $2"
@@ -326,56 +350,85 @@ pub async fn apply(
                     .await?;
             }
             Effect::Reply { chat_id, text } => {
-                sqlx::query(
-                    "INSERT INTO outbox (bot_id, chat_id, origin_update_id, text) \
-                     VALUES ($1, $2, $3, $4)",
-                )
-                .bind(upd.bot_id)
-                .bind(chat_id)
-                .bind(upd.update_id)
-                .bind(text)
-                .execute(&mut *tx)
-                .await?;
-                replied.insert(*chat_id);
+                reply_chats.push(chat_id);
+                reply_texts.push(text);
             }
         }
     }
-    // The WHERE makes a concurrent first update of a new chat (no row to lock yet) safe: if a
-    // later update got there first, this one is not applied. (A row of another epoch was
-    // locked and judged above.) `last_update_id` keeps the highest id of the week (Telegram
-    // may restart its ids after a week without updates).
-    let written = sqlx::query(
-        "INSERT INTO dialogue_states (bot_id, chat_id, state, last_update_id, last_seq, stream_epoch) \
-         VALUES ($1, $2, $3, $4, $5, $6) \
-         ON CONFLICT (bot_id, chat_id) DO UPDATE SET state = EXCLUDED.state, \
-         last_update_id = CASE WHEN dialogue_states.updated_at > now() - interval '7 days' \
-             THEN GREATEST(dialogue_states.last_update_id, EXCLUDED.last_update_id) \
-             ELSE EXCLUDED.last_update_id END, \
-         last_seq = EXCLUDED.last_seq, \
-         stream_epoch = EXCLUDED.stream_epoch, updated_at = now() \
-         WHERE dialogue_states.stream_epoch <> EXCLUDED.stream_epoch \
-         OR dialogue_states.last_seq < EXCLUDED.last_seq",
+    // One round trip for the rest: the notes, the replies (ids drawn in the effects' order),
+    // the new state, and what to publish. The state's upsert has a WHERE that makes a
+    // concurrent first update of a new chat (no row to lock yet) safe: if a later update got
+    // there first, nothing is written for this one (`written` = 0) and it is rolled back. (A
+    // row of another epoch was locked and judged above.) `last_update_id` keeps the highest
+    // id of the week (Telegram may restart its ids after a week without updates).
+    //
+    // What to publish: not only this update's replies but every unpublished row of their
+    // chats, in id order, so that a reply whose publish failed earlier goes out before these
+    // (see `outbox::publish`). Read under the chat's lock, so every earlier reply of the chat
+    // is committed and visible here; the statement's own replies come from RETURNING (its
+    // snapshot does not show them), at most [`CHAT_BACKLOG_LIMIT`] rows, a prefix in id order.
+    let rows = sqlx::query(
+        "WITH note AS ( \
+             INSERT INTO messages (bot_id, chat_id, user_id, update_id, text, sent_at) \
+             SELECT $1, n.chat_id, n.user_id, $2, n.text, n.at \
+             FROM unnest($3::bigint[], $4::bigint[], $5::text[], $6::timestamptz[]) \
+                 AS n(chat_id, user_id, text, at)), \
+         reply AS ( \
+             INSERT INTO outbox (bot_id, chat_id, origin_update_id, text) \
+             SELECT $1, r.chat_id, $2, r.text \
+             FROM unnest($7::bigint[], $8::text[]) WITH ORDINALITY AS r(chat_id, text, n) \
+             ORDER BY r.n \
+             RETURNING id, chat_id, origin_update_id, text, created_at), \
+         state AS ( \
+             INSERT INTO dialogue_states \
+             (bot_id, chat_id, state, last_update_id, last_seq, stream_epoch) \
+             VALUES ($1, $9, $10, $2, $11, $12) \
+             ON CONFLICT (bot_id, chat_id) DO UPDATE SET state = EXCLUDED.state, \
+             last_update_id = CASE WHEN dialogue_states.updated_at > now() - interval '7 days' \
+                 THEN GREATEST(dialogue_states.last_update_id, EXCLUDED.last_update_id) \
+                 ELSE EXCLUDED.last_update_id END, \
+             last_seq = EXCLUDED.last_seq, stream_epoch = EXCLUDED.stream_epoch, \
+             updated_at = now() \
+             WHERE dialogue_states.stream_epoch <> EXCLUDED.stream_epoch \
+             OR dialogue_states.last_seq < EXCLUDED.last_seq \
+             RETURNING 1), \
+         publish AS ( \
+             SELECT id, chat_id, origin_update_id, text, created_at FROM outbox \
+             WHERE published_at IS NULL AND bot_id = $1 AND chat_id = ANY($7) \
+             UNION ALL SELECT id, chat_id, origin_update_id, text, created_at FROM reply \
+             ORDER BY id LIMIT $13) \
+         SELECT (SELECT count(*) FROM state) AS written, \
+             p.id, p.chat_id, p.origin_update_id, p.text, p.created_at \
+         FROM (SELECT 1) AS one LEFT JOIN publish AS p ON true ORDER BY p.id",
     )
     .bind(upd.bot_id)
+    .bind(upd.update_id)
+    .bind(&notes.chats)
+    .bind(&notes.users)
+    .bind(&notes.texts)
+    .bind(&notes.ats)
+    .bind(&reply_chats)
+    .bind(&reply_texts)
     .bind(incoming.chat_id)
     .bind(serde_json::to_value(transition.state)?)
-    .bind(upd.update_id)
     .bind(upd.seq as i64)
     .bind(upd.epoch)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
+    .bind(CHAT_BACKLOG_LIMIT)
+    .fetch_all(&mut *tx)
+    .await?;
+    let written = match rows.first() {
+        Some(r) => r.try_get::<i64, _>("written")?,
+        None => 0,
+    };
     if written == 0 {
         tx.rollback().await?;
         return Ok(Applied::Duplicate);
     }
-    // What to publish: not only this update's replies but every unpublished row of their
-    // chat, in id order, so that a reply whose publish failed earlier goes out before these
-    // (see `outbox::publish`). Read under the chat's lock, so every earlier reply of the chat
-    // is committed and visible here.
-    let mut to_publish = Vec::new();
-    for chat_id in replied {
-        to_publish.extend(unpublished_of_chat(&mut tx, upd.bot_id, chat_id).await?);
+    let mut to_publish = Vec::with_capacity(rows.len());
+    for r in &rows {
+        if r.try_get::<Option<i64>, _>("id")?.is_some() {
+            to_publish.push(outbox_row(r)?);
+        }
     }
     tx.commit().await?;
     Ok(Applied::Applied {
@@ -384,28 +437,18 @@ pub async fn apply(
     })
 }
 
+/// The notes an update saves, as the columns of one multi-row insert.
+#[derive(Default)]
+struct Notes {
+    chats: Vec<i64>,
+    users: Vec<i64>,
+    texts: Vec<String>,
+    ats: Vec<DateTime<Utc>>,
+}
+
 /// Most rows of one chat an update publishes at once; the rest (after a long outage) go with
 /// the chat's next reply or the relay.
 const CHAT_BACKLOG_LIMIT: i64 = 500;
-
-/// The chat's outbox rows not marked published, oldest first (a prefix of them, in id order,
-/// when there are more than [`CHAT_BACKLOG_LIMIT`]).
-async fn unpublished_of_chat(
-    tx: &mut Transaction<'_, Postgres>,
-    bot_id: i64,
-    chat_id: i64,
-) -> Result<Vec<OutboxRow>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT id, chat_id, origin_update_id, text, created_at FROM outbox \
-         WHERE published_at IS NULL AND bot_id = $1 AND chat_id = $2 ORDER BY id LIMIT $3",
-    )
-    .bind(bot_id)
-    .bind(chat_id)
-    .bind(CHAT_BACKLOG_LIMIT)
-    .fetch_all(&mut **tx)
-    .await?;
-    rows.into_iter().map(|r| outbox_row(&r)).collect()
-}
 
 fn outbox_row(r: &sqlx::postgres::PgRow) -> Result<OutboxRow, StoreError> {
     Ok(OutboxRow {
@@ -505,33 +548,6 @@ pub async fn begin_dead_letter(
     .execute(&mut *tx)
     .await?;
     Ok(DeadLetterStart::Begun(tx))
-}
-
-/// Counts an update against its sender's window and returns its number in the window (1 for
-/// the first); a window that has ended starts again with this update. One statement, so two
-/// transactions for the same sender serialize on the row.
-async fn count_inbound(
-    tx: &mut Transaction<'_, Postgres>,
-    bot_id: i64,
-    sender: i64,
-    window: Duration,
-) -> Result<u64, StoreError> {
-    let n: i64 = sqlx::query_scalar(
-        "INSERT INTO flood_counters AS f (bot_id, sender_id, window_start, updates) \
-         VALUES ($1, $2, now(), 1) \
-         ON CONFLICT (bot_id, sender_id) DO UPDATE SET \
-         window_start = CASE WHEN f.window_start <= now() - make_interval(secs => $3) \
-                        THEN now() ELSE f.window_start END, \
-         updates = CASE WHEN f.window_start <= now() - make_interval(secs => $3) \
-                   THEN 1 ELSE f.updates + 1 END \
-         RETURNING updates",
-    )
-    .bind(bot_id)
-    .bind(sender)
-    .bind(window.as_secs_f64())
-    .fetch_one(&mut **tx)
-    .await?;
-    Ok(n.max(1) as u64)
 }
 
 /// Changes the outcome recorded by [`claim`] in the same transaction.
