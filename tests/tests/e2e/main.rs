@@ -8,6 +8,7 @@ mod flood;
 mod ingress;
 mod input;
 mod lease_ttl;
+mod load;
 mod order;
 mod outages;
 mod retention;
