@@ -8,12 +8,14 @@
 //!
 //! It depends on no service crate so that it builds in seconds.
 
+mod http;
 mod nats;
 mod paths;
 mod pg;
 mod proc;
 mod provision;
 mod restart;
+mod stack;
 mod supervise;
 mod test;
 mod up;

@@ -2,8 +2,6 @@
 //! is a [`Supervised`](crate::supervise::Supervised) one, restarted on the same ports and
 //! store, so the services' `NATS_URL` stays right and they reconnect.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::thread::sleep;
@@ -11,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 
+use crate::http;
 use crate::paths;
 use crate::proc::{self, describe, tail, POLL};
 
@@ -86,24 +85,14 @@ impl Nats {
 
 /// `GET /healthz?js-enabled-only=true` answers `{"status":"ok"}`.
 fn healthz(monitor_port: u16) -> bool {
-    let check = || -> std::io::Result<bool> {
-        let mut stream = TcpStream::connect_timeout(
-            &([127, 0, 0, 1], monitor_port).into(),
-            Duration::from_secs(1),
-        )?;
-        stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-        stream
-            .write_all(b"GET /healthz?js-enabled-only=true HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response)?;
-        let body: String = response
-            .split_once("\r\n\r\n")
-            .map(|(_, body)| body)
-            .unwrap_or_default()
-            .chars()
+    http::get(
+        ([127, 0, 0, 1], monitor_port).into(),
+        "/healthz?js-enabled-only=true",
+    )
+    .is_ok_and(|(_, body)| {
+        body.chars()
             .filter(|c| !c.is_whitespace())
-            .collect();
-        Ok(body.contains(r#""status":"ok""#))
-    };
-    check().unwrap_or(false)
+            .collect::<String>()
+            .contains(r#""status":"ok""#)
+    })
 }

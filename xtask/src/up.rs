@@ -8,18 +8,16 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::thread::sleep;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use nix::sys::signal::Signal;
 
 use crate::nats::Nats;
 use crate::paths;
 use crate::pg::Cluster;
-use crate::proc::{self, describe, free_port, tail, POLL};
+use crate::proc::{self, describe, free_port, POLL};
 use crate::provision;
-use crate::restart::Policy;
-use crate::supervise::{self, Spec, Supervised};
+use crate::stack::{self, Stack};
 
 /// The development bot token (`courier_common::config::dev::BOT_TOKEN`).
 const DEV_BOT_TOKEN: &str = "100001:courier-dev-token";
@@ -40,7 +38,7 @@ pub fn run(workers: u16, release: bool) -> Result<ExitCode> {
     let logs = dev.join("logs");
     fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
     let _lock = Lock::acquire(&dev)?;
-    kill_leftovers(&dev);
+    stack::kill_leftovers(&dev);
 
     let sandbox_port = sandbox_port()?;
 
@@ -116,40 +114,12 @@ fn start_and_wait(
             paths::display(&pg.data())
         );
     }
-    let server = pg.foreground(free_port()?, &[]);
-    let postgres = stack.pg.insert(Supervised::start(
-        Spec {
-            name: "postgres".into(),
-            command: Box::new(move || server.command()),
-            log: logs.join("postgres.log"),
-            fresh_log: false,
-            // Fast shutdown: roll back open transactions, checkpoint, exit.
-            stop: Signal::SIGINT,
-            grace: Duration::from_secs(60),
-        },
-        Policy::DEFAULT,
-    )?);
-    wait_for_postgres(&pg, postgres, Duration::from_secs(60))?;
+    stack.start_postgres(&mut pg, &logs.join("postgres.log"), &[])?;
     pg.create_database("courier")?;
     let database_url = pg.url("courier");
 
     let nats = Nats::new(&tools.nats_server, &dev.join("nats"))?;
-    let nats_log = logs.join("nats.log");
-    let nats_proc = stack.nats.insert(Supervised::start(
-        Spec {
-            name: "nats-server".into(),
-            command: {
-                let nats = nats.clone();
-                Box::new(move || nats.command())
-            },
-            log: nats_log.clone(),
-            fresh_log: true,
-            stop: Signal::SIGTERM,
-            grace: Duration::from_secs(10),
-        },
-        Policy::DEFAULT,
-    )?);
-    nats.wait_healthy(&nats_log, || nats_proc.ended(), Duration::from_secs(30))?;
+    stack.start_nats(&nats, &logs.join("nats.log"))?;
     let nats_url = nats.url();
     let nats_monitor = nats.monitor_port;
 
@@ -214,7 +184,7 @@ fn start_and_wait(
         ],
         logs,
     )?;
-    write_pids(dev, stack);
+    stack.write_pids(dev);
 
     println!();
     println!("Courier is up.");
@@ -252,36 +222,7 @@ fn start_and_wait(
             return Ok(());
         }
         if stack.poll(Instant::now()) {
-            write_pids(dev, stack);
-        }
-        sleep(POLL);
-    }
-}
-
-/// Waits until the first start of PostgreSQL accepts connections.
-fn wait_for_postgres(pg: &Cluster, postgres: &mut Supervised, timeout: Duration) -> Result<()> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = postgres.ended() {
-            bail!(
-                "PostgreSQL exited ({}) before it accepted connections\n--- {} ---\n{}",
-                describe(status),
-                paths::display(postgres.log()),
-                tail(postgres.log(), 20)
-            );
-        }
-        if pg.accepting() {
-            return Ok(());
-        }
-        if proc::interrupted() {
-            bail!("interrupted");
-        }
-        if Instant::now() >= deadline {
-            bail!(
-                "PostgreSQL did not accept connections within {timeout:?}\n--- {} ---\n{}",
-                paths::display(postgres.log()),
-                tail(postgres.log(), 20)
-            );
+            stack.write_pids(dev);
         }
         sleep(POLL);
     }
@@ -299,80 +240,6 @@ fn sandbox_port() -> Result<u16> {
         bail!("port {port} on 127.0.0.1 is taken; choose another with COURIER_SANDBOX_PORT=<port>");
     }
     Ok(port)
-}
-
-/// What runs; stopped in reverse order of dependency.
-#[derive(Debug, Default)]
-struct Stack {
-    services: Vec<Supervised>,
-    nats: Option<Supervised>,
-    pg: Option<Supervised>,
-}
-
-impl Stack {
-    /// Starts a service: `bin` with the `common` and its `own` environment, logging to
-    /// `<logs>/<name>.log`.
-    fn spawn(
-        &mut self,
-        name: &str,
-        bin: &Path,
-        common: &[(&str, String)],
-        own: &[(&str, String)],
-        logs: &Path,
-    ) -> Result<()> {
-        let bin = bin.to_path_buf();
-        let env: Vec<(String, String)> = common
-            .iter()
-            .chain(own)
-            .map(|(k, v)| ((*k).to_string(), v.clone()))
-            .collect();
-        let spec = Spec {
-            name: name.to_string(),
-            command: Box::new(move || {
-                let mut cmd = Command::new(&bin);
-                cmd.envs(env.iter().map(|(k, v)| (k, v)))
-                    .current_dir(paths::root());
-                cmd
-            }),
-            log: logs.join(format!("{name}.log")),
-            fresh_log: true,
-            stop: Signal::SIGTERM,
-            grace: Duration::from_secs(10),
-        };
-        self.services
-            .push(Supervised::start(spec, Policy::DEFAULT)?);
-        Ok(())
-    }
-
-    /// Restarts what died and is due; true when a pid changed.
-    fn poll(&mut self, now: Instant) -> bool {
-        let mut changed = false;
-        for p in self
-            .pg
-            .iter_mut()
-            .chain(&mut self.nats)
-            .chain(&mut self.services)
-        {
-            changed |= p.poll(now);
-        }
-        changed
-    }
-
-    /// Services (SIGTERM, 10 s, SIGKILL), then NATS (the same), then PostgreSQL (SIGINT:
-    /// fast shutdown, 60 s, SIGKILL).
-    fn shutdown(&mut self) {
-        supervise::stop_all(&mut self.services.iter_mut().collect::<Vec<_>>());
-        self.services.clear();
-        for mut infra in [self.nats.take(), self.pg.take()].into_iter().flatten() {
-            supervise::stop_all(&mut [&mut infra]);
-        }
-    }
-}
-
-impl Drop for Stack {
-    fn drop(&mut self) {
-        self.shutdown();
-    }
 }
 
 /// `target/courier-dev/xtask.pid`: one `cargo xtask up` at a time.
@@ -402,67 +269,4 @@ impl Drop for Lock {
     fn drop(&mut self) {
         let _ = fs::remove_file(&self.path);
     }
-}
-
-/// Records the running children's PIDs (NATS and the services; PostgreSQL is found through
-/// its data directory), so that a later run can end them if this one is killed hard.
-/// Rewritten whenever a restart changes a pid. A line is `<program> <pid> [<name>]`: the
-/// program is what `/proc/<pid>/comm` must say before a pid is killed, the name is for
-/// people (`courier-worker 4242 worker-2`).
-fn write_pids(dev: &Path, stack: &Stack) {
-    let mut text = String::new();
-    if let Some(pid) = stack.nats.as_ref().and_then(Supervised::pid) {
-        text.push_str(&format!("nats-server {pid}\n"));
-    }
-    for service in &stack.services {
-        let Some(pid) = service.pid() else {
-            continue;
-        };
-        let name = service.name();
-        let program = if name.starts_with("worker-") {
-            "courier-worker".to_string()
-        } else {
-            format!("courier-{name}")
-        };
-        text.push_str(&format!("{program} {pid} {name}\n"));
-    }
-    // Whole or not at all: a run killed mid-write must not leave half a list.
-    let tmp = dev.join("pids.tmp");
-    if fs::write(&tmp, text).is_ok() {
-        let _ = fs::rename(&tmp, dev.join("pids"));
-    }
-}
-
-/// Ends the processes a hard-killed earlier run left behind (see [`write_pids`]).
-fn kill_leftovers(dev: &Path) {
-    let Ok(text) = fs::read_to_string(dev.join("pids")) else {
-        return;
-    };
-    let mut pids = Vec::new();
-    for line in text.lines() {
-        let mut parts = line.split_whitespace();
-        if let (Some(name), Some(Ok(pid))) = (parts.next(), parts.next().map(str::parse::<u32>)) {
-            if proc::alive_named(pid, name) {
-                eprintln!("xtask: ending {name} (pid {pid}) left by an earlier run");
-                proc::signal(pid, nix::sys::signal::Signal::SIGKILL);
-                pids.push(pid);
-            }
-        }
-    }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline && pids.iter().any(|&pid| running(pid)) {
-        sleep(Duration::from_millis(50));
-    }
-    let _ = fs::remove_file(dev.join("pids"));
-}
-
-/// Whether `pid` exists and is not a zombie.
-fn running(pid: u32) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|stat| {
-            stat.rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().next())
-                .is_some_and(|state| state != "Z" && state != "X")
-        })
-        .unwrap_or(false)
 }
