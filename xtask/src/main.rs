@@ -5,9 +5,13 @@
 //!   `target/courier-dev/`), restarting any process that dies, until Ctrl-C.
 //! * `cargo xtask test [-- ARGS]` — run the workspace tests against a throwaway PostgreSQL
 //!   cluster and a provisioned nats-server.
+//! * `cargo xtask bench [--workers N] [--scenario closed|open|all] …` — Courier's replies/s,
+//!   latency and CPU per note on a fixed work (release builds, a throwaway stack).
 //!
 //! It depends on no service crate so that it builds in seconds.
 
+mod bench;
+mod cpu;
 mod http;
 mod nats;
 mod paths;
@@ -62,6 +66,15 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Measure Courier's replies/s, p50/p99 latency and CPU per note, in well under two
+    /// minutes (the release build not counted).
+    ///
+    /// A throwaway PostgreSQL and nats-server (durable defaults), the release builds of
+    /// ingress, the workers, the sender (Telegram's budgets raised) and the sandbox (rate
+    /// limits off); then `courier-sandbox load` runs the closed loop (each chat's next note
+    /// after the previous reply) and the open loop (notes at a fixed rate). Prints a table;
+    /// the exit status is non-zero when a note was lost or duplicated.
+    Bench(bench::Options),
 }
 
 fn main() -> ExitCode {
@@ -70,6 +83,7 @@ fn main() -> ExitCode {
         Command::Provision => provision::run(),
         Command::Up { workers, release } => up::run(workers, release),
         Command::Test { args } => test::run(&args),
+        Command::Bench(options) => bench::run(options),
     };
     match result {
         Ok(code) => code,

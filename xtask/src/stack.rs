@@ -4,7 +4,7 @@
 
 use std::fs;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, ExitStatus};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -120,6 +120,15 @@ impl Stack {
             changed |= p.poll(now);
         }
         changed
+    }
+
+    /// For a stack that must not lose a process (no restarts): the first one that exited,
+    /// with how it ended.
+    pub fn first_ended(&mut self) -> Option<(String, ExitStatus, std::path::PathBuf)> {
+        self.all_mut().find_map(|p| {
+            let status = p.ended()?;
+            Some((p.name().to_owned(), status, p.log().to_path_buf()))
+        })
     }
 
     /// Services (SIGTERM, 10 s, SIGKILL), then NATS (the same), then PostgreSQL (SIGINT:
