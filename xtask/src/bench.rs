@@ -218,7 +218,7 @@ pub fn run(options: Options) -> Result<ExitCode> {
 
 /// `cargo build --release` of the four binaries (a warm build takes a second or two).
 fn build() -> Result<()> {
-    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    let mut cmd = proc::cargo();
     cmd.args(["build", "--release", "--bins"]);
     for bin in BINARIES {
         cmd.args(["-p", bin]);

@@ -2,7 +2,7 @@
 
 use std::fs;
 use std::path::Path;
-use std::process::{Command, ExitCode, Stdio};
+use std::process::{ExitCode, Stdio};
 use std::thread::sleep;
 
 use anyhow::{Context, Result};
@@ -52,9 +52,8 @@ fn with_cluster(tools: &provision::Tools, dir: &Path, args: &[String]) -> Result
     eprintln!("xtask: COURIER_TEST_PG_URL={pg_url}");
     eprintln!("xtask: COURIER_NATS_SERVER={}", tools.nats_server.display());
 
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     // Tests that kill services run the real binaries: build them once, up front.
-    let built = Command::new(&cargo)
+    let built = proc::cargo()
         .args(["build", "--bins"])
         .current_dir(paths::root())
         .status()
@@ -62,14 +61,14 @@ fn with_cluster(tools: &provision::Tools, dir: &Path, args: &[String]) -> Result
     if !built.success() {
         anyhow::bail!("cargo build --bins failed");
     }
-    let nextest = Command::new(&cargo)
+    let nextest = proc::cargo()
         .args(["nextest", "--version"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
-    let mut cmd = Command::new(&cargo);
+    let mut cmd = proc::cargo();
     if nextest {
         cmd.args(["nextest", "run"]);
     } else {

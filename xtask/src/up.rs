@@ -6,7 +6,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, Stdio};
+use std::process::{ExitCode, Stdio};
 use std::thread::sleep;
 use std::time::Instant;
 
@@ -44,7 +44,7 @@ pub fn run(workers: u16, release: bool) -> Result<ExitCode> {
 
     let profile: &[&str] = if release { &["--release"] } else { &[] };
     eprintln!("xtask: cargo build --bins {}", profile.join(" "));
-    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+    let status = proc::cargo()
         .args(["build", "--bins"])
         .args(profile)
         .current_dir(paths::root())
