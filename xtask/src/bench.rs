@@ -216,13 +216,11 @@ pub fn run(options: Options) -> Result<ExitCode> {
     }
 }
 
-/// `cargo build --release` of the four binaries (a warm build takes a second or two).
+/// `cargo build --release --bins`, as `xtask up --release` builds (the same packages, so the
+/// same features: neither undoes the other's build). A warm build takes a second.
 fn build() -> Result<()> {
     let mut cmd = proc::cargo();
     cmd.args(["build", "--release", "--bins"]);
-    for bin in BINARIES {
-        cmd.args(["-p", bin]);
-    }
     eprintln!("xtask: cargo build --release (not counted in the bench's time)");
     let status = cmd
         .current_dir(paths::root())
@@ -231,6 +229,15 @@ fn build() -> Result<()> {
         .context("running cargo build")?;
     if !status.success() && !proc::interrupted() {
         bail!("cargo build --release failed ({})", describe(status));
+    }
+    let bin_dir = paths::target().join("release");
+    for name in BINARIES {
+        if !bin_dir.join(name).is_file() && !proc::interrupted() {
+            bail!(
+                "cargo build --release --bins made no {}",
+                paths::display(&bin_dir.join(name))
+            );
+        }
     }
     Ok(())
 }
