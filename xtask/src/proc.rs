@@ -163,12 +163,25 @@ pub fn exit_code(status: ExitStatus) -> u8 {
     }
 }
 
-/// Whether a process `pid` exists and its name (`/proc/PID/comm`) starts with `name`.
+/// Whether a process `pid` runs (exists and is not a zombie: a process whose parent is gone
+/// may stay one where no init reaps it) and its name (`/proc/PID/comm`) starts with `name`.
 pub fn alive_named(pid: u32, name: &str) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+    let named = std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .map(|comm| {
             let comm = comm.trim();
             !comm.is_empty() && (name.starts_with(comm) || comm.starts_with(name))
+        })
+        .unwrap_or(false);
+    named && running(pid)
+}
+
+/// Whether `pid` exists and is not a zombie.
+pub fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| {
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .is_some_and(|state| state != "Z" && state != "X")
         })
         .unwrap_or(false)
 }

@@ -223,19 +223,8 @@ pub fn kill_leftovers(dir: &Path) {
         }
     }
     let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline && pids.iter().any(|&pid| running(pid)) {
+    while Instant::now() < deadline && pids.iter().any(|&pid| proc::running(pid)) {
         sleep(Duration::from_millis(50));
     }
     let _ = fs::remove_file(dir.join("pids"));
-}
-
-/// Whether `pid` exists and is not a zombie.
-fn running(pid: u32) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|stat| {
-            stat.rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().next())
-                .is_some_and(|state| state != "Z" && state != "X")
-        })
-        .unwrap_or(false)
 }
