@@ -269,11 +269,10 @@ fn measure(
         ("COURIER_WEBHOOK_SECRET", WEBHOOK_SECRET.into()),
         ("NO_COLOR", "1".into()),
     ];
-    let port = || -> Result<u16> { free_port() };
     let addr = |port: u16| format!("127.0.0.1:{port}");
     let mut worker_ports = Vec::new();
     for i in 1..=options.workers {
-        let health = port()?;
+        let health = free_port()?;
         worker_ports.push(health);
         let own = [
             ("COURIER_WORKER_HEALTH_ADDR", addr(health)),
@@ -289,7 +288,7 @@ fn measure(
             logs,
         )?;
     }
-    let (ingress, sender, sandbox) = (port()?, port()?, port()?);
+    let (ingress, sender, sandbox) = (free_port()?, free_port()?, free_port()?);
     stack.spawn(
         "ingress",
         &bin_dir.join("courier-ingress"),
@@ -584,14 +583,30 @@ fn remove_stale(base: &Path, tools: &provision::Tools) {
     }
 }
 
-/// The `COURIER_*` variables inherited from the environment (they may change what is
-/// measured), secrets left out.
+/// The variables the bench sets for the services, whatever the environment says.
+const SET: [&str; 15] = [
+    "COURIER_BOT_TOKEN",
+    "COURIER_WEBHOOK_SECRET",
+    "COURIER_WORKER_HEALTH_ADDR",
+    "COURIER_WORKER_FLOOD_LIMIT",
+    "COURIER_INGRESS_ADDR",
+    "COURIER_SENDER_HEALTH_ADDR",
+    "COURIER_TELEGRAM_API_URL",
+    "COURIER_SENDER_BOT_RATE",
+    "COURIER_SENDER_PRIVATE_CHAT_RATE",
+    "COURIER_SENDER_GROUP_RATE_PER_MIN",
+    "COURIER_SENDER_RATE_HEADROOM",
+    "COURIER_SANDBOX_ADDR",
+    "COURIER_SANDBOX_PORT",
+    "COURIER_SANDBOX_WEBHOOK_URL",
+    "COURIER_SANDBOX_RATE_LIMITS",
+];
+
+/// The other `COURIER_*` variables of the environment: the services inherit them, so they
+/// may change what is measured.
 fn inherited_env() -> Vec<(String, String)> {
     let mut vars: Vec<(String, String)> = std::env::vars()
-        .filter(|(k, _)| {
-            k.starts_with("COURIER_")
-                && !matches!(k.as_str(), "COURIER_BOT_TOKEN" | "COURIER_WEBHOOK_SECRET")
-        })
+        .filter(|(k, _)| k.starts_with("COURIER_") && !SET.contains(&k.as_str()))
         .collect();
     vars.sort();
     vars
