@@ -65,6 +65,7 @@ async fn one_update(pool: &PgPool, chat: i64) -> anyhow::Result<()> {
         0,
         &NothingEarlier,
         store::FloodBudget::default(),
+        &[],
     )
     .await?
     else {

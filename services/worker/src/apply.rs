@@ -10,7 +10,7 @@ use bytes::Bytes;
 use courier_common::{backoff::Backoff, topology, CancellationToken};
 use courier_proto::{v1::InboundUpdate, Message as _};
 use sqlx::PgPool;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::Semaphore;
 
 use crate::epoch::{Epoch, StreamEpoch};
 use crate::outbox;
@@ -63,7 +63,7 @@ pub struct Applier {
     pub(crate) epoch: Arc<StreamEpoch>,
     pub(crate) max_attempts: u32,
     pub(crate) flood: store::FloodBudget,
-    pub(crate) marker: mpsc::UnboundedSender<Vec<i64>>,
+    pub(crate) marks: Arc<outbox::Marks>,
     pub(crate) stats: Arc<Stats>,
     pub(crate) cancel: CancellationToken,
     pub(crate) permits: Arc<Semaphore>,
@@ -117,7 +117,8 @@ impl Applier {
         stats: Arc<Stats>,
         cancel: CancellationToken,
     ) -> Arc<Self> {
-        let (marker, _task) = outbox::spawn_marker(pool.clone());
+        let marks = Arc::new(outbox::Marks::default());
+        outbox::spawn_marker(pool.clone(), marks.clone());
         Arc::new(Self {
             bot_id,
             pool,
@@ -126,7 +127,7 @@ impl Applier {
             updates,
             max_attempts: 3,
             flood: store::FloodBudget::default(),
-            marker,
+            marks,
             stats,
             cancel,
             permits: Arc::new(Semaphore::new(64)),
@@ -258,7 +259,16 @@ impl Applier {
                 subject: &d.subject,
                 stats: &self.stats,
             };
-            match store::apply(&self.pool, upd, &incoming, handled, &next, self.flood).await {
+            // The marks of rows published meanwhile commit with this update (or go back).
+            let marks = self.marks.take();
+            let applied = store::apply(
+                &self.pool, upd, &incoming, handled, &next, self.flood, &marks,
+            )
+            .await;
+            if !matches!(applied, Ok(Applied::Applied { .. })) {
+                self.marks.put_back(marks);
+            }
+            match applied {
                 Ok(Applied::Applied {
                     publish: rows,
                     out_of_order,
@@ -276,9 +286,7 @@ impl Applier {
                     }
                     if !rows.is_empty() {
                         let published = outbox::publish(&self.js, self.bot_id, &rows).await;
-                        if !published.is_empty() {
-                            let _ = self.marker.send(published);
-                        }
+                        self.marks.add(published);
                     }
                     return Outcome::Done;
                 }

@@ -391,7 +391,8 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Worker
             .await
     });
 
-    let (marker, marker_task) = outbox::spawn_marker(pool.clone());
+    let marks = Arc::new(outbox::Marks::default());
+    let marker_task = outbox::spawn_marker(pool.clone(), marks.clone());
     let relay = tokio::spawn(outbox::relay(
         pool.clone(),
         js.clone(),
@@ -414,7 +415,7 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Worker
             limit: config.flood_limit,
             window: config.flood_window,
         },
-        marker,
+        marks,
         stats: stats.clone(),
         cancel: shutdown.clone(),
         permits: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight.max(1))),

@@ -18,6 +18,7 @@
 //! copy is dropped as a duplicate (after the window, the sender's ledger skips it).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, message::PublishMessage};
@@ -28,7 +29,6 @@ use courier_proto::{
 };
 use futures::future::join_all;
 use sqlx::PgPool;
-use tokio::sync::mpsc;
 
 use crate::store::{self, OutboxRow};
 
@@ -87,27 +87,85 @@ async fn publish_one(js: &jetstream::Context, bot_id: i64, row: &OutboxRow) -> R
     ack.await.map(|_| ()).map_err(|e| e.to_string())
 }
 
-/// Marks published rows in batches, so the hot path does not wait for that round trip.
-pub fn spawn_marker(
-    pool: PgPool,
-) -> (mpsc::UnboundedSender<Vec<i64>>, tokio::task::JoinHandle<()>) {
-    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<i64>>();
-    let task = tokio::spawn(async move {
-        while let Some(mut ids) = rx.recv().await {
-            while let Ok(more) = rx.try_recv() {
-                ids.extend(more);
-                if ids.len() >= 1000 {
+/// Published rows waiting to be marked (`outbox.published_at`).
+///
+/// Marking costs no transaction of its own while updates are applied: each update's
+/// transaction takes the pending marks and writes them in its last statement
+/// (`store::apply`), so they commit with it. A mark taken by a transaction that does not
+/// commit is put back. Only when no update comes along within [`PIGGYBACK_GRACE`] does the
+/// marker task write them itself, in one statement. A mark never written (a crash) only means
+/// the relay republishes the row after its grace, and JetStream drops the copy inside its
+/// duplicate window (after it, the sender's ledger skips it).
+#[derive(Debug, Default)]
+pub struct Marks {
+    pending: std::sync::Mutex<Vec<i64>>,
+    added: tokio::sync::Notify,
+}
+
+/// How long published rows wait for an update's transaction to carry their marks before the
+/// marker task writes them itself.
+pub const PIGGYBACK_GRACE: Duration = Duration::from_millis(25);
+
+/// Most marks one statement writes.
+pub const MAX_MARKS: usize = 1000;
+
+impl Marks {
+    /// Rows just published.
+    pub fn add(&self, ids: Vec<i64>) {
+        if ids.is_empty() {
+            return;
+        }
+        self.lock().extend(ids);
+        self.added.notify_one();
+    }
+
+    /// Takes up to [`MAX_MARKS`] pending marks for a transaction to write.
+    pub fn take(&self) -> Vec<i64> {
+        let mut pending = self.lock();
+        let n = pending.len().min(MAX_MARKS);
+        pending.drain(..n).collect()
+    }
+
+    /// Gives back marks a transaction took but did not commit.
+    pub fn put_back(&self, ids: Vec<i64>) {
+        self.add(ids);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<i64>> {
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Starts the marker task: it writes the marks no update's transaction took within
+/// [`PIGGYBACK_GRACE`], and ends (after a last write) once it holds the only reference to
+/// `marks`.
+pub fn spawn_marker(pool: PgPool, marks: Arc<Marks>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let last = tokio::select! {
+                _ = marks.added.notified() => false,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => Arc::strong_count(&marks) == 1,
+            };
+            tokio::time::sleep(PIGGYBACK_GRACE).await;
+            loop {
+                let ids = marks.take();
+                if ids.is_empty() {
+                    break;
+                }
+                if let Err(e) = store::mark_published(&pool, &ids).await {
+                    // Not lost: the relay republishes unmarked rows, and JetStream drops the
+                    // duplicate inside its window.
+                    tracing::warn!(error = %e, count = ids.len(), "could not mark outbox rows published");
                     break;
                 }
             }
-            if let Err(e) = store::mark_published(&pool, &ids).await {
-                // Not lost: the relay republishes unmarked rows, and JetStream drops the
-                // duplicate inside its window.
-                tracing::warn!(error = %e, count = ids.len(), "could not mark outbox rows published");
+            if last {
+                return;
             }
         }
-    });
-    (tx, task)
+    })
 }
 
 /// Settings of the relay.

@@ -176,6 +176,7 @@ pub async fn apply(
     handled: u64,
     next: &impl NextOnSubject,
     budget: FloodBudget,
+    marks: &[i64],
 ) -> Result<Applied, StoreError> {
     let mut tx = pool.begin().await?;
     // One round trip: claim the update, lock and read the chat's row, and count the update
@@ -367,6 +368,8 @@ pub async fn apply(
     // (see `outbox::publish`). Read under the chat's lock, so every earlier reply of the chat
     // is committed and visible here; the statement's own replies come from RETURNING (its
     // snapshot does not show them), at most [`CHAT_BACKLOG_LIMIT`] rows, a prefix in id order.
+    // `marks`: rows published since other transactions committed (`outbox::Marks`), marked
+    // here so that they cost no transaction of their own, and not published again.
     let rows = sqlx::query(
         "WITH note AS ( \
              INSERT INTO messages (bot_id, chat_id, user_id, update_id, text, sent_at) \
@@ -392,9 +395,13 @@ pub async fn apply(
              WHERE dialogue_states.stream_epoch <> EXCLUDED.stream_epoch \
              OR dialogue_states.last_seq < EXCLUDED.last_seq \
              RETURNING 1), \
+         marked AS ( \
+             UPDATE outbox SET published_at = now() \
+             WHERE id = ANY($14) AND published_at IS NULL), \
          publish AS ( \
              SELECT id, chat_id, origin_update_id, text, created_at FROM outbox \
              WHERE published_at IS NULL AND bot_id = $1 AND chat_id = ANY($7) \
+             AND id <> ALL($14) \
              UNION ALL SELECT id, chat_id, origin_update_id, text, created_at FROM reply \
              ORDER BY id LIMIT $13) \
          SELECT (SELECT count(*) FROM state) AS written, \
@@ -414,6 +421,7 @@ pub async fn apply(
     .bind(upd.seq as i64)
     .bind(upd.epoch)
     .bind(CHAT_BACKLOG_LIMIT)
+    .bind(marks)
     .fetch_all(&mut *tx)
     .await?;
     let written = match rows.first() {
