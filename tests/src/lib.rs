@@ -212,6 +212,7 @@ impl Stack {
             member_ttl: Duration::from_millis(1500),
             priority_timeout: Duration::from_secs(1),
             max_lanes: 64,
+            group_commit: true,
             max_in_flight: 32,
             max_ack_pending: 512,
             ack_wait: Duration::from_secs(10),

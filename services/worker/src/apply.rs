@@ -64,6 +64,8 @@ pub struct Applier {
     pub(crate) max_attempts: u32,
     pub(crate) flood: store::FloodBudget,
     pub(crate) marks: Arc<outbox::Marks>,
+    /// Group commit (`None`: every update in its own transaction).
+    pub(crate) group: Option<crate::group::Group>,
     pub(crate) stats: Arc<Stats>,
     pub(crate) cancel: CancellationToken,
     pub(crate) permits: Arc<Semaphore>,
@@ -128,6 +130,7 @@ impl Applier {
             max_attempts: 3,
             flood: store::FloodBudget::default(),
             marks,
+            group: None,
             stats,
             cancel,
             permits: Arc::new(Semaphore::new(64)),
@@ -259,15 +262,41 @@ impl Applier {
                 subject: &d.subject,
                 stats: &self.stats,
             };
-            // The marks of rows published meanwhile commit with this update (or go back).
-            let marks = self.marks.take();
-            let applied = store::apply(
-                &self.pool, upd, &incoming, handled, &next, self.flood, &marks,
-            )
-            .await;
-            if !matches!(applied, Ok(Applied::Applied { .. })) {
-                self.marks.put_back(marks);
-            }
+            let grouped = match &self.group {
+                Some(group) => {
+                    let job = crate::group::Job {
+                        upd,
+                        incoming: incoming.clone(),
+                        handled,
+                    };
+                    match group.apply(job).await {
+                        crate::group::Verdict::Done(applied) => {
+                            if matches!(applied, Applied::Applied { .. }) {
+                                self.stats.batched.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Some(applied)
+                        }
+                        crate::group::Verdict::Alone => None,
+                    }
+                }
+                None => None,
+            };
+            let applied = match grouped {
+                Some(applied) => Ok(applied),
+                None => {
+                    // The marks of rows published meanwhile commit with this update (or go
+                    // back).
+                    let marks = self.marks.take();
+                    let applied = store::apply(
+                        &self.pool, upd, &incoming, handled, &next, self.flood, &marks,
+                    )
+                    .await;
+                    if !matches!(applied, Ok(Applied::Applied { .. })) {
+                        self.marks.put_back(marks);
+                    }
+                    applied
+                }
+            };
             match applied {
                 Ok(Applied::Applied {
                     publish: rows,

@@ -23,6 +23,7 @@ pub mod apply;
 pub mod assign;
 pub mod deliveries;
 pub mod epoch;
+pub mod group;
 pub mod membership;
 pub mod outbox;
 pub mod partitions;
@@ -94,6 +95,10 @@ pub struct Config {
         default_value_t = 64
     )]
     pub max_lanes: usize,
+    /// Apply the common updates of many chats in one transaction (group commit: one commit
+    /// for all of them); `false` applies each update in its own.
+    #[arg(long = "group-commit", env = "COURIER_WORKER_GROUP_COMMIT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub group_commit: bool,
     /// Updates applied concurrently by the whole worker (bounds database load).
     #[arg(
         long = "max-in-flight",
@@ -210,6 +215,10 @@ pub struct Stats {
     pub retries: AtomicU64,
     /// Times an earlier update of a chat was found unapplied and applied first.
     pub reordered: AtomicU64,
+    /// Transactions that applied several updates at once (`group`).
+    pub batches: AtomicU64,
+    /// Updates applied in such a transaction.
+    pub batched: AtomicU64,
     /// Times the order guard asked the stream for a chat's earlier updates (a direct get):
     /// only when the partition's deliveries do not tell (`deliveries::Tracker`).
     pub guard_lookups: AtomicU64,
@@ -404,6 +413,10 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Worker
         shutdown.clone(),
     ));
     let pruner = tokio::spawn(retention::run(pool.clone(), retention, shutdown.clone()));
+    let flood_budget = store::FloodBudget {
+        limit: config.flood_limit,
+        window: config.flood_window,
+    };
     let applier = Arc::new(Applier {
         bot_id,
         pool: pool.clone(),
@@ -411,10 +424,10 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Worker
         epoch: Arc::new(epoch::StreamEpoch::new(updates.clone())),
         updates,
         max_attempts: config.max_attempts.max(1),
-        flood: store::FloodBudget {
-            limit: config.flood_limit,
-            window: config.flood_window,
-        },
+        flood: flood_budget,
+        group: config
+            .group_commit
+            .then(|| group::Group::spawn(pool.clone(), flood_budget, marks.clone(), stats.clone())),
         marks,
         stats: stats.clone(),
         cancel: shutdown.clone(),
@@ -515,6 +528,16 @@ async fn metrics(
             "courier_worker_reordered_total",
             "Earlier updates found unapplied and applied first.",
             &s.reordered,
+        ),
+        (
+            "courier_worker_group_commits_total",
+            "Transactions that applied several updates at once.",
+            &s.batches,
+        ),
+        (
+            "courier_worker_updates_group_committed_total",
+            "Updates applied in a transaction shared with others.",
+            &s.batched,
         ),
         (
             "courier_worker_order_guard_lookups_total",

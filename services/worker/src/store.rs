@@ -456,9 +456,9 @@ struct Notes {
 
 /// Most rows of one chat an update publishes at once; the rest (after a long outage) go with
 /// the chat's next reply or the relay.
-const CHAT_BACKLOG_LIMIT: i64 = 500;
+pub(crate) const CHAT_BACKLOG_LIMIT: i64 = 500;
 
-fn outbox_row(r: &sqlx::postgres::PgRow) -> Result<OutboxRow, StoreError> {
+pub(crate) fn outbox_row(r: &sqlx::postgres::PgRow) -> Result<OutboxRow, StoreError> {
     Ok(OutboxRow {
         id: r.try_get("id")?,
         chat_id: r.try_get("chat_id")?,
