@@ -5,6 +5,7 @@ mod arrival;
 mod conversation;
 mod delivery;
 mod flood;
+mod group;
 mod ingress;
 mod input;
 mod lease_ttl;
