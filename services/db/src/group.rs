@@ -7,6 +7,9 @@
 //! them instead of one each. Each submitter gets its batch's outcome, so a row is only taken
 //! as written once its commit succeeded.
 //!
+//! The same works for lookups by key ([`Batcher::spawn_with_answers`]): the keys asked for
+//! meanwhile go in one `SELECT … FROM unnest(…)`, and each asker gets its row.
+//!
 //! Written here rather than taken from a crate: it is a channel and a loop, and the writer's
 //! statement (a multi-row `INSERT … SELECT FROM unnest(…)`) is the caller's.
 
@@ -25,14 +28,15 @@ pub enum BatchError {
     Stopped,
 }
 
-type Pending<T> = (T, oneshot::Sender<Result<(), BatchError>>);
+type Pending<T, R> = (T, oneshot::Sender<Result<R, BatchError>>);
 
 /// A handle to a writer task; clones share it. The task ends when every handle is dropped.
-pub struct Batcher<T> {
-    tx: mpsc::UnboundedSender<Pending<T>>,
+/// `R` is what each row gets back (nothing for a write; a row of the answer for a lookup).
+pub struct Batcher<T, R = ()> {
+    tx: mpsc::UnboundedSender<Pending<T, R>>,
 }
 
-impl<T> Clone for Batcher<T> {
+impl<T, R> Clone for Batcher<T, R> {
     fn clone(&self) -> Self {
         Self {
             tx: self.tx.clone(),
@@ -48,8 +52,24 @@ impl<T: Send + 'static> Batcher<T> {
         F: FnMut(Vec<T>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<(), String>> + Send,
     {
+        Self::spawn_with_answers(max, move |rows: Vec<T>| {
+            let n = rows.len();
+            let done = write(rows);
+            async move { done.await.map(|()| vec![(); n]) }
+        })
+    }
+}
+
+impl<T: Send + 'static, R: Clone + Send + 'static> Batcher<T, R> {
+    /// Like [`Batcher::spawn`] for statements that answer each row (a lookup by many keys):
+    /// `run` returns one answer per row, in the rows' order.
+    pub fn spawn_with_answers<F, Fut>(max: usize, mut run: F) -> Self
+    where
+        F: FnMut(Vec<T>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Vec<R>, String>> + Send,
+    {
         let max = max.max(1);
-        let (tx, mut rx) = mpsc::unbounded_channel::<Pending<T>>();
+        let (tx, mut rx) = mpsc::unbounded_channel::<Pending<T, R>>();
         tokio::spawn(async move {
             let mut batch = Vec::new();
             while let Some(first) = rx.recv().await {
@@ -61,17 +81,32 @@ impl<T: Send + 'static> Batcher<T> {
                     }
                 }
                 let (rows, replies): (Vec<T>, Vec<_>) = batch.drain(..).unzip();
-                let outcome = write(rows).await.map_err(BatchError::Write);
-                for reply in replies {
-                    let _ = reply.send(outcome.clone());
+                let n = rows.len();
+                match run(rows).await {
+                    Ok(answers) if answers.len() == n => {
+                        for (reply, answer) in replies.into_iter().zip(answers) {
+                            let _ = reply.send(Ok(answer));
+                        }
+                    }
+                    Ok(answers) => {
+                        let e = format!("{} answers for {n} rows", answers.len());
+                        for reply in replies {
+                            let _ = reply.send(Err(BatchError::Write(e.clone())));
+                        }
+                    }
+                    Err(e) => {
+                        for reply in replies {
+                            let _ = reply.send(Err(BatchError::Write(e.clone())));
+                        }
+                    }
                 }
             }
         });
         Self { tx }
     }
 
-    /// Submits a row and waits until its batch was written.
-    pub async fn submit(&self, row: T) -> Result<(), BatchError> {
+    /// Submits a row and waits until its batch was written; its answer.
+    pub async fn submit(&self, row: T) -> Result<R, BatchError> {
         let (reply, done) = oneshot::channel();
         self.tx
             .send((row, reply))

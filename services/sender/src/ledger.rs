@@ -16,30 +16,61 @@ pub struct Before {
     pub migrated_to: Option<i64>,
 }
 
-/// Looks up the ledger, the blocked mark and a migration in one round trip.
+/// The lookups of messages about to be sent: those asked for while one runs go together in
+/// the next (`courier_db::group`).
+pub type Lookups = Batcher<(i64, i64, i64), Before>;
+
+/// Most messages looked up in one statement.
+const LOOKUP_BATCH: usize = 256;
+
+/// Starts the lookups' task.
+pub fn lookups(pool: PgPool) -> Lookups {
+    Batcher::spawn_with_answers(LOOKUP_BATCH, move |keys: Vec<(i64, i64, i64)>| {
+        let pool = pool.clone();
+        async move { look_up(&pool, &keys).await.map_err(|e| e.to_string()) }
+    })
+}
+
+/// Looks up the ledger, the blocked mark and a migration of each (bot, outbox id, chat), in
+/// one round trip; the answers in the keys' order.
+async fn look_up(pool: &PgPool, keys: &[(i64, i64, i64)]) -> Result<Vec<Before>, sqlx::Error> {
+    let bots: Vec<i64> = keys.iter().map(|k| k.0).collect();
+    let outbox_ids: Vec<i64> = keys.iter().map(|k| k.1).collect();
+    let chats: Vec<i64> = keys.iter().map(|k| k.2).collect();
+    let rows: Vec<(Option<i64>, bool, Vec<i32>)> = sqlx::query_as(
+        "SELECT
+            (SELECT to_chat_id FROM chat_migrations WHERE bot_id = k.bot AND from_chat_id = k.chat),
+            EXISTS (SELECT 1 FROM blocked_chats WHERE bot_id = k.bot AND chat_id = k.chat),
+            COALESCE((SELECT array_agg(part) FROM sent_messages
+                      WHERE bot_id = k.bot AND outbox_id = k.outbox AND k.outbox <> 0), '{}')
+         FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) WITH ORDINALITY
+             AS k(bot, outbox, chat, n)
+         ORDER BY k.n",
+    )
+    .bind(bots)
+    .bind(outbox_ids)
+    .bind(chats)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(migrated_to, blocked, done_parts)| Before {
+            done_parts,
+            blocked,
+            migrated_to,
+        })
+        .collect())
+}
+
+/// Looks up the ledger, the blocked mark and a migration of a message, batched with the
+/// other lookups of the moment.
 pub async fn before(
-    pool: &PgPool,
+    lookups: &Lookups,
     bot_id: i64,
     outbox_id: i64,
     chat_id: i64,
-) -> Result<Before, sqlx::Error> {
-    let (migrated_to, blocked, done_parts): (Option<i64>, bool, Vec<i32>) = sqlx::query_as(
-        "SELECT
-            (SELECT to_chat_id FROM chat_migrations WHERE bot_id = $1 AND from_chat_id = $3),
-            EXISTS (SELECT 1 FROM blocked_chats WHERE bot_id = $1 AND chat_id = $3),
-            COALESCE((SELECT array_agg(part) FROM sent_messages
-                      WHERE bot_id = $1 AND outbox_id = $2 AND $2 <> 0), '{}')",
-    )
-    .bind(bot_id)
-    .bind(outbox_id)
-    .bind(chat_id)
-    .fetch_one(pool)
-    .await?;
-    Ok(Before {
-        done_parts,
-        blocked,
-        migrated_to,
-    })
+) -> Result<Before, BatchError> {
+    lookups.submit((bot_id, outbox_id, chat_id)).await
 }
 
 /// One ledger row: `part` of `outbox_id` is done with `outcome`.

@@ -434,6 +434,8 @@ struct Ctx {
     pool: PgPool,
     /// The ledger's batched writer.
     ledger: ledger::Recorder,
+    /// The ledger's batched lookups.
+    lookups: ledger::Lookups,
     limits: Arc<Limits>,
     breaker: Arc<Breaker>,
     lease: Arc<Lease>,
@@ -533,6 +535,7 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Sender
         js,
         pool: pool.clone(),
         ledger: ledger::recorder(pool.clone()),
+        lookups: ledger::lookups(pool.clone()),
         limits: Arc::new(Limits::new(rates)),
         breaker: Arc::new(Breaker::new(
             config.breaker_threshold,
@@ -889,7 +892,7 @@ async fn handle(ctx: Arc<Ctx>, held: Held) {
     };
     let bot_id = ctx.bot_id;
     let Some(before) = db_retry(&ctx, "ledger lookup", || {
-        ledger::before(&ctx.pool, bot_id, out.outbox_id, out.chat_id)
+        ledger::before(&ctx.lookups, bot_id, out.outbox_id, out.chat_id)
     })
     .await
     else {
