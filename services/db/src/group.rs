@@ -14,6 +14,7 @@
 //! statement (a multi-row `INSERT … SELECT FROM unnest(…)`) is the caller's.
 
 use std::future::Future;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -47,12 +48,23 @@ impl<T, R> Clone for Batcher<T, R> {
 impl<T: Send + 'static> Batcher<T> {
     /// Starts the writer: `write` gets each batch (at most `max` rows, in submission order)
     /// and writes it in one statement.
-    pub fn spawn<F, Fut>(max: usize, mut write: F) -> Self
+    pub fn spawn<F, Fut>(max: usize, write: F) -> Self
     where
         F: FnMut(Vec<T>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<(), String>> + Send,
     {
-        Self::spawn_with_answers(max, move |rows: Vec<T>| {
+        Self::spawn_lingering(max, Duration::ZERO, write)
+    }
+
+    /// Like [`Batcher::spawn`], but a batch waits up to `linger` after its first row for
+    /// more (or until it has `max`): fewer commits at a moderate rate, for writes whose
+    /// submitters can wait that long.
+    pub fn spawn_lingering<F, Fut>(max: usize, linger: Duration, mut write: F) -> Self
+    where
+        F: FnMut(Vec<T>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(), String>> + Send,
+    {
+        Self::start(max, linger, move |rows: Vec<T>| {
             let n = rows.len();
             let done = write(rows);
             async move { done.await.map(|()| vec![(); n]) }
@@ -63,7 +75,15 @@ impl<T: Send + 'static> Batcher<T> {
 impl<T: Send + 'static, R: Clone + Send + 'static> Batcher<T, R> {
     /// Like [`Batcher::spawn`] for statements that answer each row (a lookup by many keys):
     /// `run` returns one answer per row, in the rows' order.
-    pub fn spawn_with_answers<F, Fut>(max: usize, mut run: F) -> Self
+    pub fn spawn_with_answers<F, Fut>(max: usize, run: F) -> Self
+    where
+        F: FnMut(Vec<T>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Vec<R>, String>> + Send,
+    {
+        Self::start(max, Duration::ZERO, run)
+    }
+
+    fn start<F, Fut>(max: usize, linger: Duration, mut run: F) -> Self
     where
         F: FnMut(Vec<T>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<Vec<R>, String>> + Send,
@@ -74,10 +94,15 @@ impl<T: Send + 'static, R: Clone + Send + 'static> Batcher<T, R> {
             let mut batch = Vec::new();
             while let Some(first) = rx.recv().await {
                 batch.push(first);
+                let deadline = tokio::time::Instant::now() + linger;
                 while batch.len() < max {
                     match rx.try_recv() {
                         Ok(more) => batch.push(more),
-                        Err(_) => break,
+                        Err(_) if linger.is_zero() => break,
+                        Err(_) => match tokio::time::timeout_at(deadline, rx.recv()).await {
+                            Ok(Some(more)) => batch.push(more),
+                            Ok(None) | Err(_) => break,
+                        },
                     }
                 }
                 let (rows, replies): (Vec<T>, Vec<_>) = batch.drain(..).unzip();
@@ -153,6 +178,34 @@ mod tests {
                 "row {row}: {outcome:?}"
             );
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lingering_batch_waits_for_rows_that_come_soon_after_its_first() {
+        let batches = Arc::new(Mutex::new(Vec::<Vec<u32>>::new()));
+        let seen = batches.clone();
+        let batcher = Batcher::spawn_lingering(
+            100,
+            std::time::Duration::from_millis(10),
+            move |rows: Vec<u32>| {
+                seen.lock().unwrap().push(rows);
+                async { Ok(()) }
+            },
+        );
+        let mut tasks = tokio::task::JoinSet::new();
+        for row in 0..3u32 {
+            let b = batcher.clone();
+            tasks.spawn(async move { b.submit(row).await });
+            tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+        }
+        // Well after the linger: a batch of its own.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let b = batcher.clone();
+        tasks.spawn(async move { b.submit(9).await });
+        while let Some(r) = tasks.join_next().await {
+            r.unwrap().unwrap();
+        }
+        assert_eq!(*batches.lock().unwrap(), vec![vec![0, 1, 2], vec![9]]);
     }
 
     async fn futures_join(

@@ -93,13 +93,18 @@ pub struct Record {
 /// Most ledger rows written in one statement.
 const LEDGER_BATCH: usize = 256;
 
+/// How long a ledger row waits for others to share its commit. Only the message's ack waits
+/// (the reply is out already); it widens the window in which a crash resends a message by as
+/// much (docs/SENDER.md).
+pub const LEDGER_LINGER: std::time::Duration = std::time::Duration::from_millis(5);
+
 /// The ledger's writer: rows recorded while a write is in flight go together in the next one
 /// (one commit for all of them: `courier_db::group`).
 pub type Recorder = Batcher<Record>;
 
 /// Starts the ledger's writer.
 pub fn recorder(pool: PgPool) -> Recorder {
-    Batcher::spawn(LEDGER_BATCH, move |rows: Vec<Record>| {
+    Batcher::spawn_lingering(LEDGER_BATCH, LEDGER_LINGER, move |rows: Vec<Record>| {
         let pool = pool.clone();
         async move {
             insert_records(&pool, &rows)
