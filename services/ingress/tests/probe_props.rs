@@ -67,11 +67,16 @@ static FIXTURES: LazyLock<Vec<(String, Vec<u8>)>> = LazyLock::new(|| {
 
 /// An accepted body is JSON whose `update_id` and routing chat are what the probe said.
 /// The one permitted difference: the probe checks skipped strings for syntax only, so a lone
-/// surrogate escape there passes it and fails a full parse.
+/// surrogate escape there passes it and fails a full parse. serde_json words that failure two
+/// ways: "lone leading surrogate…", or, for a high surrogate followed by another escape than
+/// `\u` (`"\ud83e\n"`), "unexpected end of hex escape" (a truncated `\u12` is refused by
+/// the probe too, so an accepted body never fails for that).
 fn agrees_with_value(body: &[u8], route: &Route) -> Result<(), TestCaseError> {
     let value: Value = match serde_json::from_slice(body) {
         Ok(v) => v,
-        Err(e) if e.to_string().contains("surrogate") => return Ok(()),
+        Err(e) if e.to_string().contains("surrogate") || e.to_string().contains("hex escape") => {
+            return Ok(())
+        }
         Err(e) => return Err(TestCaseError::fail(format!("accepted, but not JSON: {e}"))),
     };
     prop_assert_eq!(value["update_id"].as_i64(), Some(route.update_id));
