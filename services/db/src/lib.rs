@@ -60,8 +60,9 @@ pub async fn migrate_with_retry(
 ) -> Result<bool, sqlx::migrate::MigrateError> {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     loop {
-        match MIGRATOR.run(pool).await {
-            Ok(()) => return Ok(true),
+        match migrate_under_lock(pool, cancel).await {
+            Ok(true) => return Ok(true),
+            Ok(false) => return Ok(false),
             Err(sqlx::migrate::MigrateError::Execute(e)) if is_transient(&e) => {
                 tracing::warn!(error = %e, "database not reachable for migrations; retrying");
             }
@@ -79,6 +80,61 @@ pub async fn migrate_with_retry(
             _ = tokio::time::sleep(backoff.next_delay()) => {}
         }
     }
+}
+
+/// sqlx's migration lock key for a database (the same function), so that a process running
+/// sqlx's own locking (an older version) and this one still exclude each other.
+fn migration_lock_id(database: &str) -> i64 {
+    const CRC_IEEE: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
+    0x3d32ad9e * (CRC_IEEE.checksum(database.as_bytes()) as i64)
+}
+
+/// Runs the migrations while holding the migration lock, taken without waiting inside
+/// PostgreSQL. sqlx's migrator waits in `pg_advisory_lock()`, and a backend waiting there
+/// holds a snapshot, for which a `CREATE INDEX CONCURRENTLY` in the holder's migration
+/// waits: a deadlock PostgreSQL breaks by aborting one of them, and with several processes
+/// starting together (workers scaled out at once, the test harness's three workers) the
+/// retries can go on for long. Here a process polls `pg_try_advisory_lock()` and sleeps
+/// between polls, holding no snapshot. The lock lives on a connection of its own (not the
+/// pool's), so it ends with it whatever happens. `Ok(false)`: `cancel` fired first.
+async fn migrate_under_lock(
+    pool: &PgPool,
+    cancel: &CancellationToken,
+) -> Result<bool, sqlx::migrate::MigrateError> {
+    use sqlx::migrate::MigrateError;
+    use sqlx::Connection as _;
+    let mut conn = sqlx::PgConnection::connect_with(&pool.connect_options())
+        .await
+        .map_err(MigrateError::Execute)?;
+    let database: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(&mut conn)
+        .await
+        .map_err(MigrateError::Execute)?;
+    let lock_id = migration_lock_id(&database);
+    loop {
+        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(lock_id)
+            .fetch_one(&mut conn)
+            .await
+            .map_err(MigrateError::Execute)?;
+        if locked {
+            break;
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(false),
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
+    let mut migrator = sqlx::migrate!("../../migrations");
+    migrator.set_locking(false);
+    let result = migrator.run(&mut conn).await;
+    // Closing the connection releases the lock in any case; unlock first to be quick.
+    let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(lock_id)
+        .execute(&mut conn)
+        .await;
+    let _ = conn.close().await;
+    result.map(|()| true)
 }
 
 /// A readiness probe: ready while `SELECT 1` answers within two seconds.
