@@ -1044,6 +1044,10 @@ struct Unrecorded {
     kill_ms: Option<i64>,
 }
 
+/// How long after a sender's SIGKILL a call it had sent may still be accepted: the request is
+/// on the wire, and the sandbox decides it after its held delay.
+const IN_FLIGHT_MS: i64 = 1_000;
+
 /// The cause of a send the ledger did not record, from the fault timeline, and the sender
 /// kill it is put down to.
 fn cause(timeline: &Timeline, at_ms: i64) -> (String, Option<i64>) {
@@ -1072,6 +1076,20 @@ fn cause(timeline: &Timeline, at_ms: i64) -> (String, Option<i64>) {
             };
             (cause, killed.then_some(*end))
         }
+        // The call was on the wire when the sender was killed: Telegram (the sandbox, after
+        // any held delay) accepted it a moment after the SIGKILL, before the next sender
+        // started.
+        Some(SenderTerm {
+            ended_ms: Some(end),
+            killed: true,
+            ..
+        }) if at_ms - *end <= IN_FLIGHT_MS => (
+            format!(
+                "sender SIGKILLed with the call in flight (accepted {} ms after the kill)",
+                at_ms - *end
+            ),
+            Some(*end),
+        ),
         _ => {
             let near = |spans: &[(i64, i64)]| overlaps(spans, at_ms - 10_000, at_ms + 10_000);
             let mut near_by = Vec::new();
