@@ -371,7 +371,7 @@ async fn apply_batch(
         return Ok((finish(verdicts), false));
     }
     let n = writes.len() as i64;
-    let out = sqlx::query(
+    let out = sqlx::query(concat!(
         "WITH claim AS ( \
              INSERT INTO processed_updates \
              (bot_id, update_id, update_fingerprint, chat_id, stream_seq, outcome) \
@@ -380,12 +380,9 @@ async fn apply_batch(
              ON CONFLICT (bot_id, update_id, update_fingerprint) DO NOTHING RETURNING 1), \
          flood AS ( \
              INSERT INTO flood_counters AS f (bot_id, sender_id, window_start, updates) \
-             SELECT $1, s, now(), 1 FROM unnest($6::bigint[]) AS s \
-             ON CONFLICT (bot_id, sender_id) DO UPDATE SET \
-             window_start = CASE WHEN f.window_start <= now() - make_interval(secs => $7) \
-                            THEN now() ELSE f.window_start END, \
-             updates = CASE WHEN f.window_start <= now() - make_interval(secs => $7) \
-                       THEN 1 ELSE f.updates + 1 END), \
+             SELECT $1, s, now(), 1 FROM unnest($6::bigint[]) AS s ",
+        store::flood_conflict!("$7"),
+        "), \
          note AS ( \
              INSERT INTO messages (bot_id, chat_id, user_id, update_id, text, sent_at) \
              SELECT $1, c, u, i, t, a \
@@ -401,16 +398,9 @@ async fn apply_batch(
              INSERT INTO dialogue_states \
              (bot_id, chat_id, state, last_update_id, last_seq, stream_epoch) \
              SELECT $1, c, s, i, q, $20 \
-             FROM unnest($16::bigint[], $17::jsonb[], $18::bigint[], $19::bigint[]) AS t(c, s, i, q) \
-             ON CONFLICT (bot_id, chat_id) DO UPDATE SET state = EXCLUDED.state, \
-             last_update_id = CASE WHEN dialogue_states.updated_at > now() - interval '7 days' \
-                 THEN GREATEST(dialogue_states.last_update_id, EXCLUDED.last_update_id) \
-                 ELSE EXCLUDED.last_update_id END, \
-             last_seq = EXCLUDED.last_seq, stream_epoch = EXCLUDED.stream_epoch, \
-             updated_at = now() \
-             WHERE dialogue_states.stream_epoch <> EXCLUDED.stream_epoch \
-             OR dialogue_states.last_seq < EXCLUDED.last_seq \
-             RETURNING 1), \
+             FROM unnest($16::bigint[], $17::jsonb[], $18::bigint[], $19::bigint[]) AS t(c, s, i, q) ",
+        store::state_conflict!(),
+        "RETURNING 1), \
          marked AS ( \
              UPDATE outbox SET published_at = now() \
              WHERE id = ANY($21) AND published_at IS NULL), \
@@ -423,7 +413,7 @@ async fn apply_batch(
          SELECT (SELECT count(*) FROM claim) AS claimed, (SELECT count(*) FROM state) AS written, \
              p.id, p.chat_id, p.origin_update_id, p.text, p.created_at \
          FROM (SELECT 1) AS one LEFT JOIN publish AS p ON true ORDER BY p.id",
-    )
+    ))
     .bind(bot_id)
     .bind(&claim.0)
     .bind(&claim.1)

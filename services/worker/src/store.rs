@@ -40,6 +40,41 @@ impl StoreError {
 /// Whether a database error may go away by itself (see [`StoreError::is_transient`]).
 pub use courier_db::is_transient as is_transient_db;
 
+/// The flood counter's upsert rule (`ON CONFLICT …` of `flood_counters AS f`), shared by
+/// the path alone and the batch so both count alike; the argument is the window's parameter
+/// (seconds), e.g. `"$8"`.
+macro_rules! flood_conflict {
+    ($window:literal) => {
+        concat!(
+            "ON CONFLICT (bot_id, sender_id) DO UPDATE SET \
+             window_start = CASE WHEN f.window_start <= now() - make_interval(secs => ",
+            $window,
+            ") THEN now() ELSE f.window_start END, \
+             updates = CASE WHEN f.window_start <= now() - make_interval(secs => ",
+            $window,
+            ") THEN 1 ELSE f.updates + 1 END "
+        )
+    };
+}
+pub(crate) use flood_conflict;
+
+/// The dialogue state's upsert rule (`ON CONFLICT …` of `dialogue_states`), shared by the path
+/// alone and the batch: written only over a row of another epoch or an older sequence (so a
+/// later update that got there first wins), `last_update_id` the week's highest.
+macro_rules! state_conflict {
+    () => {
+        "ON CONFLICT (bot_id, chat_id) DO UPDATE SET state = EXCLUDED.state, \
+         last_update_id = CASE WHEN dialogue_states.updated_at > now() - interval '7 days' \
+             THEN GREATEST(dialogue_states.last_update_id, EXCLUDED.last_update_id) \
+             ELSE EXCLUDED.last_update_id END, \
+         last_seq = EXCLUDED.last_seq, stream_epoch = EXCLUDED.stream_epoch, \
+         updated_at = now() \
+         WHERE dialogue_states.stream_epoch <> EXCLUDED.stream_epoch \
+         OR dialogue_states.last_seq < EXCLUDED.last_seq "
+    };
+}
+pub(crate) use state_conflict;
+
 /// One outgoing message written to the outbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxRow {
@@ -182,7 +217,7 @@ pub async fn apply(
     // One round trip: claim the update, lock and read the chat's row, and count the update
     // against its sender's flood budget. (A rollback below undoes the claim and the count.)
     let flood_sender = flood::counted_as(incoming).filter(|_| budget.limit > 0);
-    let row = sqlx::query(
+    let row = sqlx::query(concat!(
         "WITH claim AS ( \
              INSERT INTO processed_updates \
              (bot_id, update_id, update_fingerprint, chat_id, stream_seq, outcome) \
@@ -195,18 +230,14 @@ pub async fn apply(
              FROM dialogue_states WHERE bot_id = $1 AND chat_id = $6 FOR UPDATE), \
          flood AS ( \
              INSERT INTO flood_counters AS f (bot_id, sender_id, window_start, updates) \
-             SELECT $1, $7, now(), 1 WHERE $7::bigint IS NOT NULL AND EXISTS (SELECT 1 FROM claim) \
-             ON CONFLICT (bot_id, sender_id) DO UPDATE SET \
-             window_start = CASE WHEN f.window_start <= now() - make_interval(secs => $8) \
-                            THEN now() ELSE f.window_start END, \
-             updates = CASE WHEN f.window_start <= now() - make_interval(secs => $8) \
-                       THEN 1 ELSE f.updates + 1 END \
-             RETURNING updates) \
+             SELECT $1, $7, now(), 1 WHERE $7::bigint IS NOT NULL AND EXISTS (SELECT 1 FROM claim) ",
+        flood_conflict!("$8"),
+        "RETURNING updates) \
          SELECT EXISTS (SELECT 1 FROM claim) AS claimed, \
              (SELECT updates FROM flood) AS flood_count, \
              chat.state, chat.last_seq, chat.stream_epoch, chat.recent_update_id \
          FROM (SELECT 1) AS one LEFT JOIN chat ON true",
-    )
+    ))
     .bind(upd.bot_id)
     .bind(upd.update_id)
     // Stored as the same 64 bits in a BIGINT.
@@ -370,7 +401,7 @@ pub async fn apply(
     // snapshot does not show them), at most [`CHAT_BACKLOG_LIMIT`] rows, a prefix in id order.
     // `marks`: rows published since other transactions committed (`outbox::Marks`), marked
     // here so that they cost no transaction of their own, and not published again.
-    let rows = sqlx::query(
+    let rows = sqlx::query(concat!(
         "WITH note AS ( \
              INSERT INTO messages (bot_id, chat_id, user_id, update_id, text, sent_at) \
              SELECT $1, n.chat_id, n.user_id, $2, n.text, n.at \
@@ -385,16 +416,9 @@ pub async fn apply(
          state AS ( \
              INSERT INTO dialogue_states \
              (bot_id, chat_id, state, last_update_id, last_seq, stream_epoch) \
-             VALUES ($1, $9, $10, $2, $11, $12) \
-             ON CONFLICT (bot_id, chat_id) DO UPDATE SET state = EXCLUDED.state, \
-             last_update_id = CASE WHEN dialogue_states.updated_at > now() - interval '7 days' \
-                 THEN GREATEST(dialogue_states.last_update_id, EXCLUDED.last_update_id) \
-                 ELSE EXCLUDED.last_update_id END, \
-             last_seq = EXCLUDED.last_seq, stream_epoch = EXCLUDED.stream_epoch, \
-             updated_at = now() \
-             WHERE dialogue_states.stream_epoch <> EXCLUDED.stream_epoch \
-             OR dialogue_states.last_seq < EXCLUDED.last_seq \
-             RETURNING 1), \
+             VALUES ($1, $9, $10, $2, $11, $12) ",
+        state_conflict!(),
+        "RETURNING 1), \
          marked AS ( \
              UPDATE outbox SET published_at = now() \
              WHERE id = ANY($14) AND published_at IS NULL), \
@@ -407,7 +431,7 @@ pub async fn apply(
          SELECT (SELECT count(*) FROM state) AS written, \
              p.id, p.chat_id, p.origin_update_id, p.text, p.created_at \
          FROM (SELECT 1) AS one LEFT JOIN publish AS p ON true ORDER BY p.id",
-    )
+    ))
     .bind(upd.bot_id)
     .bind(upd.update_id)
     .bind(&notes.chats)
