@@ -364,6 +364,17 @@ impl Stack {
         Ok(resp.error_for_status()?.json().await?)
     }
 
+    /// Private chats (user id = chat id, all named Ada) say `/start` at once; returns when
+    /// each got its first reply.
+    pub async fn register(&self, chats: &[i64]) -> Result<()> {
+        futures::future::try_join_all(chats.iter().map(|&chat| async move {
+            self.say(chat, "Ada", "/start").await?;
+            self.bot_replies(chat, 1).await
+        }))
+        .await?;
+        Ok(())
+    }
+
     /// Waits until the chat has at least `n` bot messages and returns them.
     pub async fn bot_replies(&self, chat_id: i64, n: usize) -> Result<Vec<String>> {
         eventually(

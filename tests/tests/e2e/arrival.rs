@@ -20,11 +20,7 @@ const NOTES: usize = 5;
 /// the worker stored them.
 async fn burst_of_notes(stack: &Stack, base: i64) -> Result<BTreeMap<i64, Vec<(i64, String)>>> {
     let chats: Vec<i64> = (base..base + CHATS).collect();
-    try_join_all(chats.iter().map(|&chat| async move {
-        stack.say(chat, "Ada", "/start").await?;
-        stack.bot_replies(chat, 1).await
-    }))
-    .await?;
+    stack.register(&chats).await?;
     try_join_all(chats.iter().map(|&chat| async move {
         for n in 0..NOTES {
             stack.say(chat, "Ada", &format!("note {n}")).await?;

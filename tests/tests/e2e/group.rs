@@ -8,21 +8,12 @@ use anyhow::Result;
 use courier_tests::{eventually, Stack, DEADLINE};
 use futures::future::try_join_all;
 
-async fn register(stack: &Stack, chats: &[i64]) -> Result<()> {
-    try_join_all(chats.iter().map(|&chat| async move {
-        stack.say(chat, "Ada", "/start").await?;
-        stack.bot_replies(chat, 1).await
-    }))
-    .await?;
-    Ok(())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_chats_share_transactions_and_each_keeps_its_order() -> Result<()> {
     let stack = &Stack::start().await?;
     const NOTES: usize = 5;
     let chats: Vec<i64> = (8_100..8_140).collect();
-    register(stack, &chats).await?;
+    stack.register(&chats).await?;
     try_join_all(chats.iter().map(|&chat| async move {
         for n in 0..NOTES {
             stack
@@ -61,7 +52,7 @@ async fn a_poison_update_in_a_batch_fails_alone_and_the_others_are_applied() -> 
     let stack = &Stack::start().await?;
     let chats: Vec<i64> = (8_200..8_230).collect();
     let poisoned = chats[7];
-    register(stack, &chats).await?;
+    stack.register(&chats).await?;
     // PostgreSQL refuses a NUL byte in text (SQLSTATE 22021): that note cannot be stored.
     try_join_all(chats.iter().map(|&chat| async move {
         let text = if chat == poisoned {
