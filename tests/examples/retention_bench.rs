@@ -57,6 +57,8 @@ async fn one_update(pool: &PgPool, chat: i64) -> anyhow::Result<()> {
         epoch: 1,
         epoch_confirmed: true,
         prev_on_subject: None,
+        received_at_ms: 0,
+        trace: None,
     };
     let Applied::Applied { publish: rows, .. } = store::apply(
         pool,

@@ -127,7 +127,7 @@ impl Stack {
     pub async fn start_with(which: Services) -> Result<Self> {
         // Logs only when asked, so test output stays readable: COURIER_TEST_LOG=1.
         if std::env::var_os("COURIER_TEST_LOG").is_some() {
-            courier_common::telemetry::init();
+            let _ = courier_common::telemetry::init("courier-tests");
         }
         let nats = NatsServer::start().await?;
         let pg = Postgres::fresh().await?;

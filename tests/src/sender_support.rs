@@ -80,7 +80,7 @@ impl SenderRig {
     /// [`start_sender`](Self::start_sender).
     pub async fn start() -> Result<Self> {
         if std::env::var_os("COURIER_TEST_LOG").is_some() {
-            courier_common::telemetry::init();
+            let _ = courier_common::telemetry::init("courier-tests");
         }
         let nats = NatsServer::start().await?;
         let pg = Postgres::fresh().await?;
@@ -195,6 +195,7 @@ impl SenderRig {
             chat_id: chat,
             origin_update_id: 0,
             created_at_unix_ms: 0,
+            origin_received_at_unix_ms: 0,
             action: Some(Action::Send(SendMessage {
                 text: text.to_owned(),
                 parse_mode: String::new(),
@@ -222,6 +223,7 @@ impl SenderRig {
                 chat_id: *chat,
                 origin_update_id: 0,
                 created_at_unix_ms: 0,
+                origin_received_at_unix_ms: 0,
                 action: Some(Action::Send(SendMessage {
                     text: text.clone(),
                     parse_mode: String::new(),

@@ -28,6 +28,7 @@ pub mod secret;
 pub mod shutdown;
 pub mod telemetry;
 pub mod topology;
+pub mod trace;
 pub mod ttl_bucket;
 
 pub use tokio_util::sync::CancellationToken;

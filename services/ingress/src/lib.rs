@@ -44,10 +44,11 @@ use courier_common::{
     config::{parse_duration, ConfigError, NatsArgs, SecretArgs, WebhookSecretArgs},
     health,
     secret::WebhookSecret,
-    topology, CancellationToken,
+    topology, trace, CancellationToken,
 };
 use courier_proto::{v1::InboundUpdate, Message as _};
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 /// The header Telegram sends the webhook secret in.
 pub const SECRET_HEADER: &str = "x-telegram-bot-api-secret-token";
@@ -219,18 +220,46 @@ async fn check_secret(State(app): State<Arc<AppState>>, req: Request, next: Next
     next.run(req).await
 }
 
+/// The webhook. Its span (`webhook`) is the root of the update's trace: Telegram sends no
+/// trace context, and one from the internet is not trusted. The `publish` span's context
+/// travels in the message's headers to the worker (`courier_common::trace`).
 async fn webhook(State(app): State<Arc<AppState>>, body: Bytes) -> Response {
+    let span = tracing::info_span!(
+        "webhook",
+        otel.kind = "server",
+        bot_id = app.bot_id,
+        update_id = tracing::field::Empty,
+        chat_id = tracing::field::Empty,
+        partition = tracing::field::Empty,
+        stream_seq = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+    );
+    let response = accept(&app, body).instrument(span.clone()).await;
+    span.record("http.response.status_code", response.status().as_u16());
+    response
+}
+
+async fn accept(app: &AppState, body: Bytes) -> Response {
+    let span = tracing::Span::current();
     let probe::Route {
         update_id,
         chat_id,
         partition,
     } = match probe::route(&body, app.partitions) {
         Ok(route) => route,
-        Err(e) => return e.into_response(),
+        Err(e) => {
+            span.record("outcome", "rejected");
+            return e.into_response();
+        }
     };
+    span.record("update_id", update_id);
+    span.record("chat_id", chat_id);
+    span.record("partition", partition);
     if app.nats.connection_state() != async_nats::connection::State::Connected {
         // Fail fast: Telegram retries, and a publish buffered in a disconnected client could
         // outlive this request.
+        span.record("outcome", "unavailable");
         tracing::warn!(update_id = update_id, "NATS not connected; answering 503");
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -249,15 +278,29 @@ async fn webhook(State(app): State<Arc<AppState>>, body: Bytes) -> Response {
         update_fingerprint: fingerprint,
     };
     let subject = topology::update_subject(app.bot_id, partition, chat_id);
-    let publish = PublishMessage::build()
+    let publishing = tracing::info_span!(
+        "publish",
+        otel.kind = "producer",
+        messaging.system = "nats",
+        stream_seq = tracing::field::Empty,
+    );
+    let mut publish = PublishMessage::build();
+    if let Some(headers) = trace::headers(&publishing) {
+        publish = publish.headers(headers);
+    }
+    let publish = publish
         .message_id(topology::update_msg_id(app.bot_id, update_id, fingerprint))
         .payload(envelope.encode_to_vec().into());
     let result = tokio::time::timeout(app.publish_timeout, async {
         app.js.send_publish(subject, publish).await?.await
     })
+    .instrument(publishing.clone())
     .await;
     match result {
         Ok(Ok(ack)) => {
+            publishing.record("stream_seq", ack.sequence);
+            span.record("stream_seq", ack.sequence);
+            span.record("outcome", if ack.duplicate { "duplicate" } else { "accepted" });
             tracing::debug!(
                 update_id = update_id,
                 seq = ack.sequence,
@@ -267,6 +310,7 @@ async fn webhook(State(app): State<Arc<AppState>>, body: Bytes) -> Response {
             StatusCode::OK.into_response()
         }
         Ok(Err(e)) => {
+            span.record("outcome", "unavailable");
             tracing::warn!(update_id = update_id, error = %e, "publish failed; answering 503");
             (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -275,6 +319,7 @@ async fn webhook(State(app): State<Arc<AppState>>, body: Bytes) -> Response {
                 .into_response()
         }
         Err(_) => {
+            span.record("outcome", "unavailable");
             tracing::warn!(
                 update_id = update_id,
                 "publish not acknowledged in time; answering 503"

@@ -30,9 +30,10 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    courier_common::telemetry::init();
+    let telemetry = courier_common::telemetry::init("courier-sandbox")?;
     match cli.command {
         Some(Command::Load(args)) => {
+            telemetry.shutdown().await;
             let report = courier_sandbox::load::run(args).await?;
             if report.lost > 0 || report.duplicated > 0 {
                 anyhow::bail!(
@@ -45,7 +46,10 @@ async fn main() -> anyhow::Result<()> {
         None => {
             let shutdown = courier_common::shutdown::on_signal();
             let run = courier_sandbox::run(cli.config, shutdown.clone());
-            match courier_common::shutdown::within_grace(run, &shutdown, cli.grace.grace).await {
+            let outcome =
+                courier_common::shutdown::within_grace(run, &shutdown, cli.grace.grace).await;
+            telemetry.shutdown().await;
+            match outcome {
                 Some(result) => result?,
                 None => std::process::exit(courier_common::shutdown::GRACE_ELAPSED_EXIT_CODE),
             }

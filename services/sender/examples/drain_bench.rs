@@ -84,6 +84,7 @@ async fn main() -> anyhow::Result<()> {
             chat_id: chat,
             origin_update_id: 0,
             created_at_unix_ms: 0,
+            origin_received_at_unix_ms: 0,
             action: Some(Action::Send(SendMessage {
                 text: format!("bench {i}"),
                 parse_mode: String::new(),

@@ -40,7 +40,7 @@ use async_nats::Subject;
 use courier_common::{
     backoff::Backoff,
     config::{parse_duration, ConfigError, NatsArgs, SecretArgs},
-    health, lanes, pull, topology, CancellationToken,
+    health, lanes, pull, topology, trace, CancellationToken,
 };
 use courier_proto::{
     v1::{outbound_message::Action, OutboundMessage},
@@ -48,9 +48,11 @@ use courier_proto::{
 };
 use futures::StreamExt;
 use sqlx::PgPool;
+use tracing::Instrument;
 use teloxide_core::{
     payloads::SendMessageSetters,
     prelude::Requester,
+    requests::Request as _,
     types::{ChatId, ParseMode},
     Bot,
 };
@@ -868,12 +870,30 @@ fn parse_mode(raw: &str) -> Option<ParseMode> {
     }
 }
 
+/// Sends one outbound message under its span (`send`), which continues the trace of the
+/// update that caused it (the `traceparent` header the worker's publish wrote).
+async fn handle(ctx: Arc<Ctx>, held: Held) {
+    let span = tracing::info_span!(
+        "send",
+        otel.kind = "consumer",
+        bot_id = ctx.bot_id,
+        chat_id = tracing::field::Empty,
+        outbox_id = tracing::field::Empty,
+        update_id = tracing::field::Empty,
+        stream_seq = held.msg.info().map(|i| i.stream_sequence).ok(),
+        outcome = tracing::field::Empty,
+    );
+    trace::follow(&span, held.msg.headers.as_ref());
+    send(ctx, held).instrument(span).await
+}
+
 /// Sends one outbound message (all its parts), then acknowledges it. Returning without
 /// settling hands it back (nak) when the sender stops.
-async fn handle(ctx: Arc<Ctx>, held: Held) {
+async fn send(ctx: Arc<Ctx>, held: Held) {
     if ctx.cancel.is_cancelled() {
         return;
     }
+    let span = tracing::Span::current();
     let out = match OutboundMessage::decode(held.msg.payload.clone()) {
         Ok(out) => out,
         Err(e) => {
@@ -890,6 +910,9 @@ async fn handle(ctx: Arc<Ctx>, held: Held) {
         .await;
         return;
     };
+    span.record("chat_id", out.chat_id);
+    span.record("outbox_id", out.outbox_id);
+    span.record("update_id", out.origin_update_id);
     let bot_id = ctx.bot_id;
     let Some(before) = db_retry(&ctx, "ledger lookup", || {
         ledger::before(&ctx.lookups, bot_id, out.outbox_id, out.chat_id)
@@ -918,6 +941,7 @@ async fn handle(ctx: Arc<Ctx>, held: Held) {
         })
         .await;
         if recorded.is_some() {
+            span.record("outcome", "skipped_blocked");
             held.ack().await;
         }
         return;
@@ -930,6 +954,7 @@ async fn handle(ctx: Arc<Ctx>, held: Held) {
     {
         ctx.stats.duplicates_skipped.fetch_add(1, Ordering::Relaxed);
         tracing::info!(outbox_id = out.outbox_id, "already sent (ledger); skipped");
+        span.record("outcome", "duplicate");
         held.ack().await;
         return;
     }
@@ -952,7 +977,7 @@ async fn handle(ctx: Arc<Ctx>, held: Held) {
                     let permit = ctx.breaker.admit().await;
                     let grant = ctx.limits.acquire(target).await;
                     (permit, grant)
-                } => Some(a),
+                }.instrument(tracing::info_span!("limit_wait")) => Some(a),
             };
             let Some((_permit, grant)) = admitted else {
                 return;
@@ -969,7 +994,22 @@ async fn handle(ctx: Arc<Ctx>, held: Held) {
             if let Some(m) = mode {
                 req = req.parse_mode(m);
             }
-            let answer = req.await;
+            let call = tracing::info_span!(
+                "bot_api_call",
+                otel.kind = "client",
+                method = "sendMessage",
+                part = part_no,
+                result = tracing::field::Empty,
+            );
+            let answer = req.send().instrument(call.clone()).await;
+            call.record(
+                "result",
+                match &answer {
+                    Ok(_) => "ok",
+                    Err(err) => telegram::classify(err).kind(),
+                },
+            );
+            drop(call);
             // The call has arrived at Telegram by now, if ever: the arrival window counts it.
             drop(grant);
             let wait = match answer {
@@ -1071,6 +1111,7 @@ async fn handle(ctx: Arc<Ctx>, held: Held) {
         }
     }
     ctx.stats.messages_sent.fetch_add(1, Ordering::Relaxed);
+    span.record("outcome", "sent");
     held.ack().await;
 }
 
@@ -1111,6 +1152,7 @@ async fn dead_letter(ctx: &Ctx, held: Held, reason: &str) {
         )
         .await;
         if ok {
+            tracing::Span::current().record("outcome", "dead_lettered");
             ctx.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
             held.ack().await;
             return;

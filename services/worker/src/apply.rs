@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind};
 use bytes::Bytes;
-use courier_common::{backoff::Backoff, topology, CancellationToken};
+use courier_common::{backoff::Backoff, topology, trace, trace::TraceParent, CancellationToken};
 use courier_proto::{v1::InboundUpdate, Message as _};
 use sqlx::PgPool;
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 
 use crate::epoch::{Epoch, StreamEpoch};
 use crate::outbox;
@@ -79,6 +80,22 @@ pub(crate) async fn hand_back(msg: &jetstream::Message) {
         Ok(Err(e)) => tracing::debug!(error = %e, "nak failed; redelivered after the ack wait"),
         Err(_) => tracing::debug!("nak timed out; redelivered after the ack wait"),
     }
+}
+
+/// The span of one update in the worker (`update`; `earlier_update` for an earlier update of
+/// the chat applied first). Its fields are filled in as they become known.
+fn update_span(name: &'static str, seq: u64) -> tracing::Span {
+    tracing::info_span!(
+        "update",
+        otel.name = name,
+        otel.kind = "consumer",
+        bot_id = tracing::field::Empty,
+        update_id = tracing::field::Empty,
+        chat_id = tracing::field::Empty,
+        partition = tracing::field::Empty,
+        stream_seq = seq,
+        outcome = tracing::field::Empty,
+    )
 }
 
 /// Nanoseconds since the Unix epoch, as stored (saturating; i64 lasts until 2262).
@@ -178,7 +195,18 @@ impl Applier {
             stored_at_ns: Some(stored_at_ns),
             prev_on_subject,
         };
-        match self.process(&delivered, 0, Some(&msg)).await {
+        // The update's span in the worker, continuing ingress's trace from the headers.
+        let span = update_span("update", seq);
+        trace::follow(&span, msg.headers.as_ref());
+        let outcome = self
+            .process(&delivered, 0, Some(&msg))
+            .instrument(span.clone())
+            .await;
+        if outcome != Outcome::Done {
+            span.record("outcome", format!("{outcome:?}").to_lowercase());
+        }
+        drop(span);
+        match outcome {
             Outcome::Done => {
                 if let Err(e) = msg.ack().await {
                     // Redelivered later and then skipped as a duplicate.
@@ -225,6 +253,11 @@ impl Applier {
             0 => topology::update_fingerprint(&envelope.update_json),
             f => f,
         };
+        let span = tracing::Span::current();
+        span.record("bot_id", envelope.bot_id);
+        span.record("update_id", envelope.update_id);
+        span.record("chat_id", envelope.chat_id);
+        span.record("partition", envelope.partition);
         let mut upd = UpdateRef {
             bot_id: envelope.bot_id,
             update_id: envelope.update_id,
@@ -234,12 +267,15 @@ impl Applier {
             epoch: epoch.id,
             epoch_confirmed: false,
             prev_on_subject: d.prev_on_subject,
+            received_at_ms: envelope.received_at_unix_ms,
+            trace: TraceParent::of(&span),
         };
         // Read leniently from the raw bytes: only what the bot needs. What it needs and cannot
         // read is dead-lettered with the reason; kinds it does not handle are acked.
         let incoming = match courier_bot::classify_json(&envelope.update_json) {
             Ok(Some(incoming)) => incoming,
             Ok(None) => {
+                span.record("outcome", "ignored");
                 self.stats.ignored.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(update_id = upd.update_id, "update kind ignored by the bot");
                 return Outcome::Done;
@@ -268,6 +304,7 @@ impl Applier {
                         upd,
                         incoming: incoming.clone(),
                         handled,
+                        span: span.clone(),
                     };
                     match group.apply(job).await {
                         crate::group::Verdict::Done(applied) => {
@@ -302,6 +339,7 @@ impl Applier {
                     publish: rows,
                     out_of_order,
                 }) => {
+                    span.record("outcome", "applied");
                     self.stats.applied.fetch_add(1, Ordering::Relaxed);
                     if out_of_order {
                         self.stats.out_of_order.fetch_add(1, Ordering::Relaxed);
@@ -314,12 +352,15 @@ impl Applier {
                         );
                     }
                     if !rows.is_empty() {
-                        let published = outbox::publish(&self.js, self.bot_id, &rows).await;
+                        let published = outbox::publish(&self.js, self.bot_id, &rows)
+                            .instrument(span.clone())
+                            .await;
                         self.marks.add(published);
                     }
                     return Outcome::Done;
                 }
                 Ok(Applied::Duplicate) => {
+                    span.record("outcome", "duplicate");
                     self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(
                         update_id = upd.update_id,
@@ -338,7 +379,10 @@ impl Applier {
                     );
                     match self.fetch(seq).await {
                         Ok(earlier) => {
-                            if Box::pin(self.process(&earlier, handled, keepalive)).await
+                            let nested = update_span("earlier_update", seq);
+                            if Box::pin(self.process(&earlier, handled, keepalive))
+                                .instrument(nested)
+                                .await
                                 == Outcome::Abandoned
                             {
                                 return Outcome::Abandoned;
@@ -488,7 +532,10 @@ impl Applier {
                 Ok(None) => return Outcome::Done,
                 Ok(Some(seq)) => match self.fetch(seq).await {
                     Ok(earlier) => {
-                        if Box::pin(self.process(&earlier, handled, keepalive)).await
+                        let nested = update_span("earlier_update", seq);
+                        if Box::pin(self.process(&earlier, handled, keepalive))
+                            .instrument(nested)
+                            .await
                             == Outcome::Abandoned
                         {
                             return Outcome::Abandoned;
@@ -556,6 +603,7 @@ impl Applier {
         if let Some(tx) = tx {
             tx.commit().await.map_err(|e| e.to_string())?;
         }
+        tracing::Span::current().record("outcome", "dead_lettered");
         self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
         Ok(None)
     }

@@ -44,6 +44,8 @@ pub struct Job {
     pub incoming: Incoming,
     /// Sequences of its chat already dealt with by the caller (see `store::apply`).
     pub handled: u64,
+    /// Its `update` span: the batch's phases appear in the update's trace as its children.
+    pub span: tracing::Span,
 }
 
 /// How the group dealt with an update.
@@ -178,6 +180,9 @@ async fn apply_batch(
         .map(|&(i, _)| jobs[i].upd.fingerprint as i64)
         .collect();
 
+    // Each update's trace shows the batch's phases as its own (they are: one transaction).
+    let candidate_jobs: Vec<usize> = candidates.iter().map(|&(i, _)| i).collect();
+    let guard = phases(jobs, &candidate_jobs, Phase::OrderGuard);
     let mut tx = pool.begin().await?;
     // Locks in a fixed order (chats, then senders, each by id), as concurrent batches take
     // them; rows tagged by kind: 'c' a chat, 'f' a sender's counter, 's' an applied update.
@@ -236,6 +241,8 @@ async fn apply_batch(
         }
     }
 
+    drop(guard);
+    let step = phases(jobs, &candidate_jobs, Phase::FsmStep);
     let mut writes = Vec::new();
     for &(i, sender) in &candidates {
         let job = &jobs[i];
@@ -323,6 +330,7 @@ async fn apply_batch(
             replies,
         });
     }
+    drop(step);
     if writes.len() < 2 {
         // Not worth a batch: the rest go alone (the locks go with the rollback).
         tx.rollback().await?;
@@ -332,11 +340,13 @@ async fn apply_batch(
         return Ok((finish(verdicts), false));
     }
 
+    let written: Vec<usize> = writes.iter().map(|w| w.job).collect();
+    let _commit = phases(jobs, &written, Phase::Commit);
     // Columns of the multi-row statement.
     let mut claim = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut floods = Vec::new();
     let mut note = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut reply = (Vec::new(), Vec::new(), Vec::new());
+    let mut reply = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut state = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for w in &writes {
         let job = &jobs[w.job];
@@ -352,10 +362,13 @@ async fn apply_batch(
             note.3.push(text.clone());
             note.4.push(*at);
         }
+        let (traceparent, received_at) = job.upd.reply_columns();
         for text in &w.replies {
             reply.0.push(job.incoming.chat_id);
             reply.1.push(job.upd.update_id);
             reply.2.push(text.clone());
+            reply.3.push(traceparent.clone());
+            reply.4.push(received_at);
         }
         state.0.push(job.incoming.chat_id);
         state.1.push(serde_json::to_value(w.state)?);
@@ -389,11 +402,13 @@ async fn apply_batch(
              FROM unnest($8::bigint[], $9::bigint[], $10::bigint[], $11::text[], \
                          $12::timestamptz[]) AS n(c, u, i, t, a)), \
          reply AS ( \
-             INSERT INTO outbox (bot_id, chat_id, origin_update_id, text) \
-             SELECT $1, c, i, t \
-             FROM unnest($13::bigint[], $14::bigint[], $15::text[]) WITH ORDINALITY AS r(c, i, t, o) \
+             INSERT INTO outbox \
+             (bot_id, chat_id, origin_update_id, text, traceparent, origin_received_at) \
+             SELECT $1, c, i, t, tp, ra \
+             FROM unnest($13::bigint[], $14::bigint[], $15::text[], $23::text[], \
+                         $24::timestamptz[]) WITH ORDINALITY AS r(c, i, t, tp, ra, o) \
              ORDER BY o \
-             RETURNING id, chat_id, origin_update_id, text, created_at), \
+             RETURNING ", store::outbox_columns!(), "), \
          state AS ( \
              INSERT INTO dialogue_states \
              (bot_id, chat_id, state, last_update_id, last_seq, stream_epoch) \
@@ -405,13 +420,13 @@ async fn apply_batch(
              UPDATE outbox SET published_at = now() \
              WHERE id = ANY($21) AND published_at IS NULL), \
          publish AS ( \
-             SELECT id, chat_id, origin_update_id, text, created_at FROM outbox \
+             SELECT ", store::outbox_columns!(), " FROM outbox \
              WHERE published_at IS NULL AND bot_id = $1 AND chat_id = ANY($13) \
              AND id <> ALL($21) \
-             UNION ALL SELECT id, chat_id, origin_update_id, text, created_at FROM reply \
+             UNION ALL SELECT ", store::outbox_columns!(), " FROM reply \
              ORDER BY id LIMIT $22) \
          SELECT (SELECT count(*) FROM claim) AS claimed, (SELECT count(*) FROM state) AS written, \
-             p.id, p.chat_id, p.origin_update_id, p.text, p.created_at \
+             p.* \
          FROM (SELECT 1) AS one LEFT JOIN publish AS p ON true ORDER BY p.id",
     ))
     .bind(bot_id)
@@ -436,6 +451,8 @@ async fn apply_batch(
     .bind(epoch)
     .bind(marks)
     .bind(store::CHAT_BACKLOG_LIMIT * n)
+    .bind(&reply.3)
+    .bind(&reply.4)
     .fetch_all(&mut *tx)
     .await?;
     let first = out
@@ -467,6 +484,29 @@ async fn apply_batch(
         }));
     }
     Ok((finish(verdicts), true))
+}
+
+/// A phase of a batch as it shows in each update's trace.
+#[derive(Clone, Copy)]
+enum Phase {
+    OrderGuard,
+    FsmStep,
+    Commit,
+}
+
+/// One span per update of `of`, child of its `update` span, open until dropped.
+fn phases(jobs: &[Job], of: &[usize], phase: Phase) -> Vec<tracing::Span> {
+    let batch = jobs.len();
+    of.iter()
+        .map(|&i| {
+            let parent = &jobs[i].span;
+            match phase {
+                Phase::OrderGuard => tracing::info_span!(parent: parent, "order_guard", batch),
+                Phase::FsmStep => tracing::info_span!(parent: parent, "fsm_step", batch),
+                Phase::Commit => tracing::info_span!(parent: parent, "commit", batch),
+            }
+        })
+        .collect()
 }
 
 fn finish(verdicts: Vec<Option<Verdict>>) -> Vec<Verdict> {

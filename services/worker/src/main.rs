@@ -14,10 +14,12 @@ struct Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    courier_common::telemetry::init();
+    let telemetry = courier_common::telemetry::init("courier-worker")?;
     let shutdown = courier_common::shutdown::on_signal();
     let run = courier_worker::run(cli.config, shutdown.clone());
-    match courier_common::shutdown::within_grace(run, &shutdown, cli.grace.grace).await {
+    let outcome = courier_common::shutdown::within_grace(run, &shutdown, cli.grace.grace).await;
+    telemetry.shutdown().await;
+    match outcome {
         Some(result) => result?,
         None => std::process::exit(courier_common::shutdown::GRACE_ELAPSED_EXIT_CODE),
     }

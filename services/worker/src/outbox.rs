@@ -22,13 +22,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, message::PublishMessage};
-use courier_common::{topology, CancellationToken};
+use courier_common::{topology, trace, trace::TraceParent, CancellationToken};
 use courier_proto::{
     v1::{outbound_message::Action, OutboundMessage, SendMessage},
     Message as _,
 };
 use futures::future::join_all;
 use sqlx::PgPool;
+use tracing::Instrument;
 
 use crate::store::{self, OutboxRow};
 
@@ -64,27 +65,53 @@ pub async fn publish(js: &jetstream::Context, bot_id: i64, rows: &[OutboxRow]) -
     join_all(chats).await.into_iter().flatten().collect()
 }
 
+/// Publishes one row. Its span (`outbox_publish`) continues the trace of the update that
+/// wrote the row (stored with it), whoever publishes it: the transaction's own worker right
+/// after commit, or the relay, maybe in another process, after a crash.
 async fn publish_one(js: &jetstream::Context, bot_id: i64, row: &OutboxRow) -> Result<(), String> {
+    let span = tracing::info_span!(
+        "outbox_publish",
+        otel.kind = "producer",
+        outbox_id = row.id,
+        chat_id = row.chat_id,
+        stream_seq = tracing::field::Empty,
+    );
+    if let Some(parent) = row.traceparent.as_deref().and_then(TraceParent::parse) {
+        parent.adopt(&span);
+    }
     let msg = OutboundMessage {
         outbox_id: row.id,
         bot_id,
         chat_id: row.chat_id,
         origin_update_id: row.origin_update_id,
         created_at_unix_ms: row.created_at.timestamp_millis(),
+        origin_received_at_unix_ms: row
+            .origin_received_at
+            .map_or(0, |t| t.timestamp_millis()),
         action: Some(Action::Send(SendMessage {
             text: row.text.clone(),
             parse_mode: String::new(),
         })),
     };
-    let publish = PublishMessage::build()
+    let mut publish = PublishMessage::build();
+    if let Some(headers) = trace::headers(&span) {
+        publish = publish.headers(headers);
+    }
+    let publish = publish
         .message_id(topology::outbound_msg_id(bot_id, row.id))
         .payload(msg.encode_to_vec().into());
     let subject = topology::outbound_subject(bot_id, row.chat_id);
-    let ack = js
-        .send_publish(subject, publish)
-        .await
-        .map_err(|e| e.to_string())?;
-    ack.await.map(|_| ()).map_err(|e| e.to_string())
+    let ack = async {
+        let ack = js
+            .send_publish(subject, publish)
+            .await
+            .map_err(|e| e.to_string())?;
+        ack.await.map_err(|e| e.to_string())
+    }
+    .instrument(span.clone())
+    .await?;
+    span.record("stream_seq", ack.sequence);
+    Ok(())
 }
 
 /// Published rows waiting to be marked (`outbox.published_at`).

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use courier_bot::{flood, Context, DialogueState, Effect, Incoming, Note, Pace, Read, HISTORY_LEN};
+use courier_common::trace::TraceParent;
 use sqlx::{PgPool, Postgres, Row, Transaction};
+use tracing::Instrument;
 
 /// Why applying an update failed.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +77,15 @@ macro_rules! state_conflict {
 }
 pub(crate) use state_conflict;
 
+/// The outbox columns a publish needs ([`OutboxRow`]), as every statement that reads rows to
+/// publish selects (or returns) them.
+macro_rules! outbox_columns {
+    () => {
+        "id, chat_id, origin_update_id, text, created_at, traceparent, origin_received_at"
+    };
+}
+pub(crate) use outbox_columns;
+
 /// One outgoing message written to the outbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxRow {
@@ -88,6 +99,10 @@ pub struct OutboxRow {
     pub text: String,
     /// When it was committed.
     pub created_at: DateTime<Utc>,
+    /// The trace context of the update that caused it (its `update` span), if traced.
+    pub traceparent: Option<String>,
+    /// When ingress accepted that update, if known.
+    pub origin_received_at: Option<DateTime<Utc>>,
 }
 
 /// What happened to an update.
@@ -152,6 +167,23 @@ pub struct UpdateRef {
     /// (the chat has no message between it and `seq`): when that one is dealt with, the guard
     /// does not ask `next`.
     pub prev_on_subject: Option<u64>,
+    /// When ingress accepted it (Unix milliseconds; 0 if unknown): stored with its replies.
+    pub received_at_ms: i64,
+    /// Its trace context (the worker's `update` span), stored with its replies so that every
+    /// publish of them continues the trace.
+    pub trace: Option<TraceParent>,
+}
+
+impl UpdateRef {
+    /// The columns its replies store: `(traceparent, origin_received_at)`.
+    pub(crate) fn reply_columns(&self) -> (Option<String>, Option<DateTime<Utc>>) {
+        (
+            self.trace.map(|t| t.to_string()),
+            (self.received_at_ms > 0)
+                .then(|| DateTime::from_timestamp_millis(self.received_at_ms))
+                .flatten(),
+        )
+    }
 }
 
 /// The `stream_epoch` of rows written before epochs were recorded: taken to be the current
@@ -213,7 +245,9 @@ pub async fn apply(
     budget: FloodBudget,
     marks: &[i64],
 ) -> Result<Applied, StoreError> {
-    let mut tx = pool.begin().await?;
+    // The update's trace (its `update` span is current): the guard, the FSM step, the commit.
+    let guard = tracing::info_span!("order_guard");
+    let mut tx = pool.begin().instrument(guard.clone()).await?;
     // One round trip: claim the update, lock and read the chat's row, and count the update
     // against its sender's flood budget. (A rollback below undoes the claim and the count.)
     let flood_sender = flood::counted_as(incoming).filter(|_| budget.limit > 0);
@@ -248,6 +282,7 @@ pub async fn apply(
     .bind(flood_sender)
     .bind(budget.window.as_secs_f64())
     .fetch_one(&mut *tx)
+    .instrument(guard.clone())
     .await?;
     if !row.try_get::<bool, _>("claimed")? {
         tx.rollback().await?;
@@ -289,10 +324,15 @@ pub async fn apply(
             Applied::Behind
         });
     }
-    if let Some(earlier) = earlier_unapplied(upd, last_seq, handled, next).await? {
+    if let Some(earlier) = earlier_unapplied(upd, last_seq, handled, next)
+        .instrument(guard.clone())
+        .await?
+    {
         tx.rollback().await?;
         return Ok(Applied::EarlierFirst(earlier));
     }
+    drop(guard);
+    let step = tracing::info_span!("fsm_step");
     let mut ctx = Context::default();
     if let (Some(sender), Some(count)) = (flood_sender, flood_count) {
         ctx.pace = flood::pace(count.max(1) as u64, budget.limit);
@@ -320,6 +360,7 @@ pub async fn apply(
         .bind(user.id)
         .bind(HISTORY_LEN as i64)
         .fetch_all(&mut *tx)
+        .instrument(step.clone())
         .await?
         .into_iter()
         .map(|r| {
@@ -331,7 +372,7 @@ pub async fn apply(
         .collect::<Result<_, sqlx::Error>>()?;
     }
 
-    let transition = courier_bot::step(state, incoming, &ctx);
+    let transition = step.in_scope(|| courier_bot::step(state, incoming, &ctx));
     // Notes and replies go in the one statement below; the rarer effects here, in order.
     let mut notes = Notes::default();
     let (mut reply_chats, mut reply_texts) = (Vec::new(), Vec::new());
@@ -352,6 +393,7 @@ pub async fn apply(
                 .bind(&user.last_name)
                 .bind(&user.username)
                 .execute(&mut *tx)
+                .instrument(step.clone())
                 .await?;
             }
             Effect::SaveNote {
@@ -379,6 +421,7 @@ pub async fn apply(
                     .bind(upd.bot_id)
                     .bind(chat_id)
                     .execute(&mut *tx)
+                    .instrument(step.clone())
                     .await?;
             }
             Effect::Reply { chat_id, text } => {
@@ -387,6 +430,9 @@ pub async fn apply(
             }
         }
     }
+    drop(step);
+    let commit = tracing::info_span!("commit");
+    let (traceparent, received_at) = upd.reply_columns();
     // One round trip for the rest: the notes, the replies (ids drawn in the effects' order),
     // the new state, and what to publish. The state's upsert has a WHERE that makes a
     // concurrent first update of a new chat (no row to lock yet) safe: if a later update got
@@ -408,11 +454,12 @@ pub async fn apply(
              FROM unnest($3::bigint[], $4::bigint[], $5::text[], $6::timestamptz[]) \
                  AS n(chat_id, user_id, text, at)), \
          reply AS ( \
-             INSERT INTO outbox (bot_id, chat_id, origin_update_id, text) \
-             SELECT $1, r.chat_id, $2, r.text \
+             INSERT INTO outbox \
+             (bot_id, chat_id, origin_update_id, text, traceparent, origin_received_at) \
+             SELECT $1, r.chat_id, $2, r.text, $15, $16 \
              FROM unnest($7::bigint[], $8::text[]) WITH ORDINALITY AS r(chat_id, text, n) \
              ORDER BY r.n \
-             RETURNING id, chat_id, origin_update_id, text, created_at), \
+             RETURNING ", outbox_columns!(), "), \
          state AS ( \
              INSERT INTO dialogue_states \
              (bot_id, chat_id, state, last_update_id, last_seq, stream_epoch) \
@@ -423,13 +470,12 @@ pub async fn apply(
              UPDATE outbox SET published_at = now() \
              WHERE id = ANY($14) AND published_at IS NULL), \
          publish AS ( \
-             SELECT id, chat_id, origin_update_id, text, created_at FROM outbox \
+             SELECT ", outbox_columns!(), " FROM outbox \
              WHERE published_at IS NULL AND bot_id = $1 AND chat_id = ANY($7) \
              AND id <> ALL($14) \
-             UNION ALL SELECT id, chat_id, origin_update_id, text, created_at FROM reply \
+             UNION ALL SELECT ", outbox_columns!(), " FROM reply \
              ORDER BY id LIMIT $13) \
-         SELECT (SELECT count(*) FROM state) AS written, \
-             p.id, p.chat_id, p.origin_update_id, p.text, p.created_at \
+         SELECT (SELECT count(*) FROM state) AS written, p.* \
          FROM (SELECT 1) AS one LEFT JOIN publish AS p ON true ORDER BY p.id",
     ))
     .bind(upd.bot_id)
@@ -446,7 +492,10 @@ pub async fn apply(
     .bind(upd.epoch)
     .bind(CHAT_BACKLOG_LIMIT)
     .bind(marks)
+    .bind(traceparent)
+    .bind(received_at)
     .fetch_all(&mut *tx)
+    .instrument(commit.clone())
     .await?;
     let written = match rows.first() {
         Some(r) => r.try_get::<i64, _>("written")?,
@@ -462,7 +511,7 @@ pub async fn apply(
             to_publish.push(outbox_row(r)?);
         }
     }
-    tx.commit().await?;
+    tx.commit().instrument(commit).await?;
     Ok(Applied::Applied {
         publish: to_publish,
         out_of_order,
@@ -489,6 +538,8 @@ pub(crate) fn outbox_row(r: &sqlx::postgres::PgRow) -> Result<OutboxRow, StoreEr
         origin_update_id: r.try_get("origin_update_id")?,
         text: r.try_get("text")?,
         created_at: r.try_get("created_at")?,
+        traceparent: r.try_get("traceparent")?,
+        origin_received_at: r.try_get("origin_received_at")?,
     })
 }
 
@@ -647,13 +698,15 @@ pub async fn unpublished(
     grace_secs: f64,
     limit: i64,
 ) -> Result<Vec<OutboxRow>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT id, chat_id, origin_update_id, text, created_at FROM outbox \
+    let rows = sqlx::query(concat!(
+        "SELECT ",
+        outbox_columns!(),
+        " FROM outbox \
          WHERE published_at IS NULL AND bot_id = $1 AND chat_id IN ( \
              SELECT chat_id FROM outbox WHERE published_at IS NULL AND bot_id = $1 \
              AND created_at < now() - make_interval(secs => $2)) \
          ORDER BY id LIMIT $3",
-    )
+    ))
     .bind(bot_id)
     .bind(grace_secs)
     .bind(limit)
