@@ -40,6 +40,8 @@ GRAFANA_INTERVALS = {
 VARIABLE = re.compile(r"\$\{(\w+)(?::\w+)?\}|\[\[(\w+)\]\]|\$(\w+)")
 LABEL_VALUES = re.compile(r"^\s*label_values\((.*),\s*[A-Za-z_][A-Za-z0-9_]*\s*\)\s*$", re.S)
 METRIC = re.compile(r"\b(courier_[a-z0-9_]+)\b")
+# Target labels the chart's ServiceMonitors add: they look like metric names but are not.
+TARGET_LABELS = {"courier_release", "courier_component"}
 
 
 def substitute(expr):
@@ -174,7 +176,7 @@ def conventions(rules_path, tests_path, operations_path, dashboard_path):
         print(f"note: {operations_path} lists no courier_* metric under '## Metrics' yet; "
               "metric names of the alerts and dashboard not checked")
     else:
-        for name in sorted(used):
+        for name in sorted(used - TARGET_LABELS):
             base = re.sub(r"_(bucket|sum|count)$", "", name)
             if not ({name, base} & documented):
                 problems.append(f"metric {name} (alerts or dashboard) is not listed under '## Metrics' in {operations_path}")
@@ -183,7 +185,7 @@ def conventions(rules_path, tests_path, operations_path, dashboard_path):
         print(p, file=sys.stderr)
     if not problems:
         print(f"{len(alerts)} alerts: labels, annotations, runbooks and tests in order; "
-              f"{len(used)} metric names used")
+              f"{len(used - TARGET_LABELS)} metric names used")
     return 1 if problems else 0
 
 
