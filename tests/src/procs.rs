@@ -260,3 +260,170 @@ pub async fn build_binaries(names: &[&str]) -> Result<()> {
     }
     Ok(())
 }
+
+/// The whole pipeline as processes (sandbox, ingress, worker, sender) on a fresh NATS and
+/// database, each service's log in a file: for tests that look at what processes do from the
+/// outside (their logs, their exported spans, their `/metrics`).
+pub struct ProcessStack {
+    /// The NATS server.
+    pub nats: crate::NatsServer,
+    /// The database.
+    pub pg: crate::Postgres,
+    /// The sandbox's base URL.
+    pub sandbox_url: String,
+    /// The webhook URL (ingress).
+    pub webhook_url: String,
+    /// The services, with their log files, in start order: sandbox, ingress, worker, sender.
+    pub services: Vec<(ServiceProcess, std::path::PathBuf)>,
+    http: reqwest::Client,
+}
+
+/// What a [`ProcessStack`] is started with.
+#[derive(Debug, Clone, Default)]
+pub struct ProcessStackOptions {
+    /// A password to put into the services' database URL (the test cluster trusts local
+    /// connections, so any works: it is there to be looked for).
+    pub database_password: Option<&'static str>,
+    /// Extra environment for every service but the sandbox.
+    pub env: Vec<(&'static str, String)>,
+}
+
+impl ProcessStack {
+    /// Starts the four services (`RUST_LOG=debug`, logs under a temporary directory) and
+    /// returns once the sandbox answers.
+    pub async fn start(options: ProcessStackOptions) -> Result<Self> {
+        let nats = crate::NatsServer::start().await?;
+        let pg = crate::Postgres::fresh().await?;
+        let database_url = match options.database_password {
+            Some(pw) => pg
+                .url()
+                .replacen("://postgres@", &format!("://postgres:{pw}@"), 1),
+            None => pg.url().to_owned(),
+        };
+        let (sandbox_port, ingress_port) = (free_local_port()?, free_local_port()?);
+        let sandbox_url = format!("http://127.0.0.1:{sandbox_port}");
+        let webhook_url = format!("http://127.0.0.1:{ingress_port}/webhook");
+        let dir = std::env::temp_dir().join(format!(
+            "courier-procs-{}-{}",
+            std::process::id(),
+            pg.name()
+        ));
+        std::fs::create_dir_all(&dir)?;
+        let common = |extra: &[(&'static str, String)], traced: bool| {
+            let mut env = vec![
+                ("NATS_URL", nats.url()),
+                ("DATABASE_URL", database_url.clone()),
+                ("COURIER_WEBHOOK_SECRET", crate::SECRET.to_owned()),
+            ];
+            env.extend_from_slice(extra);
+            if traced {
+                env.extend(options.env.iter().cloned());
+            }
+            env
+        };
+        let plan: Vec<(&str, Vec<(&'static str, String)>)> = vec![
+            (
+                "courier-sandbox",
+                common(
+                    &[
+                        ("COURIER_SANDBOX_ADDR", format!("127.0.0.1:{sandbox_port}")),
+                        ("COURIER_SANDBOX_WEBHOOK_URL", webhook_url.clone()),
+                    ],
+                    false,
+                ),
+            ),
+            (
+                "courier-ingress",
+                common(
+                    &[("COURIER_INGRESS_ADDR", format!("127.0.0.1:{ingress_port}"))],
+                    true,
+                ),
+            ),
+            (
+                "courier-worker",
+                common(
+                    &[("COURIER_WORKER_HEALTH_ADDR", "127.0.0.1:0".into())],
+                    true,
+                ),
+            ),
+            (
+                "courier-sender",
+                common(
+                    &[
+                        ("COURIER_TELEGRAM_API_URL", sandbox_url.clone()),
+                        ("COURIER_SENDER_HEALTH_ADDR", "127.0.0.1:0".into()),
+                    ],
+                    true,
+                ),
+            ),
+        ];
+        let mut services = Vec::new();
+        for (name, env) in &plan {
+            let log = dir.join(format!("{name}.log"));
+            services.push((ServiceProcess::start_logged(name, env, &log).await?, log));
+        }
+        Ok(Self {
+            nats,
+            pg,
+            sandbox_url,
+            webhook_url,
+            services,
+            http: reqwest::Client::new(),
+        })
+    }
+
+    /// A user of chat `chat` (user id = chat id, "Ada") sends `text`; retried until the
+    /// sandbox takes it (it may still be starting).
+    pub async fn say(&self, chat: i64, text: &str) -> Result<()> {
+        crate::eventually(
+            "the sandbox takes a message",
+            Duration::from_secs(60),
+            || async move {
+                let ok = self
+                    .http
+                    .post(format!("{}/sandbox/messages", self.sandbox_url))
+                    .json(&serde_json::json!({
+                        "chat_id": chat, "user_id": chat, "first_name": "Ada", "text": text
+                    }))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success());
+                Ok(ok.then_some(()))
+            },
+        )
+        .await
+    }
+
+    /// Waits until chat `chat` has at least `n` messages from the bot; returns its transcript.
+    pub async fn bot_replies(&self, chat: i64, n: usize) -> Result<Vec<crate::Line>> {
+        crate::eventually(
+            "the bot's replies",
+            Duration::from_secs(60),
+            || async move {
+                let lines: Vec<crate::Line> = self
+                    .http
+                    .get(format!(
+                        "{}/sandbox/chats/{chat}/messages",
+                        self.sandbox_url
+                    ))
+                    .send()
+                    .await?
+                    .json()
+                    .await?;
+                Ok((lines.iter().filter(|l| l.from_bot).count() >= n).then_some(lines))
+            },
+        )
+        .await
+    }
+
+    /// SIGTERM to every service, then waits for each to exit (30 s each at most).
+    pub async fn stop(&mut self) -> Result<()> {
+        for (s, _) in &self.services {
+            s.sigterm().await?;
+        }
+        for (s, _) in &mut self.services {
+            s.wait_exit(Duration::from_secs(30)).await?;
+        }
+        Ok(())
+    }
+}

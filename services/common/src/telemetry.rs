@@ -113,7 +113,7 @@ pub fn init(service: &'static str) -> Result<Telemetry, TelemetryError> {
             .with_tracked_inactivity(false)
             .with_threads(false)
             .with_location(false)
-            .with_filter(filter())
+            .with_filter(courier_spans())
     });
     let logs = if json {
         fmt::layer()
@@ -124,9 +124,21 @@ pub fn init(service: &'static str) -> Result<Telemetry, TelemetryError> {
     } else {
         fmt::layer().with_target(true).with_filter(filter()).boxed()
     };
-    let _ = tracing_subscriber::registry().with(otel).with(logs).try_init();
+    let _ = tracing_subscriber::registry()
+        .with(otel)
+        .with(logs)
+        .try_init();
     Ok(Telemetry {
         provider: provider.filter(|_| exporting),
+    })
+}
+
+/// What the OpenTelemetry layer records: Courier's own spans (and the events inside them) at
+/// `info` and above. Not the libraries' (hyper, h2, tonic, sqlx): besides their volume, the
+/// exporter's own gRPC calls would produce spans to export.
+fn courier_spans() -> tracing_subscriber::filter::FilterFn {
+    tracing_subscriber::filter::filter_fn(|meta| {
+        meta.target().starts_with("courier_") && *meta.level() <= tracing::Level::INFO
     })
 }
 

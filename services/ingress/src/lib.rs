@@ -300,7 +300,14 @@ async fn accept(app: &AppState, body: Bytes) -> Response {
         Ok(Ok(ack)) => {
             publishing.record("stream_seq", ack.sequence);
             span.record("stream_seq", ack.sequence);
-            span.record("outcome", if ack.duplicate { "duplicate" } else { "accepted" });
+            span.record(
+                "outcome",
+                if ack.duplicate {
+                    "duplicate"
+                } else {
+                    "accepted"
+                },
+            );
             tracing::debug!(
                 update_id = update_id,
                 seq = ack.sequence,

@@ -39,6 +39,7 @@ mod delivery;
 mod faults;
 mod limits;
 pub mod load;
+pub mod otlp;
 mod state;
 
 use std::net::SocketAddr;
@@ -122,6 +123,11 @@ pub struct Config {
     /// Faults in force from the start (see `POST /sandbox/faults`).
     #[command(flatten)]
     pub faults: FaultArgs,
+    /// Address of an OTLP/gRPC trace receiver to run (e.g. `127.0.0.1:4317`): the services
+    /// export their spans to it (`OTEL_EXPORTER_OTLP_ENDPOINT=http://<addr>`) and
+    /// `/sandbox/traces` shows them. Off when unset.
+    #[arg(long = "otlp-addr", env = "COURIER_SANDBOX_OTLP_ADDR")]
+    pub otlp_addr: Option<SocketAddr>,
 }
 
 impl Config {
@@ -146,6 +152,7 @@ impl Config {
             private_chat_burst: 3,
             group_rate_per_min: 20,
             faults: FaultArgs::default(),
+            otlp_addr: None,
         }
     }
 
@@ -195,6 +202,14 @@ pub enum Error {
     /// The HTTP server failed.
     #[error("HTTP server: {0}")]
     Serve(#[source] std::io::Error),
+    /// The OTLP receiver's socket could not be bound.
+    #[error("cannot listen for OTLP on {addr}: {source}")]
+    OtlpBind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
     /// The sandbox's task panicked or was cancelled.
     #[error("sandbox task: {0}")]
     Task(#[from] tokio::task::JoinError),
@@ -256,7 +271,17 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Sandbo
         faults,
         stop.clone(),
     ));
-    let app = router(shared.clone());
+    let traces = match config.otlp_addr {
+        Some(otlp) => {
+            let (bound, spans) = otlp::start(otlp, stop.clone())
+                .await
+                .map_err(|source| Error::OtlpBind { addr: otlp, source })?;
+            tracing::info!(otlp = %bound, "OTLP trace receiver listening");
+            Some(spans)
+        }
+        None => None,
+    };
+    let app = router(shared.clone()).merge(otlp::router(traces));
     let server = {
         let stop = stop.clone();
         async move {

@@ -48,7 +48,6 @@ use courier_proto::{
 };
 use futures::StreamExt;
 use sqlx::PgPool;
-use tracing::Instrument;
 use teloxide_core::{
     payloads::SendMessageSetters,
     prelude::Requester,
@@ -57,6 +56,7 @@ use teloxide_core::{
     Bot,
 };
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use crate::breaker::Breaker;
 use crate::lease::Lease;

@@ -85,9 +85,7 @@ async fn publish_one(js: &jetstream::Context, bot_id: i64, row: &OutboxRow) -> R
         chat_id: row.chat_id,
         origin_update_id: row.origin_update_id,
         created_at_unix_ms: row.created_at.timestamp_millis(),
-        origin_received_at_unix_ms: row
-            .origin_received_at
-            .map_or(0, |t| t.timestamp_millis()),
+        origin_received_at_unix_ms: row.origin_received_at.map_or(0, |t| t.timestamp_millis()),
         action: Some(Action::Send(SendMessage {
             text: row.text.clone(),
             parse_mode: String::new(),

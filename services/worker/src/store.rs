@@ -459,7 +459,9 @@ pub async fn apply(
              SELECT $1, r.chat_id, $2, r.text, $15, $16 \
              FROM unnest($7::bigint[], $8::text[]) WITH ORDINALITY AS r(chat_id, text, n) \
              ORDER BY r.n \
-             RETURNING ", outbox_columns!(), "), \
+             RETURNING ",
+        outbox_columns!(),
+        "), \
          state AS ( \
              INSERT INTO dialogue_states \
              (bot_id, chat_id, state, last_update_id, last_seq, stream_epoch) \
@@ -470,10 +472,14 @@ pub async fn apply(
              UPDATE outbox SET published_at = now() \
              WHERE id = ANY($14) AND published_at IS NULL), \
          publish AS ( \
-             SELECT ", outbox_columns!(), " FROM outbox \
+             SELECT ",
+        outbox_columns!(),
+        " FROM outbox \
              WHERE published_at IS NULL AND bot_id = $1 AND chat_id = ANY($7) \
              AND id <> ALL($14) \
-             UNION ALL SELECT ", outbox_columns!(), " FROM reply \
+             UNION ALL SELECT ",
+        outbox_columns!(),
+        " FROM reply \
              ORDER BY id LIMIT $13) \
          SELECT (SELECT count(*) FROM state) AS written, p.* \
          FROM (SELECT 1) AS one LEFT JOIN publish AS p ON true ORDER BY p.id",

@@ -18,3 +18,4 @@ mod secrets;
 mod sender;
 mod shutdown;
 mod stream_epoch;
+mod traces;
