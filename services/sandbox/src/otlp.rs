@@ -155,7 +155,7 @@ impl Spans {
                 }
             })
             .collect();
-        list.sort_by(|a, b| b.started_unix_ms.cmp(&a.started_unix_ms));
+        list.sort_by_key(|t| std::cmp::Reverse(t.started_unix_ms));
         list.truncate(limit);
         list
     }
