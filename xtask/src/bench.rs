@@ -74,6 +74,10 @@ pub struct Options {
     /// Also write the results as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Export every span (sampling 1.0) over OTLP/gRPC to the sandbox's receiver, to measure
+    /// what tracing costs (compare with a run without).
+    #[arg(long)]
+    pub traces: bool,
 }
 
 /// The work to run.
@@ -262,13 +266,20 @@ fn measure(
     stack.start_nats(&nats, &logs.join("nats.log"))?;
     stack.write_pids(dir);
 
-    let common: Vec<(&str, String)> = vec![
+    let mut common: Vec<(&str, String)> = vec![
         ("NATS_URL", nats.url()),
         ("DATABASE_URL", pg.url("courier")),
         ("COURIER_BOT_TOKEN", BOT_TOKEN.into()),
         ("COURIER_WEBHOOK_SECRET", WEBHOOK_SECRET.into()),
         ("NO_COLOR", "1".into()),
     ];
+    let otlp = free_port()?;
+    if options.traces {
+        common.extend([
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://127.0.0.1:{otlp}")),
+            ("OTEL_TRACES_SAMPLER", "parentbased_always_on".into()),
+        ]);
+    }
     let addr = |port: u16| format!("127.0.0.1:{port}");
     let mut worker_ports = Vec::new();
     for i in 1..=options.workers {
@@ -326,7 +337,14 @@ fn measure(
                 format!("http://{}/webhook", addr(ingress)),
             ),
             ("COURIER_SANDBOX_RATE_LIMITS", "false".into()),
-        ],
+        ]
+        .into_iter()
+        .chain(
+            options
+                .traces
+                .then(|| ("COURIER_SANDBOX_OTLP_ADDR", addr(otlp))),
+        )
+        .collect::<Vec<_>>(),
         logs,
     )?;
     stack.write_pids(dir);
@@ -584,7 +602,7 @@ fn remove_stale(base: &Path, tools: &provision::Tools) {
 }
 
 /// The variables the bench sets for the services, whatever the environment says.
-const SET: [&str; 15] = [
+const SET: [&str; 16] = [
     "COURIER_BOT_TOKEN",
     "COURIER_WEBHOOK_SECRET",
     "COURIER_WORKER_HEALTH_ADDR",
@@ -600,6 +618,7 @@ const SET: [&str; 15] = [
     "COURIER_SANDBOX_PORT",
     "COURIER_SANDBOX_WEBHOOK_URL",
     "COURIER_SANDBOX_RATE_LIMITS",
+    "COURIER_SANDBOX_OTLP_ADDR",
 ];
 
 /// The other `COURIER_*` variables of the environment: the services inherit them, so they
@@ -623,8 +642,13 @@ fn table(options: &Options, outcomes: &[Outcome], wall: Duration) -> String {
         n => format!("{n} workers"),
     };
     let mut out = format!(
-        "Courier bench: {workers}, release builds, PostgreSQL and nats-server at durable \
+        "Courier bench: {workers}{}, release builds, PostgreSQL and nats-server at durable \
          defaults, {} cores\n",
+        if options.traces {
+            ", every span exported over OTLP"
+        } else {
+            ""
+        },
         cores()
     );
     let env = inherited_env();
@@ -722,6 +746,7 @@ fn report_json(options: &Options, outcomes: &[Outcome], wall: Duration) -> Value
     json!({
         "unix_time": SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
         "workers": options.workers,
+        "traces_exported": options.traces,
         "cores": cores(),
         "environment": inherited_env()
             .into_iter()

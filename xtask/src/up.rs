@@ -135,6 +135,15 @@ fn start_and_wait(
         common.push(("COURIER_DEV", "1".into()));
     }
 
+    // Traces: to the sandbox's OTLP receiver (browse them at /sandbox/traces), unless an
+    // endpoint of the operator's own is configured.
+    let own_collector = has("OTEL_EXPORTER_OTLP_ENDPOINT");
+    let otlp_addr = format!("127.0.0.1:{}", free_port()?);
+    if !own_collector {
+        common.push(("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{otlp_addr}")));
+        common.push(("OTEL_BSP_SCHEDULE_DELAY", "500".into()));
+    }
+
     let ingress_addr = format!("127.0.0.1:{}", free_port()?);
     let sender_addr = format!("127.0.0.1:{}", free_port()?);
     let sandbox_addr = format!("127.0.0.1:{sandbox_port}");
@@ -150,7 +159,7 @@ fn start_and_wait(
             &[("COURIER_WORKER_HEALTH_ADDR", addr.clone())],
             logs,
         )?;
-        summary.push((format!("worker-{i} health"), format!("http://{addr}")));
+        summary.push((format!("worker-{i} metrics"), format!("http://{addr}/metrics")));
     }
     stack.spawn(
         "ingress",
@@ -160,6 +169,10 @@ fn start_and_wait(
         logs,
     )?;
     summary.push(("ingress".into(), format!("http://{ingress_addr}/webhook")));
+    summary.push((
+        "ingress metrics".into(),
+        format!("http://{ingress_addr}/metrics"),
+    ));
     stack.spawn(
         "sender",
         &bin_dir.join("courier-sender"),
@@ -170,7 +183,7 @@ fn start_and_wait(
         ],
         logs,
     )?;
-    summary.push(("sender health".into(), format!("http://{sender_addr}")));
+    summary.push(("sender metrics".into(), format!("http://{sender_addr}/metrics")));
     stack.spawn(
         "sandbox",
         &bin_dir.join("courier-sandbox"),
@@ -181,9 +194,23 @@ fn start_and_wait(
                 "COURIER_SANDBOX_WEBHOOK_URL",
                 format!("http://{ingress_addr}/webhook"),
             ),
+            ("COURIER_SANDBOX_OTLP_ADDR", otlp_addr.clone()),
         ],
         logs,
     )?;
+    summary.push((
+        "sandbox metrics".into(),
+        format!("http://{sandbox_addr}/metrics"),
+    ));
+    let traces = if own_collector {
+        "exported to $OTEL_EXPORTER_OTLP_ENDPOINT".to_owned()
+    } else {
+        format!(
+            "http://{sandbox_addr}/sandbox/traces  (one as a tree: \
+             /sandbox/traces/<trace_id>/tree; OTLP/gRPC receiver {otlp_addr})"
+        )
+    };
+    summary.push(("traces".into(), traces));
     stack.write_pids(dev);
 
     println!();
