@@ -50,6 +50,16 @@ fn render() -> String {
          Durations take `ms`, `s`, `m`, `h` or `d` (`500ms`, `5s`, `2m`, `1h`, `7d`); a bare number is milliseconds.\n\n\
          This file is generated from the code by `tests/tests/config_docs.rs`.\n\n",
     );
+    doc += "## Logs and traces (every service)\n\n\
+         | variable | default | meaning |\n|---|---|---|\n\
+         | `RUST_LOG` | `info` | Log filter (`courier_worker=debug,info`, …) |\n\
+         | `COURIER_LOG_FORMAT` | text | `json`: one JSON object per line, with `trace_id` and `span_id` inside a span |\n\
+         | `OTEL_EXPORTER_OTLP_ENDPOINT` | — (no export) | OTLP/gRPC collector, e.g. `http://otel-collector:4317`; also `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, `OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_EXPORTER_OTLP_TIMEOUT` |\n\
+         | `OTEL_TRACES_SAMPLER` | `parentbased_always_on` | `parentbased_traceidratio` with `OTEL_TRACES_SAMPLER_ARG=0.1` traces a tenth of the updates (decided at ingress, followed by every service) |\n\
+         | `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES` | `courier-<service>`, version, instance id | The resource of the exported spans |\n\
+         | `OTEL_BSP_SCHEDULE_DELAY` | `5000` | Milliseconds between span exports |\n\
+         | `OTEL_SDK_DISABLED` | `false` | `true` turns export off |\n\n\
+         See `docs/OPERATIONS.md` for the spans and the metrics.\n\n";
     doc += &table(
         "Every service",
         "Read by `courier-ingress`, `courier-worker`, `courier-sender` and `courier-sandbox`.",

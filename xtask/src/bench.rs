@@ -276,7 +276,10 @@ fn measure(
     let otlp = free_port()?;
     if options.traces {
         common.extend([
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://127.0.0.1:{otlp}")),
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                format!("http://127.0.0.1:{otlp}"),
+            ),
             ("OTEL_TRACES_SAMPLER", "parentbased_always_on".into()),
         ]);
     }

@@ -159,7 +159,10 @@ fn start_and_wait(
             &[("COURIER_WORKER_HEALTH_ADDR", addr.clone())],
             logs,
         )?;
-        summary.push((format!("worker-{i} metrics"), format!("http://{addr}/metrics")));
+        summary.push((
+            format!("worker-{i} metrics"),
+            format!("http://{addr}/metrics"),
+        ));
     }
     stack.spawn(
         "ingress",
@@ -183,7 +186,10 @@ fn start_and_wait(
         ],
         logs,
     )?;
-    summary.push(("sender metrics".into(), format!("http://{sender_addr}/metrics")));
+    summary.push((
+        "sender metrics".into(),
+        format!("http://{sender_addr}/metrics"),
+    ));
     stack.spawn(
         "sandbox",
         &bin_dir.join("courier-sandbox"),

@@ -92,7 +92,16 @@ async fn publish_one(js: &jetstream::Context, bot_id: i64, row: &OutboxRow) -> R
         })),
     };
     let mut publish = PublishMessage::build();
-    if let Some(headers) = trace::headers(&span) {
+    // This span's context; or, when this process does not trace, the row's own, passed on
+    // as it is, so that the sender still continues the update's trace.
+    let headers = trace::headers(&span).or_else(|| {
+        row.traceparent.as_deref().map(|tp| {
+            let mut h = async_nats::HeaderMap::new();
+            h.insert(trace::TRACEPARENT, tp);
+            h
+        })
+    });
+    if let Some(headers) = headers {
         publish = publish.headers(headers);
     }
     let publish = publish

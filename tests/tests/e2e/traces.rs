@@ -162,3 +162,43 @@ async fn one_update_is_one_trace_from_the_webhook_to_the_bot_api_call() -> anyho
     );
     Ok(())
 }
+
+/// A reply published by whoever finds it unpublished (here as the relay does, in a process
+/// that does not trace) carries its update's trace context, stored with the outbox row, to
+/// the sender, as well as the webhook's time for the end-to-end age.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_published_after_a_crash_carries_its_updates_trace_context() -> anyhow::Result<()> {
+    use async_nats::jetstream;
+    use courier_common::topology;
+    use courier_proto::{v1::OutboundMessage, Message as _};
+
+    let nats = courier_tests::NatsServer::start().await?;
+    let js = jetstream::new(async_nats::connect(nats.url()).await?);
+    topology::ensure_streams(&js, 4).await?;
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let received = chrono::DateTime::from_timestamp_millis(1_764_000_000_123).expect("time");
+    let row = courier_worker::store::OutboxRow {
+        id: 41,
+        chat_id: 7,
+        origin_update_id: 9,
+        text: "hello".into(),
+        created_at: chrono::Utc::now(),
+        traceparent: Some(traceparent.into()),
+        origin_received_at: Some(received),
+    };
+    let acked = courier_worker::outbox::publish(&js, 1001, std::slice::from_ref(&row)).await;
+    assert_eq!(acked, [41]);
+    let stream = js.get_stream(topology::OUTBOUND_STREAM).await?;
+    let msg = stream
+        .get_last_raw_message_by_subject(&topology::outbound_subject(1001, 7))
+        .await?;
+    let headers = msg.headers;
+    assert_eq!(
+        headers.get("traceparent").map(|v| v.as_str()),
+        Some(traceparent),
+        "the row's trace context travels on"
+    );
+    let out = OutboundMessage::decode(msg.payload)?;
+    assert_eq!(out.origin_received_at_unix_ms, 1_764_000_000_123);
+    Ok(())
+}
