@@ -16,12 +16,15 @@
 //! - [`shutdown`]: Ctrl-C / SIGTERM as a cancellation token.
 //! - [`telemetry`]: the tracing subscriber.
 //! - [`health`]: the `/healthz` and `/readyz` routes.
+//! - [`metrics`]: the `/metrics` route (Prometheus, OpenMetrics text), bucket presets and a
+//!   periodic refresher for gauges that cost a round trip.
 #![deny(missing_docs)]
 
 pub mod backoff;
 pub mod config;
 pub mod health;
 pub mod lanes;
+pub mod metrics;
 pub mod partition;
 pub mod pull;
 pub mod secret;

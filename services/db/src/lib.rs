@@ -1,9 +1,11 @@
 //! Courier's PostgreSQL plumbing, shared by the worker and the sender: the pool built from
 //! `DATABASE_URL`, the embedded migrations (`migrations/` at the repository root), the
-//! readiness probe, and which database errors are worth retrying.
+//! readiness probe, which database errors are worth retrying, and the pool's metrics
+//! ([`metrics::PoolMetrics`]).
 #![deny(missing_docs)]
 
 pub mod group;
+pub mod metrics;
 
 use std::sync::Arc;
 use std::time::Duration;

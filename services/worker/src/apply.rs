@@ -1,7 +1,6 @@
 //! Applying one delivered update: decode, classify, order guard, transaction, outbox, ack
 //! policy, retries and dead letters.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -112,7 +111,7 @@ struct Subject<'a> {
 impl NextOnSubject for Subject<'_> {
     async fn next_from(&self, from: u64) -> Result<Option<u64>, StoreError> {
         use async_nats::jetstream::stream::DirectGetErrorKind;
-        self.stats.guard_lookups.fetch_add(1, Ordering::Relaxed);
+        self.stats.guard_lookups.inc();
         match self
             .stream
             .direct_get_next_for_subject(self.subject, Some(from))
@@ -167,7 +166,14 @@ impl Applier {
     /// Handles one message of a lane: process it, then ack; when cancelled first (the
     /// partition released, the worker stopping), hand it back with a nak, so its partition's
     /// next holder gets it at once.
-    pub async fn handle(self: Arc<Self>, msg: jetstream::Message, prev_on_subject: Option<u64>) {
+    /// `received`: when the message came off the pull (the apply duration is measured from
+    /// then to the ack).
+    pub async fn handle(
+        self: Arc<Self>,
+        msg: jetstream::Message,
+        prev_on_subject: Option<u64>,
+        received: std::time::Instant,
+    ) {
         let permit = tokio::select! {
             permit = self.permits.clone().acquire_owned() => permit,
             _ = self.cancel.cancelled() => {
@@ -198,8 +204,9 @@ impl Applier {
         // The update's span in the worker, continuing ingress's trace from the headers.
         let span = update_span("update", seq);
         trace::follow(&span, msg.headers.as_ref());
+        let mut applied = false;
         let outcome = self
-            .process(&delivered, 0, Some(&msg))
+            .process_tracked(&delivered, 0, Some(&msg), Some(&mut applied))
             .instrument(span.clone())
             .await;
         if outcome != Outcome::Done {
@@ -211,6 +218,9 @@ impl Applier {
                 if let Err(e) = msg.ack().await {
                     // Redelivered later and then skipped as a duplicate.
                     tracing::warn!(error = %e, "ack failed");
+                }
+                if applied {
+                    courier_common::metrics::observe_since(&self.stats.apply_duration, received);
                 }
             }
             Outcome::Abandoned => hand_back(&msg).await,
@@ -225,8 +235,20 @@ impl Applier {
     pub async fn process(
         &self,
         d: &Delivered,
+        handled: u64,
+        keepalive: Option<&jetstream::Message>,
+    ) -> Outcome {
+        self.process_tracked(d, handled, keepalive, None).await
+    }
+
+    /// [`Applier::process`], setting `applied_flag` when `d` itself was applied (not an earlier
+    /// update of its chat applied first, nor a duplicate).
+    async fn process_tracked(
+        &self,
+        d: &Delivered,
         mut handled: u64,
         keepalive: Option<&jetstream::Message>,
+        applied_flag: Option<&mut bool>,
     ) -> Outcome {
         let delivered_by = tokio::time::Instant::now();
         let mut epoch = self.epoch.current().await;
@@ -276,7 +298,7 @@ impl Applier {
             Ok(Some(incoming)) => incoming,
             Ok(None) => {
                 span.record("outcome", "ignored");
-                self.stats.ignored.fetch_add(1, Ordering::Relaxed);
+                self.stats.ignored.inc();
                 tracing::debug!(update_id = upd.update_id, "update kind ignored by the bot");
                 return Outcome::Done;
             }
@@ -309,7 +331,7 @@ impl Applier {
                     match group.apply(job).await {
                         crate::group::Verdict::Done(applied) => {
                             if matches!(applied, Applied::Applied { .. }) {
-                                self.stats.batched.fetch_add(1, Ordering::Relaxed);
+                                self.stats.batched.inc();
                             }
                             Some(applied)
                         }
@@ -324,10 +346,15 @@ impl Applier {
                     // The marks of rows published meanwhile commit with this update (or go
                     // back).
                     let marks = self.marks.take();
-                    let applied = store::apply(
-                        &self.pool, upd, &incoming, handled, &next, self.flood, &marks,
-                    )
-                    .await;
+                    let applied = match self.stats.db.acquire(&self.pool).await {
+                        Ok(mut conn) => {
+                            store::apply(
+                                &mut conn, upd, &incoming, handled, &next, self.flood, &marks,
+                            )
+                            .await
+                        }
+                        Err(e) => Err(e.into()),
+                    };
                     if !matches!(applied, Ok(Applied::Applied { .. })) {
                         self.marks.put_back(marks);
                     }
@@ -340,9 +367,9 @@ impl Applier {
                     out_of_order,
                 }) => {
                     span.record("outcome", "applied");
-                    self.stats.applied.fetch_add(1, Ordering::Relaxed);
+                    self.stats.applied.inc();
                     if out_of_order {
-                        self.stats.out_of_order.fetch_add(1, Ordering::Relaxed);
+                        self.stats.out_of_order.inc();
                         tracing::warn!(
                             update_id = upd.update_id,
                             chat_id = upd.chat_id,
@@ -355,13 +382,17 @@ impl Applier {
                         let published = outbox::publish(&self.js, self.bot_id, &rows)
                             .instrument(span.clone())
                             .await;
+                        self.stats.outbox_published.inc_by(published.len() as u64);
                         self.marks.add(published);
+                    }
+                    if let Some(applied) = applied_flag {
+                        *applied = true;
                     }
                     return Outcome::Done;
                 }
                 Ok(Applied::Duplicate) => {
                     span.record("outcome", "duplicate");
-                    self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                    self.stats.duplicates.inc();
                     tracing::info!(
                         update_id = upd.update_id,
                         seq = d.seq,
@@ -370,7 +401,7 @@ impl Applier {
                     return Outcome::Done;
                 }
                 Ok(Applied::EarlierFirst(seq)) => {
-                    self.stats.reordered.fetch_add(1, Ordering::Relaxed);
+                    self.stats.reordered.inc();
                     tracing::info!(
                         update_id = upd.update_id,
                         seq = d.seq,
@@ -414,7 +445,7 @@ impl Applier {
                     }
                 }
                 Err(e) if e.is_transient() => {
-                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    self.stats.retries.inc();
                     tracing::warn!(update_id = upd.update_id, error = %e, "transient failure; retrying");
                 }
                 Err(e) => {
@@ -463,7 +494,7 @@ impl Applier {
             match self.is_of_a_deleted_stream(d, epoch).await {
                 Ok(false) => return None,
                 Ok(true) => {
-                    self.stats.stale.fetch_add(1, Ordering::Relaxed);
+                    self.stats.stale.inc();
                     tracing::error!(
                         seq = d.seq,
                         subject = %d.subject,
@@ -604,7 +635,7 @@ impl Applier {
             tx.commit().await.map_err(|e| e.to_string())?;
         }
         tracing::Span::current().record("outcome", "dead_lettered");
-        self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        self.stats.dead_lettered.inc();
         Ok(None)
     }
 }

@@ -20,7 +20,6 @@
 //! half-written batch.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -87,10 +86,14 @@ impl Group {
                 }
                 let (jobs, replies): (Vec<Job>, Vec<_>) = batch.drain(..).unzip();
                 let taken = marks.take();
-                let verdicts = match apply_batch(&pool, &jobs, budget, &taken).await {
+                let batch = match stats.db.acquire(&pool).await {
+                    Ok(mut conn) => apply_batch(&mut conn, &jobs, budget, &taken).await,
+                    Err(e) => Err(e.into()),
+                };
+                let verdicts = match batch {
                     Ok((verdicts, committed)) => {
                         if committed {
-                            stats.batches.fetch_add(1, Ordering::Relaxed);
+                            stats.batches.inc();
                         } else {
                             marks.put_back(taken);
                         }
@@ -140,7 +143,7 @@ struct ChatRow {
 
 /// Applies a batch; the verdicts in job order, and whether a transaction committed.
 async fn apply_batch(
-    pool: &PgPool,
+    conn: &mut sqlx::PgConnection,
     jobs: &[Job],
     budget: FloodBudget,
     marks: &[i64],
@@ -183,7 +186,7 @@ async fn apply_batch(
     // Each update's trace shows the batch's phases as its own (they are: one transaction).
     let candidate_jobs: Vec<usize> = candidates.iter().map(|&(i, _)| i).collect();
     let guard = phases(jobs, &candidate_jobs, Phase::OrderGuard);
-    let mut tx = pool.begin().await?;
+    let mut tx = sqlx::Connection::begin(conn).await?;
     // Locks in a fixed order (chats, then senders, each by id), as concurrent batches take
     // them; rows tagged by kind: 'c' a chat, 'f' a sender's counter, 's' an applied update.
     let rows = sqlx::query(

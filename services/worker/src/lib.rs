@@ -25,6 +25,7 @@ pub mod deliveries;
 pub mod epoch;
 pub mod group;
 pub mod membership;
+pub mod metrics;
 pub mod outbox;
 pub mod partitions;
 pub mod retention;
@@ -32,7 +33,6 @@ pub mod store;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -142,6 +142,10 @@ pub struct Config {
     /// Age of an unpublished outbox row before the relay takes it over from the live path.
     #[arg(long = "relay-grace", env = "COURIER_OUTBOX_RELAY_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub relay_grace: Duration,
+    /// How often the gauges that cost a round trip are read: each owned partition's consumer
+    /// lag, the outbox backlog, the dead-letter stream's size.
+    #[arg(long = "metrics-interval", env = "COURIER_WORKER_METRICS_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub metrics_interval: Duration,
     /// Pruning of old bookkeeping rows.
     #[command(flatten)]
     pub retention: retention::Args,
@@ -200,34 +204,7 @@ pub enum Error {
     Io(#[from] std::io::Error),
 }
 
-/// Counters of what the worker did (exported on `/metrics`, read by tests).
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// Updates applied.
-    pub applied: AtomicU64,
-    /// Updates skipped as duplicates.
-    pub duplicates: AtomicU64,
-    /// Updates of kinds the bot ignores.
-    pub ignored: AtomicU64,
-    /// Updates sent to the dead-letter stream.
-    pub dead_lettered: AtomicU64,
-    /// Transient failures retried.
-    pub retries: AtomicU64,
-    /// Times an earlier update of a chat was found unapplied and applied first.
-    pub reordered: AtomicU64,
-    /// Transactions that applied several updates at once (`group`).
-    pub batches: AtomicU64,
-    /// Updates applied in such a transaction.
-    pub batched: AtomicU64,
-    /// Times the order guard asked the stream for a chat's earlier updates (a direct get):
-    /// only when the partition's deliveries do not tell (`deliveries::Tracker`).
-    pub guard_lookups: AtomicU64,
-    /// Updates from a deleted incarnation of the updates stream, neither applied nor acked.
-    pub stale: AtomicU64,
-    /// Updates applied after a later update (by `update_id`) of their chat: they reached the
-    /// webhook out of order.
-    pub out_of_order: AtomicU64,
-}
+pub use metrics::Stats;
 
 /// A running worker.
 pub struct Worker {
@@ -309,6 +286,13 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Worker
         }
         .into());
     }
+    if config.metrics_interval.is_zero() {
+        return Err(ConfigError {
+            var: "COURIER_WORKER_METRICS_INTERVAL",
+            reason: "must be longer than 0".into(),
+        }
+        .into());
+    }
     if config.flood_limit > 0 && config.flood_window.is_zero() {
         return Err(ConfigError {
             var: "COURIER_WORKER_FLOOD_WINDOW",
@@ -362,6 +346,10 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Worker
         membership::Membership::join(&js, bot_id, &worker_id, config.member_ttl).await?;
 
     let stats = Arc::new(Stats::default());
+    let gauges = metrics::Gauges::default();
+    let mut registry = prometheus_client::registry::Registry::default();
+    stats.register(&mut registry);
+    gauges.register(&mut registry);
     let owned: partitions::Owned = Arc::new(RwLock::new(BTreeSet::new()));
     let info_owned = owned.clone();
     let info_id = worker_id.clone();
@@ -384,13 +372,15 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Worker
     .merge(
         Router::new()
             .route("/partitions", get(owned_partitions))
-            .route("/metrics", get(metrics))
             .with_state(Observed {
                 id: worker_id.clone(),
                 owned: owned.clone(),
-                stats: stats.clone(),
             }),
-    );
+    )
+    .merge(courier_common::metrics::router(
+        registry,
+        Some(gauges.scrape_hook(owned.clone(), stats.clone(), pool.clone())),
+    ));
     let listener = tokio::net::TcpListener::bind(config.health_addr).await?;
     let health_addr = listener.local_addr()?;
     let http_shutdown = shutdown.clone();
@@ -410,8 +400,21 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Worker
             interval: config.relay_interval,
             grace: config.relay_grace,
         },
+        stats.clone(),
         shutdown.clone(),
     ));
+    let refresher = metrics::spawn_refresher(
+        gauges,
+        metrics::Sources {
+            bot_id,
+            pool: pool.clone(),
+            updates: updates.clone(),
+            js: js.clone(),
+            owned: owned.clone(),
+        },
+        config.metrics_interval,
+        shutdown.clone(),
+    );
     let pruner = tokio::spawn(retention::run(pool.clone(), retention, shutdown.clone()));
     let flood_budget = store::FloodBudget {
         limit: config.flood_limit,
@@ -450,6 +453,7 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Worker
     let task = tokio::spawn(async move {
         partitions::run(applier, membership, settings, task_owned, shutdown).await;
         let _ = relay.await;
+        let _ = refresher.await;
         let _ = pruner.await;
         let _ = marker_task.await;
         let _ = http.await;
@@ -475,7 +479,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
 struct Observed {
     id: String,
     owned: partitions::Owned,
-    stats: Arc<Stats>,
 }
 
 async fn owned_partitions(State(o): State<Observed>) -> Json<serde_json::Value> {
@@ -487,94 +490,6 @@ async fn owned_partitions(State(o): State<Observed>) -> Json<serde_json::Value> 
         .copied()
         .collect();
     Json(serde_json::json!({ "worker": o.id, "partitions": owned }))
-}
-
-/// Prometheus text exposition of the worker's counters and owned partitions. A handful of
-/// lines, written out rather than pulled in through a metrics framework.
-async fn metrics(
-    State(o): State<Observed>,
-) -> ([(axum::http::HeaderName, &'static str); 1], String) {
-    use std::fmt::Write;
-    use std::sync::atomic::Ordering::Relaxed;
-    let s = &o.stats;
-    let mut out = String::new();
-    let counters = [
-        (
-            "courier_worker_updates_applied_total",
-            "Updates applied.",
-            &s.applied,
-        ),
-        (
-            "courier_worker_updates_duplicate_total",
-            "Updates skipped as duplicates.",
-            &s.duplicates,
-        ),
-        (
-            "courier_worker_updates_ignored_total",
-            "Updates of kinds the bot ignores.",
-            &s.ignored,
-        ),
-        (
-            "courier_worker_updates_dead_lettered_total",
-            "Updates parked in COURIER_DLQ.",
-            &s.dead_lettered,
-        ),
-        (
-            "courier_worker_retries_total",
-            "Transient failures retried.",
-            &s.retries,
-        ),
-        (
-            "courier_worker_reordered_total",
-            "Earlier updates found unapplied and applied first.",
-            &s.reordered,
-        ),
-        (
-            "courier_worker_group_commits_total",
-            "Transactions that applied several updates at once.",
-            &s.batches,
-        ),
-        (
-            "courier_worker_updates_group_committed_total",
-            "Updates applied in a transaction shared with others.",
-            &s.batched,
-        ),
-        (
-            "courier_worker_order_guard_lookups_total",
-            "Stream lookups of the order guard (when deliveries do not tell a chat's previous update).",
-            &s.guard_lookups,
-        ),
-        (
-            "courier_worker_updates_out_of_order_total",
-            "Updates applied after a later update_id of their chat (arrived out of order).",
-            &s.out_of_order,
-        ),
-        (
-            "courier_worker_updates_stale_stream_total",
-            "Updates from a deleted incarnation of the updates stream (not applied).",
-            &s.stale,
-        ),
-    ];
-    for (name, help, v) in counters {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-            v.load(Relaxed)
-        );
-    }
-    let owned = o.owned.read().expect("owned lock").clone();
-    let _ = writeln!(out, "# HELP courier_worker_partitions_owned Partitions this worker pulls.\n# TYPE courier_worker_partitions_owned gauge\ncourier_worker_partitions_owned {}", owned.len());
-    let _ = writeln!(out, "# HELP courier_worker_partition_owned 1 for each partition this worker pulls.\n# TYPE courier_worker_partition_owned gauge");
-    for p in owned {
-        let _ = writeln!(out, "courier_worker_partition_owned{{partition=\"{p}\"}} 1");
-    }
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4",
-        )],
-        out,
-    )
 }
 
 #[cfg(test)]

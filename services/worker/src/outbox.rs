@@ -211,12 +211,14 @@ pub struct RelaySettings {
     pub grace: Duration,
 }
 
-/// Sweeps the outbox for rows a crash or an outage left unpublished, until `cancel` fires.
+/// Sweeps the outbox for rows a crash or an outage left unpublished, until `cancel` fires;
+/// counts what it published in `stats`.
 pub async fn relay(
     pool: PgPool,
     js: jetstream::Context,
     bot_id: i64,
     settings: RelaySettings,
+    stats: Arc<crate::Stats>,
     cancel: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(settings.interval);
@@ -228,7 +230,11 @@ pub async fn relay(
         }
         match sweep(&pool, &js, bot_id, settings.grace).await {
             Ok(0) => {}
-            Ok(n) => tracing::info!(count = n, "relay republished outbox rows"),
+            Ok(n) => {
+                stats.outbox_published.inc_by(n as u64);
+                stats.outbox_republished.inc_by(n as u64);
+                tracing::info!(count = n, "relay republished outbox rows");
+            }
             Err(e) => tracing::warn!(error = %e, "outbox relay sweep failed"),
         }
     }

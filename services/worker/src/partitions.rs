@@ -234,11 +234,11 @@ async fn pull_partition(
         let prev = msg.info().ok().and_then(|i| {
             tracker.observe(chat, i.consumer_sequence, i.stream_sequence, i.delivered)
         });
-        (chat, (msg, prev))
+        (chat, (msg, prev, std::time::Instant::now()))
     });
     let unstarted = lanes::run(tracked, settings.max_lanes, cancel.clone(), {
         let applier = applier.clone();
-        move |_chat, (msg, prev)| applier.clone().handle(msg, prev)
+        move |_chat, (msg, prev, received)| applier.clone().handle(msg, prev, received)
     })
     .await;
     // Hand back what this worker received but will not process, so the next owner gets it at
@@ -246,7 +246,7 @@ async fn pull_partition(
     // JetStream redelivers after the ack wait anyway.
     let mut handed_back = 0usize;
     let hand_back = async {
-        for (msg, _) in unstarted {
+        for (msg, _, _) in unstarted {
             let _ = msg.ack_with(AckKind::Nak(None)).await;
             handed_back += 1;
         }

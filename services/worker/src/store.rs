@@ -211,7 +211,8 @@ impl Default for FloodBudget {
 
 /// Applies one update in one transaction: dedup, lock the chat's state, check the order, count
 /// it against its sender's flood budget, run the FSM, write the effects, the new state and the
-/// outbox.
+/// outbox. `db` is the pool or a connection taken from it (the worker takes one with
+/// `PoolMetrics::acquire`, timing the wait).
 ///
 /// **Order guard.** The chat's row holds `last_seq`, the stream sequence of its last applied
 /// update, and `stream_epoch`, the stream it belongs to, locked for the transaction. If the
@@ -236,8 +237,8 @@ impl Default for FloodBudget {
 /// so the budget holds across chats and workers and a rolled-back update does not count; an
 /// update over the budget is recorded as `throttled` and runs the FSM with its [`Pace`] (one
 /// reply, then nothing: no note is stored).
-pub async fn apply(
-    pool: &PgPool,
+pub async fn apply<'c>(
+    db: impl sqlx::Acquire<'c, Database = sqlx::Postgres>,
     upd: UpdateRef,
     incoming: &Incoming,
     handled: u64,
@@ -247,7 +248,7 @@ pub async fn apply(
 ) -> Result<Applied, StoreError> {
     // The update's trace (its `update` span is current): the guard, the FSM step, the commit.
     let guard = tracing::info_span!("order_guard");
-    let mut tx = pool.begin().instrument(guard.clone()).await?;
+    let mut tx = db.begin().instrument(guard.clone()).await?;
     // One round trip: claim the update, lock and read the chat's row, and count the update
     // against its sender's flood budget. (A rollback below undoes the claim and the count.)
     let flood_sender = flood::counted_as(incoming).filter(|_| budget.limit > 0);
