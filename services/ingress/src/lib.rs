@@ -19,10 +19,12 @@
 //! | NATS down / no ack in time          | 503    |
 //!
 //! Connections are bounded by [`serve`]: a header timeout, an idle timeout and a maximum
-//! number of connections. The allow-list of source networks is in [`access`].
+//! number of connections. The allow-list of source networks is in [`access`]. `GET /metrics`
+//! serves the counters of [`metrics`].
 #![deny(missing_docs)]
 
 pub mod access;
+pub mod metrics;
 pub mod probe;
 pub mod serve;
 
@@ -108,6 +110,7 @@ pub enum Error {
 }
 
 struct AppState {
+    metrics: metrics::Metrics,
     bot_id: i64,
     partitions: u32,
     secret: WebhookSecret,
@@ -159,7 +162,11 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Ingres
     let js = jetstream::new(nats.clone());
     topology::ensure_streams(&js, config.nats.partitions).await?;
 
+    let metrics = metrics::Metrics::default();
+    let mut registry = prometheus_client::registry::Registry::default();
+    metrics.register(&mut registry);
     let state = Arc::new(AppState {
+        metrics: metrics.clone(),
         bot_id: token.bot_id(),
         partitions: config.nats.partitions,
         secret,
@@ -180,7 +187,11 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Ingres
             access::check_source,
         ));
     }
-    let app = webhook.merge(health::router(vec![("nats", health::nats_probe(nats))]));
+    // Counts every answer but those of the health and metrics routes (the outermost layer).
+    let app = webhook
+        .merge(health::router(vec![("nats", health::nats_probe(nats))]))
+        .merge(courier_common::metrics::router(registry, None))
+        .layer(middleware::from_fn_with_state(metrics, metrics::count_requests));
 
     let listener = serve::bind(config.addr)?;
     let addr = listener.local_addr()?;
@@ -291,11 +302,13 @@ async fn accept(app: &AppState, body: Bytes) -> Response {
     let publish = publish
         .message_id(topology::update_msg_id(app.bot_id, update_id, fingerprint))
         .payload(envelope.encode_to_vec().into());
+    let publishing = std::time::Instant::now();
     let result = tokio::time::timeout(app.publish_timeout, async {
         app.js.send_publish(subject, publish).await?.await
     })
     .instrument(publishing.clone())
     .await;
+    app.metrics.published(publishing, matches!(result, Ok(Ok(_))));
     match result {
         Ok(Ok(ack)) => {
             publishing.record("stream_seq", ack.sequence);

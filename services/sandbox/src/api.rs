@@ -268,13 +268,28 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
-/// `ANY /{bot<token>}/{method}`.
+/// `ANY /{bot<token>}/{method}`, counted in the metrics.
 pub(crate) async fn handle(
     State(shared): State<Arc<Shared>>,
     Path((token, method)): Path<(String, String)>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Bytes,
+) -> Response {
+    let response = answer(&shared, &token, &method, query, &headers, &body).await;
+    shared
+        .metrics
+        .answered(&method, response.status().as_u16());
+    response
+}
+
+async fn answer(
+    shared: &Arc<Shared>,
+    token: &str,
+    method: &str,
+    query: Option<String>,
+    headers: &HeaderMap,
+    body: &Bytes,
 ) -> Response {
     let Some(token) = token.strip_prefix("bot") else {
         return ApiError::not_found().into_response();
@@ -283,7 +298,7 @@ pub(crate) async fn handle(
         return ApiError::unauthorized().into_response();
     }
     let lower = method.to_ascii_lowercase();
-    let params = match Params::collect(query.as_deref(), &headers, &body) {
+    let params = match Params::collect(query.as_deref(), headers, body) {
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
@@ -295,8 +310,8 @@ pub(crate) async fn handle(
         }
     }
     let result = match lower.as_str() {
-        "getupdates" => get_updates(&shared, &params).await,
-        "sendmessage" | "editmessagetext" => match sending_call(&shared, &lower, &params) {
+        "getupdates" => get_updates(shared, &params).await,
+        "sendmessage" | "editmessagetext" => match sending_call(shared, &lower, &params) {
             Sent::Done(result) => result,
             Sent::Dropped => {
                 // Never answered: held until the client gives up (hyper then drops this
@@ -308,7 +323,7 @@ pub(crate) async fn handle(
                 Err(ApiError::injected(504))
             }
         },
-        _ => call(&shared, &lower, &params),
+        _ => call(shared, &lower, &params),
     };
     match result {
         Ok(response) => response,

@@ -11,6 +11,7 @@ use reqwest::header::CONTENT_TYPE;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use crate::metrics::{self, Metrics};
 use crate::state::{Delivery, Shared};
 
 /// The header Telegram sends the webhook secret in.
@@ -27,7 +28,7 @@ pub(crate) async fn run(shared: Arc<Shared>, client: reqwest::Client, shutdown: 
             let next = inner.promote_due(Instant::now());
             for d in inner.take_ready() {
                 let key = (d.chat_id, d.update_id);
-                let handle = tasks.spawn(deliver(client.clone(), d));
+                let handle = tasks.spawn(deliver(client.clone(), d, shared.metrics.clone()));
                 running.insert(handle.id(), key);
             }
             next
@@ -58,8 +59,27 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-/// One POST of one update; `Err` carries the message getWebhookInfo reports.
-async fn deliver(client: reqwest::Client, d: Delivery) -> Result<(), String> {
+/// One POST of one update, counted in `metrics`; `Err` carries the message getWebhookInfo
+/// reports.
+async fn deliver(client: reqwest::Client, d: Delivery, metrics: Metrics) -> Result<(), String> {
+    let outcome = post(client, d).await;
+    metrics.delivered(match &outcome {
+        Ok(()) => metrics::Delivery::Ok,
+        Err(Failed::Rejected(_)) => metrics::Delivery::Rejected,
+        Err(Failed::NoAnswer(_)) => metrics::Delivery::Failed,
+    });
+    outcome.map_err(|(Failed::Rejected(m) | Failed::NoAnswer(m))| m)
+}
+
+/// Why a delivery failed, with the message getWebhookInfo reports.
+enum Failed {
+    /// The bot answered, with a status other than 2xx.
+    Rejected(String),
+    /// The bot did not answer.
+    NoAnswer(String),
+}
+
+async fn post(client: reqwest::Client, d: Delivery) -> Result<(), Failed> {
     if !d.hold.is_zero() {
         tokio::time::sleep(d.hold).await;
     }
@@ -78,11 +98,13 @@ async fn deliver(client: reqwest::Client, d: Delivery) -> Result<(), String> {
             if status.is_success() {
                 Ok(())
             } else {
-                Err(format!("Wrong response from the webhook: {status}"))
+                Err(Failed::Rejected(format!(
+                    "Wrong response from the webhook: {status}"
+                )))
             }
         }
-        Err(e) if e.is_timeout() => Err("Read timeout expired".to_owned()),
-        Err(e) if e.is_connect() => Err(format!("Connection refused: {e}")),
-        Err(e) => Err(format!("Webhook request failed: {e}")),
+        Err(e) if e.is_timeout() => Err(Failed::NoAnswer("Read timeout expired".to_owned())),
+        Err(e) if e.is_connect() => Err(Failed::NoAnswer(format!("Connection refused: {e}"))),
+        Err(e) => Err(Failed::NoAnswer(format!("Webhook request failed: {e}"))),
     }
 }

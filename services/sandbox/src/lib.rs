@@ -24,6 +24,8 @@
 //!   `GET /sandbox/latency` (each user message's replies and latency),
 //!   `GET /sandbox/stats` (see [`Stats`]), `GET /sandbox/events` (server-sent events),
 //!   `GET /` (the web chat), `/healthz` and `/readyz`.
+//! - **Metrics**, `GET /metrics` (Prometheus, OpenMetrics text): Bot API requests by method
+//!   and status, webhook deliveries by result, 429s.
 //! - **Webhook delivery** like Telegram's: at most `max_connections` deliveries in flight, at
 //!   most one per chat, each chat's updates in creation order, failures retried with backoff
 //!   (100 ms doubling to 5 s) before any later update of the chat.
@@ -39,6 +41,7 @@ mod delivery;
 mod faults;
 mod limits;
 pub mod load;
+mod metrics;
 pub mod otlp;
 mod state;
 
@@ -337,6 +340,8 @@ fn startup_webhook(raw: &str, config: &Config) -> Result<Webhook, Error> {
 }
 
 fn router(shared: Arc<Shared>) -> Router {
+    let mut registry = prometheus_client::registry::Registry::default();
+    shared.metrics.register(&mut registry);
     Router::new()
         .route("/", get(control::index))
         .route("/sandbox/messages", post(control::post_message))
@@ -362,6 +367,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/sandbox/stats", get(control::stats))
         .route("/{token}/{method}", any(api::handle))
         .fallback(api::not_found)
-        .with_state(shared)
+        .with_state(shared.clone())
         .merge(courier_common::health::router(Vec::new()))
+        .merge(courier_common::metrics::router(registry, None))
 }

@@ -597,6 +597,8 @@ pub(crate) struct Shared {
     pub events: broadcast::Sender<Value>,
     /// Cancelled when the sandbox stops (ends held calls).
     pub stop: CancellationToken,
+    /// `GET /metrics`.
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl Shared {
@@ -622,6 +624,7 @@ impl Shared {
             poll_generation: AtomicU64::new(0),
             events: broadcast::channel(4096).0,
             stop,
+            metrics: Default::default(),
         }
     }
 
