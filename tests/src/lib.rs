@@ -221,6 +221,7 @@ impl Stack {
             flood_window: Duration::from_secs(10),
             relay_interval: Duration::from_millis(500),
             relay_grace: Duration::from_secs(2),
+            metrics_interval: Duration::from_secs(1),
             retention: Default::default(),
             nats: self.nats_args(),
             secrets: secrets(),
@@ -246,6 +247,7 @@ impl Stack {
             breaker_threshold: 5,
             breaker_cooldown: Duration::from_millis(500),
             lease_ttl: Duration::from_secs(10),
+            metrics_interval: Duration::from_secs(1),
             nats: self.nats_args(),
             secrets: secrets(),
         }

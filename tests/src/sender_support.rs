@@ -137,6 +137,7 @@ impl SenderRig {
             breaker_threshold: 5,
             breaker_cooldown: Duration::from_millis(500),
             lease_ttl: Duration::from_secs(10),
+            metrics_interval: Duration::from_secs(1),
             nats: NatsArgs {
                 nats_url: self.nats.url(),
                 partitions: courier_common::partition::DEFAULT_PARTITIONS,

@@ -302,13 +302,13 @@ async fn accept(app: &AppState, body: Bytes) -> Response {
     let publish = publish
         .message_id(topology::update_msg_id(app.bot_id, update_id, fingerprint))
         .payload(envelope.encode_to_vec().into());
-    let publishing = std::time::Instant::now();
+    let publish_started = std::time::Instant::now();
     let result = tokio::time::timeout(app.publish_timeout, async {
         app.js.send_publish(subject, publish).await?.await
     })
     .instrument(publishing.clone())
     .await;
-    app.metrics.published(publishing, matches!(result, Ok(Ok(_))));
+    app.metrics.published(publish_started, matches!(result, Ok(Ok(_))));
     match result {
         Ok(Ok(ack)) => {
             publishing.record("stream_seq", ack.sequence);

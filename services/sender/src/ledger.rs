@@ -3,7 +3,8 @@
 //! Tables from `migrations/20261126000003_sender.up.sql`.
 
 use courier_db::group::{BatchError, Batcher};
-use sqlx::PgPool;
+use courier_db::metrics::PoolMetrics;
+use sqlx::{PgConnection, PgPool};
 
 /// What the sender knows about a message before sending it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -23,17 +24,23 @@ pub type Lookups = Batcher<(i64, i64, i64), Before>;
 /// Most messages looked up in one statement.
 const LOOKUP_BATCH: usize = 256;
 
-/// Starts the lookups' task.
-pub fn lookups(pool: PgPool) -> Lookups {
+/// Starts the lookups' task; `db` times the wait for a connection.
+pub fn lookups(pool: PgPool, db: PoolMetrics) -> Lookups {
     Batcher::spawn_with_answers(LOOKUP_BATCH, move |keys: Vec<(i64, i64, i64)>| {
-        let pool = pool.clone();
-        async move { look_up(&pool, &keys).await.map_err(|e| e.to_string()) }
+        let (pool, db) = (pool.clone(), db.clone());
+        async move {
+            let mut conn = db.acquire(&pool).await.map_err(|e| e.to_string())?;
+            look_up(&mut conn, &keys).await.map_err(|e| e.to_string())
+        }
     })
 }
 
 /// Looks up the ledger, the blocked mark and a migration of each (bot, outbox id, chat), in
 /// one round trip; the answers in the keys' order.
-async fn look_up(pool: &PgPool, keys: &[(i64, i64, i64)]) -> Result<Vec<Before>, sqlx::Error> {
+async fn look_up(
+    conn: &mut PgConnection,
+    keys: &[(i64, i64, i64)],
+) -> Result<Vec<Before>, sqlx::Error> {
     let bots: Vec<i64> = keys.iter().map(|k| k.0).collect();
     let outbox_ids: Vec<i64> = keys.iter().map(|k| k.1).collect();
     let chats: Vec<i64> = keys.iter().map(|k| k.2).collect();
@@ -50,7 +57,7 @@ async fn look_up(pool: &PgPool, keys: &[(i64, i64, i64)]) -> Result<Vec<Before>,
     .bind(bots)
     .bind(outbox_ids)
     .bind(chats)
-    .fetch_all(pool)
+    .fetch_all(conn)
     .await?;
     Ok(rows
         .into_iter()
@@ -102,19 +109,20 @@ pub const LEDGER_LINGER: std::time::Duration = std::time::Duration::from_millis(
 /// (one commit for all of them: `courier_db::group`).
 pub type Recorder = Batcher<Record>;
 
-/// Starts the ledger's writer.
-pub fn recorder(pool: PgPool) -> Recorder {
+/// Starts the ledger's writer; `db` times the wait for a connection.
+pub fn recorder(pool: PgPool, db: PoolMetrics) -> Recorder {
     Batcher::spawn_lingering(LEDGER_BATCH, LEDGER_LINGER, move |rows: Vec<Record>| {
-        let pool = pool.clone();
+        let (pool, db) = (pool.clone(), db.clone());
         async move {
-            insert_records(&pool, &rows)
+            let mut conn = db.acquire(&pool).await.map_err(|e| e.to_string())?;
+            insert_records(&mut conn, &rows)
                 .await
                 .map_err(|e| e.to_string())
         }
     })
 }
 
-async fn insert_records(pool: &PgPool, rows: &[Record]) -> Result<(), sqlx::Error> {
+async fn insert_records(conn: &mut PgConnection, rows: &[Record]) -> Result<(), sqlx::Error> {
     let mut bots = Vec::with_capacity(rows.len());
     let mut outbox_ids = Vec::with_capacity(rows.len());
     let mut parts = Vec::with_capacity(rows.len());
@@ -142,7 +150,7 @@ async fn insert_records(pool: &PgPool, rows: &[Record]) -> Result<(), sqlx::Erro
     .bind(chats)
     .bind(outcomes)
     .bind(message_ids)
-    .execute(pool)
+    .execute(conn)
     .await?;
     Ok(())
 }

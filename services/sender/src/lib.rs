@@ -26,6 +26,7 @@ pub mod breaker;
 pub mod lease;
 pub mod ledger;
 pub mod limits;
+pub mod metrics;
 pub mod split;
 pub mod telegram;
 
@@ -61,6 +62,7 @@ use tracing::Instrument;
 use crate::breaker::Breaker;
 use crate::lease::Lease;
 use crate::limits::{Limits, Rates};
+use crate::metrics::MessageOutcome;
 use crate::telegram::Failure;
 
 /// The embedded migrations (`migrations/` at the repository root); the sender runs them at
@@ -81,7 +83,7 @@ pub struct Config {
     /// Timeout of one Bot API call.
     #[arg(long = "request-timeout", env = "COURIER_SENDER_REQUEST_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
     pub request_timeout: Duration,
-    /// Address of the health and readiness endpoints.
+    /// Address of the health, readiness and metrics endpoints.
     #[arg(
         long = "health-addr",
         env = "COURIER_SENDER_HEALTH_ADDR",
@@ -160,6 +162,9 @@ pub struct Config {
     /// Time to live of the active sender's lease (standbys take over after it).
     #[arg(long = "lease-ttl", env = "COURIER_SENDER_LEASE_TTL", default_value = "10s", value_parser = parse_duration)]
     pub lease_ttl: Duration,
+    /// How often the dead-letter stream's size is read for `/metrics`.
+    #[arg(long = "metrics-interval", env = "COURIER_SENDER_METRICS_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub metrics_interval: Duration,
     /// NATS settings.
     #[command(flatten)]
     pub nats: NatsArgs,
@@ -210,6 +215,12 @@ impl Config {
             return Err(ConfigError {
                 var: "COURIER_SENDER_ACK_WAIT",
                 reason: "must be at least 1s".into(),
+            });
+        }
+        if self.metrics_interval.is_zero() {
+            return Err(ConfigError {
+                var: "COURIER_SENDER_METRICS_INTERVAL",
+                reason: "must be longer than 0".into(),
             });
         }
         if self.max_lanes == 0 {
@@ -279,6 +290,7 @@ pub struct Stats {
 pub struct Sender {
     health_addr: SocketAddr,
     stats: Arc<Stats>,
+    metrics: Arc<metrics::Metrics>,
     task: JoinHandle<Result<(), Error>>,
 }
 
@@ -291,6 +303,11 @@ impl Sender {
     /// What the sender did so far.
     pub fn stats(&self) -> Arc<Stats> {
         self.stats.clone()
+    }
+
+    /// Its metrics (also served on `/metrics`).
+    pub fn metrics(&self) -> Arc<metrics::Metrics> {
+        self.metrics.clone()
     }
 
     /// Waits until the sender stopped.
@@ -442,6 +459,7 @@ struct Ctx {
     breaker: Arc<Breaker>,
     lease: Arc<Lease>,
     stats: Arc<Stats>,
+    metrics: Arc<metrics::Metrics>,
     /// Fires on shutdown or when the lease is lost.
     cancel: CancellationToken,
 }
@@ -465,7 +483,15 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Sender
     // getMe at start: a token the Bot API refuses stops the sender here, with the variable
     // named; and the connection is open before the first paced call (a first call that also
     // pays for the connection arrives late and bunches the calls after it).
-    match bot.get_me().await {
+    let metrics = Arc::new(metrics::Metrics::default());
+    let calling = std::time::Instant::now();
+    let me = bot.get_me().await;
+    metrics.call(
+        "getMe",
+        me.as_ref().map_or_else(telegram::call_result, |_| "ok"),
+        calling.elapsed(),
+    );
+    match me {
         Ok(me) => tracing::info!(username = ?me.username, "Bot API reachable"),
         Err(teloxide_core::RequestError::Api(teloxide_core::ApiError::InvalidToken)) => {
             return Err(ConfigError {
@@ -509,12 +535,56 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Sender
         std::process::id(),
         rand::random::<u32>()
     );
-    let lease = Lease::open(&js, bot_id, holder.clone(), config.lease_ttl).await?;
+    let lease = Arc::new(Lease::open(&js, bot_id, holder.clone(), config.lease_ttl).await?);
+    let limits = Arc::new(Limits::new(rates));
+    let breaker = Arc::new(Breaker::new(
+        config.breaker_threshold,
+        config.breaker_cooldown,
+        Duration::from_secs(60),
+    ));
 
+    let mut registry = prometheus_client::registry::Registry::default();
+    metrics.register(&mut registry);
+    let scrape_hook: courier_common::metrics::Refresh = {
+        let (metrics, lease, limits, breaker) = (
+            metrics.clone(),
+            lease.clone(),
+            limits.clone(),
+            breaker.clone(),
+        );
+        let pool = pool.clone();
+        Arc::new(move || {
+            metrics.breaker_open.set(i64::from(!breaker.is_closed()));
+            metrics.lease_active.set(i64::from(lease.is_valid()));
+            metrics.budget_used.set(limits.budget_used());
+            metrics.db.sample(&pool);
+        })
+    };
+    let refresher = {
+        let (metrics, js) = (metrics.clone(), js.clone());
+        courier_common::metrics::spawn_refresher(
+            config.metrics_interval,
+            shutdown.clone(),
+            move || {
+                let (metrics, js) = (metrics.clone(), js.clone());
+                async move {
+                    match js.get_stream(topology::DLQ_STREAM).await {
+                        Ok(dlq) => {
+                            metrics
+                                .dlq_messages
+                                .set(dlq.cached_info().state.messages as i64);
+                        }
+                        Err(e) => tracing::debug!(error = %e, "cannot read the dead-letter stream"),
+                    }
+                }
+            },
+        )
+    };
     let app = health::router(vec![
         ("nats", health::nats_probe(nats.clone())),
         ("postgres", courier_db::probe(pool.clone())),
-    ]);
+    ])
+    .merge(courier_common::metrics::router(registry, Some(scrape_hook)));
     let listener = tokio::net::TcpListener::bind(config.health_addr).await?;
     let health_addr = listener.local_addr()?;
     let http_shutdown = shutdown.clone();
@@ -536,16 +606,13 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Sender
         bot_id,
         js,
         pool: pool.clone(),
-        ledger: ledger::recorder(pool.clone()),
-        lookups: ledger::lookups(pool.clone()),
-        limits: Arc::new(Limits::new(rates)),
-        breaker: Arc::new(Breaker::new(
-            config.breaker_threshold,
-            config.breaker_cooldown,
-            Duration::from_secs(60),
-        )),
-        lease: Arc::new(lease),
+        ledger: ledger::recorder(pool.clone(), metrics.db.clone()),
+        lookups: ledger::lookups(pool.clone(), metrics.db.clone()),
+        limits,
+        breaker,
+        lease,
         stats: stats.clone(),
+        metrics: metrics.clone(),
         cancel: shutdown.child_token(),
     });
     tracing::info!(bot_id, consumer = %name, api = %config.api_url, %health_addr, holder, ?rates, "sender started");
@@ -556,6 +623,7 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Sender
     };
     let task = tokio::spawn(async move {
         supervise(ctx, consumer, inflight, settings, shutdown).await;
+        let _ = refresher.await;
         let _ = http.await;
         pool.close().await;
         tracing::info!("sender stopped");
@@ -564,6 +632,7 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Sender
     Ok(Sender {
         health_addr,
         stats,
+        metrics,
         task,
     })
 }
@@ -923,6 +992,7 @@ async fn send(ctx: Arc<Ctx>, held: Held) {
     };
     if before.blocked {
         ctx.stats.skipped_blocked.fetch_add(1, Ordering::Relaxed);
+        ctx.metrics.message(MessageOutcome::SkippedBlocked);
         tracing::info!(
             outbox_id = out.outbox_id,
             chat_id = out.chat_id,
@@ -953,6 +1023,7 @@ async fn send(ctx: Arc<Ctx>, held: Held) {
         .all(|(i, _)| before.done_parts.contains(&(i as i32)))
     {
         ctx.stats.duplicates_skipped.fetch_add(1, Ordering::Relaxed);
+        ctx.metrics.message(MessageOutcome::Duplicate);
         tracing::info!(outbox_id = out.outbox_id, "already sent (ledger); skipped");
         span.record("outcome", "duplicate");
         held.ack().await;
@@ -982,6 +1053,7 @@ async fn send(ctx: Arc<Ctx>, held: Held) {
             let Some((_permit, grant)) = admitted else {
                 return;
             };
+            ctx.metrics.waited(target, grant.waited());
             if !ctx.lease.is_valid() {
                 // Returning unsettled while the term goes on would let this chat's next
                 // message overtake this one: end the term, so everything held is handed
@@ -1001,7 +1073,13 @@ async fn send(ctx: Arc<Ctx>, held: Held) {
                 part = part_no,
                 result = tracing::field::Empty,
             );
+            let calling = std::time::Instant::now();
             let answer = req.send().instrument(call.clone()).await;
+            ctx.metrics.call(
+                "sendMessage",
+                answer.as_ref().map_or_else(telegram::call_result, |_| "ok"),
+                calling.elapsed(),
+            );
             call.record(
                 "result",
                 match &answer {
@@ -1112,6 +1190,7 @@ async fn send(ctx: Arc<Ctx>, held: Held) {
     }
     ctx.stats.messages_sent.fetch_add(1, Ordering::Relaxed);
     span.record("outcome", "sent");
+    ctx.metrics.message(MessageOutcome::Sent);
     held.ack().await;
 }
 
@@ -1154,6 +1233,7 @@ async fn dead_letter(ctx: &Ctx, held: Held, reason: &str) {
         if ok {
             tracing::Span::current().record("outcome", "dead_lettered");
             ctx.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+            ctx.metrics.message(MessageOutcome::DeadLettered);
             held.ack().await;
             return;
         }

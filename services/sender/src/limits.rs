@@ -194,6 +194,49 @@ pub struct Limits {
     window: Mutex<Window>,
     /// Bumped on every answer: wakes the head of the queue waiting for one.
     answers: watch::Sender<u64>,
+    /// The grants of the last second ([`Limits::budget_used`]).
+    recent: Mutex<Recent>,
+}
+
+/// The instants of the bot's grants within the last [`Recent::SPAN`].
+#[derive(Debug, Default)]
+struct Recent {
+    grants: VecDeque<Instant>,
+}
+
+impl Recent {
+    /// How far back grants are counted.
+    const SPAN: Duration = Duration::from_secs(1);
+
+    fn push(&mut self, at: Instant) {
+        self.grants.push_back(at);
+        self.forget_before(at);
+    }
+
+    /// Grants within the span before `now`.
+    fn count(&mut self, now: Instant) -> usize {
+        self.forget_before(now);
+        self.grants.len()
+    }
+
+    fn forget_before(&mut self, now: Instant) {
+        while self
+            .grants
+            .front()
+            .is_some_and(|at| now.saturating_duration_since(*at) >= Self::SPAN)
+        {
+            self.grants.pop_front();
+        }
+    }
+}
+
+/// How long a call waited for each limit before its grant.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Waited {
+    /// For its chat's own slot (a private chat's or a group's budget).
+    pub chat: Duration,
+    /// For the bot's budget: the queue, a 429's pause, the arrival window, the pacing.
+    pub bot: Duration,
 }
 
 /// A call granted by [`Limits::acquire`]; dropping it records the call as answered.
@@ -203,12 +246,18 @@ pub struct Grant<'a> {
     id: u64,
     chat: i64,
     at: Instant,
+    waited: Waited,
 }
 
 impl Grant<'_> {
     /// The instant of the grant.
     pub fn at(&self) -> Instant {
         self.at
+    }
+
+    /// How long the call waited for each limit.
+    pub fn waited(&self) -> Waited {
+        self.waited
     }
 }
 
@@ -326,6 +375,7 @@ impl Limits {
             ready: Mutex::new(HashMap::new()),
             window: Mutex::new(Window::new(&rates)),
             answers: watch::channel(0).0,
+            recent: Mutex::new(Recent::default()),
         }
     }
 
@@ -355,12 +405,16 @@ impl Limits {
     /// must be made now; drop the returned [`Grant`] when its answer has arrived (or the call
     /// was given up): the arrival window counts the call until then.
     pub async fn acquire(&self, chat: i64) -> Grant<'_> {
+        let mut waited = Waited::default();
         loop {
             // 1. The chat's own slot, waited for outside the bot's queue.
             if let Some(at) = self.ready_at(chat) {
+                let start = Instant::now();
                 tokio::time::sleep_until(at).await;
+                waited.chat += start.elapsed();
             }
             // 2. The bot's budget, in FIFO order, and no call while paused.
+            let queued = Instant::now();
             let turn = self.turn.lock().await;
             loop {
                 if let Some(until) = self.paused() {
@@ -397,9 +451,11 @@ impl Limits {
             }
             // 3. The chat's cell at the same instant.
             let now = Instant::now();
+            waited.bot += now - queued;
             match self.chat_limiter(chat).check_key(&chat) {
                 Ok(()) => {
                     let id = self.window.lock().expect("window lock").push();
+                    self.recent.lock().expect("recent lock").push(now);
                     drop(turn);
                     self.ready
                         .lock()
@@ -410,6 +466,7 @@ impl Limits {
                         id,
                         chat,
                         at: now,
+                        waited,
                     };
                 }
                 Err(not_until) => {
@@ -469,6 +526,16 @@ impl Limits {
         self.group.retain_recent();
     }
 
+    /// The share of the bot's per-second budget granted over the last second, 0 to 1.
+    pub fn budget_used(&self) -> f64 {
+        let granted = self
+            .recent
+            .lock()
+            .expect("recent lock")
+            .count(Instant::now());
+        (granted as f64 / self.rates.bot_per_sec).min(1.0)
+    }
+
     /// Chats currently remembered.
     pub fn tracked_chats(&self) -> usize {
         self.ready.lock().expect("ready lock").len()
@@ -490,6 +557,48 @@ mod tests {
             headroom: 0.0,
             ..Rates::default()
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn budget_used_is_the_share_of_the_last_seconds_grants() {
+        let limits = Limits::new(exact());
+        assert_eq!(limits.budget_used(), 0.0);
+        // Six chats at once: the burst of three, then one every 1/30 s.
+        for chat in 1..=6 {
+            drop(limits.acquire(chat).await);
+        }
+        assert!((limits.budget_used() - 6.0 / 30.0).abs() < 1e-9);
+        // Half a second later they all still count; a second after the last, none does.
+        tokio::time::advance(Duration::from_millis(500)).await;
+        assert!((limits.budget_used() - 6.0 / 30.0).abs() < 1e-9);
+        tokio::time::advance(Duration::from_millis(600)).await;
+        assert_eq!(limits.budget_used(), 0.0);
+        // Capped at 1 when more was granted than the rate (a lowered rate's leftovers).
+        let mut recent = Recent::default();
+        let now = Instant::now();
+        for _ in 0..40 {
+            recent.push(now);
+        }
+        *limits.recent.lock().unwrap() = recent;
+        assert_eq!(limits.budget_used(), 1.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_grant_says_how_long_it_waited_for_its_chat_and_for_the_bot() {
+        let limits = Limits::new(exact());
+        let first = limits.acquire(7).await;
+        assert_eq!(first.waited(), Waited::default());
+        drop(first);
+        // The chat's next slot is a second after the answer; the bot has budget to spare.
+        let second = limits.acquire(7).await;
+        assert_eq!(second.waited().chat, Duration::from_secs(1));
+        assert_eq!(second.waited().bot, Duration::ZERO);
+        drop(second);
+        // A 429 pauses the bot: a fresh chat waits for the bot only.
+        limits.pause_bot(Duration::from_secs(3));
+        let paused = limits.acquire(8).await;
+        assert_eq!(paused.waited().chat, Duration::ZERO);
+        assert_eq!(paused.waited().bot, Duration::from_secs(3));
     }
 
     /// 1,000 calls over 100 private chats, 200 to one chat, and 30 to 3 groups, all competing:

@@ -66,10 +66,47 @@ pub fn classify(err: &RequestError) -> Failure {
     }
 }
 
+/// The `result` label of a failed Bot API call (`courier_sender_calls_total`): `rate_limited`
+/// (429), `network` (no answer: connection, timeout, I/O), `server_error` (an answer that says
+/// Telegram failed: 5xx, or a body that is not the Bot API's), `permanent` (Telegram refused
+/// the request: 4xx, including a migrated group and a blocked bot).
+pub fn call_result(err: &RequestError) -> &'static str {
+    match err {
+        RequestError::RetryAfter(_) => "rate_limited",
+        RequestError::Network(_) | RequestError::Io(_) => "network",
+        RequestError::InvalidJson { .. } => "server_error",
+        _ => match classify(err) {
+            Failure::Transient(_) => "server_error",
+            _ => "permanent",
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use teloxide_core::types::Seconds;
+
+    #[test]
+    fn failed_calls_get_a_result_label() {
+        assert_eq!(
+            call_result(&RequestError::RetryAfter(Seconds::from_seconds(3))),
+            "rate_limited"
+        );
+        assert_eq!(
+            call_result(&RequestError::Io(std::sync::Arc::new(std::io::Error::other("reset")))),
+            "network"
+        );
+        assert_eq!(
+            call_result(&RequestError::Api(ApiError::Unknown("Bad Gateway".into()))),
+            "server_error"
+        );
+        assert_eq!(call_result(&RequestError::Api(ApiError::BotBlocked)), "permanent");
+        assert_eq!(
+            call_result(&RequestError::MigrateToChatId(teloxide_core::types::ChatId(-1))),
+            "permanent"
+        );
+    }
 
     #[test]
     fn classifies_telegram_answers() {

@@ -6,7 +6,6 @@
 //! applied once and answered, and the worker counts each that came after a later one.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
 
 use anyhow::Result;
 use courier_tests::{eventually, Stack, DEADLINE};
@@ -95,11 +94,11 @@ async fn delivered_as_telegram_does_a_chats_updates_are_applied_in_update_id_ord
         assert_eq!(texts, expected, "chat {chat}: in the order written");
     }
     let stats = stack.worker_stats();
-    assert_eq!(stats.out_of_order.load(Ordering::Relaxed), 0);
+    assert_eq!(stats.out_of_order.get(), 0);
     // The order guard asks the stream about a chat's first update in the partition's tenure;
     // after that, the deliveries tell it the chat's previous update.
-    let lookups = stats.guard_lookups.load(Ordering::Relaxed);
-    let applied = stats.applied.load(Ordering::Relaxed);
+    let lookups = stats.guard_lookups.get();
+    let applied = stats.applied.get();
     assert_eq!(applied, CHATS as u64 * (1 + NOTES as u64));
     assert!(
         lookups < applied / 2,
@@ -120,7 +119,7 @@ async fn updates_that_overtake_each_other_on_the_way_are_all_applied_once_and_co
         .error_for_status()?;
     let by_chat = burst_of_notes(&stack, 7_200).await?;
     let seen = inversions(&by_chat);
-    let counted = stack.worker_stats().out_of_order.load(Ordering::Relaxed);
+    let counted = stack.worker_stats().out_of_order.get();
     println!(
         "{seen} of {} notes applied after a later update of their chat",
         CHATS as usize * NOTES

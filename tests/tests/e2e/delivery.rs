@@ -1,6 +1,5 @@
 //! Exactly-once: the same update delivered twice is applied once.
 
-use std::sync::atomic::Ordering;
 
 use async_nats::jetstream::message::PublishMessage;
 use courier_common::{partition::partition_of, topology};
@@ -92,7 +91,7 @@ async fn redelivered_update_past_the_dedup_window_is_applied_once() -> anyhow::R
     }
     let stats = stack.worker_stats();
     eventually("the second copy to be skipped", DEADLINE, || async {
-        Ok((stats.duplicates.load(Ordering::Relaxed) >= 1).then_some(()))
+        Ok((stats.duplicates.get() >= 1).then_some(()))
     })
     .await?;
     assert_eq!(stack.notes(chat).await?, vec!["exactly once"]);

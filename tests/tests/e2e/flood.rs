@@ -232,9 +232,8 @@ async fn the_flood_budget_is_per_user_across_chats_and_workers() -> anyhow::Resu
         .await?;
     assert!(notes < i64::from(BUDGET), "{notes} notes stored");
     // Each worker handled its own chat: the budget was shared through the database.
-    use std::sync::atomic::Ordering::Relaxed;
     for (worker, _) in &workers {
-        assert_eq!(worker.stats().applied.load(Relaxed), 21);
+        assert_eq!(worker.stats().applied.get(), 21);
     }
     for (worker, cancel) in workers {
         cancel.cancel();

@@ -2,7 +2,6 @@
 //! update alone — each once, each chat in order, answered — and a poison update in a batch
 //! fails alone.
 
-use std::sync::atomic::Ordering;
 
 use anyhow::Result;
 use courier_tests::{eventually, Stack, DEADLINE};
@@ -40,10 +39,10 @@ async fn concurrent_chats_share_transactions_and_each_keeps_its_order() -> Resul
     }
     let stats = stack.worker_stats();
     assert!(
-        stats.batched.load(Ordering::Relaxed) > 0,
+        stats.batched.get() > 0,
         "forty chats at once share transactions"
     );
-    assert!(stats.batches.load(Ordering::Relaxed) > 0);
+    assert!(stats.batches.get() > 0);
     Ok(())
 }
 
@@ -73,7 +72,7 @@ async fn a_poison_update_in_a_batch_fails_alone_and_the_others_are_applied() -> 
     }
     let stats = stack.worker_stats();
     eventually("the poison update dead-lettered", DEADLINE, || async {
-        Ok((stats.dead_lettered.load(Ordering::Relaxed) == 1).then_some(()))
+        Ok((stats.dead_lettered.get() == 1).then_some(()))
     })
     .await?;
     assert!(stack.notes(poisoned).await?.is_empty());

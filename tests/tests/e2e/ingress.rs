@@ -69,17 +69,15 @@ async fn every_update_kind_is_accepted_and_the_bot_ignores_what_it_does_not_hand
     let stats = stack.worker_stats();
     let n = names.len() as u64;
     eventually("every fixture handled", DEADLINE, || async {
-        use std::sync::atomic::Ordering::Relaxed;
-        let handled = stats.applied.load(Relaxed)
-            + stats.ignored.load(Relaxed)
-            + stats.dead_lettered.load(Relaxed);
+        let handled = stats.applied.get()
+            + stats.ignored.get()
+            + stats.dead_lettered.get();
         Ok((handled >= n).then_some(()))
     })
     .await?;
-    use std::sync::atomic::Ordering::Relaxed;
-    assert_eq!(stats.dead_lettered.load(Relaxed), 0, "no fixture is poison");
+    assert_eq!(stats.dead_lettered.get(), 0, "no fixture is poison");
     assert!(
-        stats.ignored.load(Relaxed) >= 5,
+        stats.ignored.get() >= 5,
         "non-message kinds are ignored"
     );
     Ok(())

@@ -97,9 +97,8 @@ async fn updates_teloxide_cannot_read_are_still_answered_saved_and_recorded() ->
         );
     }
     let stats = stack.worker_stats();
-    use std::sync::atomic::Ordering::Relaxed;
-    assert_eq!(stats.dead_lettered.load(Relaxed), 0);
-    assert_eq!(stats.ignored.load(Relaxed), 0, "nothing above was ignored");
+    assert_eq!(stats.dead_lettered.get(), 0);
+    assert_eq!(stats.ignored.get(), 0, "nothing above was ignored");
     Ok(())
 }
 
@@ -159,8 +158,7 @@ async fn an_update_unreadable_even_leniently_is_dead_lettered_and_its_chat_carri
     let r = stack.bot_replies(chat, 2).await?;
     assert!(r[1].starts_with("Saved your note"), "{r:?}");
     assert_eq!(stack.notes(chat).await?, vec!["after the bad one"]);
-    use std::sync::atomic::Ordering::Relaxed;
-    assert_eq!(stack.worker_stats().dead_lettered.load(Relaxed), 1);
+    assert_eq!(stack.worker_stats().dead_lettered.get(), 1);
     Ok(())
 }
 
@@ -173,7 +171,6 @@ async fn an_unreadable_update_delivered_before_an_earlier_one_is_dead_lettered_a
     use courier_common::{partition::partition_of, CancellationToken};
     use courier_proto::{v1::InboundUpdate, Message as _};
     use courier_worker::apply::{Applier, Delivered, Outcome};
-    use std::sync::atomic::Ordering::Relaxed;
 
     let stack = Stack::start_with(courier_tests::Services::IngressOnly).await?;
     // Migrate through a worker that owns no partition, so nothing consumes behind our back.
@@ -240,9 +237,9 @@ async fn an_unreadable_update_delivered_before_an_earlier_one_is_dead_lettered_a
     applier.process(&delivered[1], 0, None).await;
     applier.process(&delivered[0], 0, None).await;
     assert_eq!(stack.notes(chat).await?, vec!["older"]);
-    assert_eq!(stats.applied.load(Relaxed), 2);
-    assert_eq!(stats.dead_lettered.load(Relaxed), 1);
-    assert_eq!(stats.duplicates.load(Relaxed), 2);
+    assert_eq!(stats.applied.get(), 2);
+    assert_eq!(stats.dead_lettered.get(), 1);
+    assert_eq!(stats.duplicates.get(), 2);
     idle_cancel.cancel();
     idle.wait().await?;
     Ok(())

@@ -297,7 +297,7 @@ async fn a_worker_hands_partitions_over_during_a_postgres_outage_and_keeps_heart
     .await?;
     let w2_stats = w2.stats();
     eventually("w2 to get the updates w1 handed back", DEADLINE, || async {
-        Ok((w2_stats.retries.load(std::sync::atomic::Ordering::Relaxed) >= 1).then_some(()))
+        Ok((w2_stats.retries.get() >= 1).then_some(()))
     })
     .await?;
     let seen = beats.lock().unwrap().len();

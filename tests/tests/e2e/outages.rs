@@ -1,6 +1,5 @@
 //! Outages: NATS down, PostgreSQL down, every service restarted. Nothing is lost.
 
-use std::sync::atomic::Ordering;
 
 use courier_tests::{eventually, text_update, Stack, DEADLINE, SECRET};
 use sqlx::Connection;
@@ -90,7 +89,7 @@ async fn worker_pauses_while_postgres_refuses_and_resumes_without_loss() -> anyh
     eventually(
         "the worker to retry against the missing database",
         DEADLINE,
-        || async { Ok((stats.retries.load(Ordering::Relaxed) >= 2).then_some(())) },
+        || async { Ok((stats.retries.get() >= 2).then_some(())) },
     )
     .await?;
     let bot_lines = stack
@@ -118,6 +117,6 @@ async fn worker_pauses_while_postgres_refuses_and_resumes_without_loss() -> anyh
         stack.notes(chat).await?,
         vec!["during outage 1", "during outage 2", "during outage 3"]
     );
-    assert_eq!(stats.dead_lettered.load(Ordering::Relaxed), 0);
+    assert_eq!(stats.dead_lettered.get(), 0);
     Ok(())
 }

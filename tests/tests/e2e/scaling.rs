@@ -2,7 +2,6 @@
 //! shared partitions.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::message::PublishMessage;
@@ -228,13 +227,13 @@ async fn a_redelivered_older_update_is_applied_first_never_after() -> anyhow::Re
         vec!["older", "newer"],
         "the older note is applied first"
     );
-    assert!(stats.reordered.load(Ordering::Relaxed) >= 1);
+    assert!(stats.reordered.get() >= 1);
     // Then the redeliveries arrive: skipped, never applied after the newer one.
     applier.process(&delivered(1), 0, None).await;
     applier.process(&delivered(0), 0, None).await;
     assert_eq!(stack.notes(chat).await?, vec!["older", "newer"]);
-    assert_eq!(stats.duplicates.load(Ordering::Relaxed), 2);
-    assert_eq!(stats.applied.load(Ordering::Relaxed), 3);
+    assert_eq!(stats.duplicates.get(), 2);
+    assert_eq!(stats.applied.get(), 3);
     idle_cancel.cancel();
     idle.wait().await?;
     Ok(())
@@ -290,8 +289,8 @@ async fn two_workers_sharing_every_partition_keep_each_chat_in_order() -> anyhow
     assert_every_note_once_in_order(&stack, &chats, notes).await?;
     let (sa, sb) = (a.stats(), b.stats());
     let (applied_a, applied_b) = (
-        sa.applied.load(Ordering::Relaxed),
-        sb.applied.load(Ordering::Relaxed),
+        sa.applied.get(),
+        sb.applied.get(),
     );
     assert_eq!(
         applied_a + applied_b,

@@ -126,7 +126,6 @@ async fn a_running_worker_notices_the_recreated_stream() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn updates_are_judged_by_the_stream_that_holds_them() -> anyhow::Result<()> {
     use courier_worker::apply::{Applier, Delivered, Outcome};
-    use std::sync::atomic::Ordering;
 
     let stack = Stack::start_with(Services::IngressOnly).await?;
     // Migrate through a worker that owns no partition, so nothing consumes behind our back.
@@ -202,19 +201,19 @@ async fn updates_are_judged_by_the_stream_that_holds_them() -> anyhow::Result<()
     let stale = applier(old_stream, stats.clone());
     assert_eq!(stale.process(&new_note, 0, None).await, Outcome::Done);
     assert_eq!(stack.notes(chat).await?, vec!["note a", "note b", "note c"]);
-    assert_eq!(stats.duplicates.load(Ordering::Relaxed), 0);
+    assert_eq!(stats.duplicates.get(), 0);
 
     // The deleted stream's updates, still in flight: seq 1 now holds another update, seq 3
     // nothing. Neither is applied, neither is acknowledged.
     for d in [&old_updates[0], &old_updates[2]] {
         assert_eq!(stale.process(d, 0, None).await, Outcome::Stale);
     }
-    assert_eq!(stats.stale.load(Ordering::Relaxed), 2);
+    assert_eq!(stats.stale.get(), 2);
     assert_eq!(stack.notes(chat).await?, vec!["note a", "note b", "note c"]);
 
     // A redelivery in the new stream is a duplicate.
     assert_eq!(stale.process(&new_note, 0, None).await, Outcome::Done);
-    assert_eq!(stats.duplicates.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.duplicates.get(), 1);
     assert_eq!(stack.notes(chat).await?, vec!["note a", "note b", "note c"]);
 
     idle_cancel.cancel();
