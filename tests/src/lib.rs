@@ -6,6 +6,7 @@
 //! mocked: the only emulated party is Telegram.
 
 pub mod infra;
+pub mod metrics;
 pub mod procs;
 pub mod sender_support;
 
@@ -310,6 +311,25 @@ impl Stack {
             .expect("worker running")
             .service
             .health_addr()
+    }
+
+    /// The sender's health address (health, readiness, metrics).
+    pub fn sender_health(&self) -> SocketAddr {
+        self.sender
+            .as_ref()
+            .expect("sender running")
+            .service
+            .health_addr()
+    }
+
+    /// Ingress's address (the webhook and its metrics).
+    pub fn ingress_addr(&self) -> SocketAddr {
+        self.ingress_addr
+    }
+
+    /// The sandbox's address.
+    pub fn sandbox_addr(&self) -> SocketAddr {
+        self.sandbox.service.addr()
     }
 
     /// The sandbox's base URL.

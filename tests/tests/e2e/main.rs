@@ -10,6 +10,7 @@ mod ingress;
 mod input;
 mod lease_ttl;
 mod load;
+mod metrics;
 mod order;
 mod outages;
 mod retention;
