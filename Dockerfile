@@ -38,7 +38,8 @@ RUN apt-get update \
 COPY --from=builder /out/ /usr/local/bin/
 USER 10001:10001
 ENV COURIER_LOG_FORMAT=json
-# ingress 8081 (webhook, /healthz, /readyz); worker 9091 (/healthz, /readyz, /metrics,
-# /partitions); sender 9092 (/healthz, /readyz); sandbox 8080 (set COURIER_SANDBOX_ADDR).
+# ingress 8081 (webhook, /healthz, /readyz, /metrics); worker 9091 (/healthz, /readyz,
+# /metrics, /partitions); sender 9092 (/healthz, /readyz, /metrics); sandbox 8080 (set
+# COURIER_SANDBOX_ADDR).
 EXPOSE 8081 9091 9092 8080
 CMD ["courier-ingress"]
