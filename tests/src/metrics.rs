@@ -72,7 +72,10 @@ impl Exposition {
         match found.as_slice() {
             [] => Ok(None),
             [one] => Ok(Some(one.value)),
-            many => bail!("{} samples of {name} match {labels:?}: {many:?}", many.len()),
+            many => bail!(
+                "{} samples of {name} match {labels:?}: {many:?}",
+                many.len()
+            ),
         }
     }
 
@@ -140,7 +143,9 @@ fn sample(line: &str) -> Result<Sample> {
             }
             let eq = r.find('=').context("label without =")?;
             let key = r[..eq].trim_start_matches(',').to_owned();
-            r = r[eq + 1..].strip_prefix('"').context("label value not quoted")?;
+            r = r[eq + 1..]
+                .strip_prefix('"')
+                .context("label value not quoted")?;
             let mut value = String::new();
             let mut chars = r.char_indices();
             let end = loop {
@@ -161,10 +166,7 @@ fn sample(line: &str) -> Result<Sample> {
     } else {
         rest
     };
-    let value = rest
-        .split_whitespace()
-        .next()
-        .context("no value")?;
+    let value = rest.split_whitespace().next().context("no value")?;
     let value = match value {
         "+Inf" => f64::INFINITY,
         "-Inf" => f64::NEG_INFINITY,

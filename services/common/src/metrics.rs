@@ -120,12 +120,21 @@ mod tests {
         let counter = Counter::<u64>::default();
         registry.register("courier_test_things", "Things.", counter.clone());
         let refreshed = counter.clone();
-        let app = router(registry, Some(Arc::new(move || {
-            refreshed.inc();
-        })));
+        let app = router(
+            registry,
+            Some(Arc::new(move || {
+                refreshed.inc();
+            })),
+        );
         let response = tower_like_get(app).await;
-        assert!(response.contains("# TYPE courier_test_things counter"), "{response}");
-        assert!(response.contains("courier_test_things_total 1\n"), "{response}");
+        assert!(
+            response.contains("# TYPE courier_test_things counter"),
+            "{response}"
+        );
+        assert!(
+            response.contains("courier_test_things_total 1\n"),
+            "{response}"
+        );
         assert!(response.ends_with("# EOF\n"), "{response}");
     }
 

@@ -35,7 +35,9 @@ impl Default for PoolMetrics {
         let in_use = connections
             .get_or_create(&StateLabel { state: "in_use" })
             .clone();
-        let idle = connections.get_or_create(&StateLabel { state: "idle" }).clone();
+        let idle = connections
+            .get_or_create(&StateLabel { state: "idle" })
+            .clone();
         Self {
             connections,
             in_use,

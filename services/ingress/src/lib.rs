@@ -191,7 +191,10 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Ingres
     let app = webhook
         .merge(health::router(vec![("nats", health::nats_probe(nats))]))
         .merge(courier_common::metrics::router(registry, None))
-        .layer(middleware::from_fn_with_state(metrics, metrics::count_requests));
+        .layer(middleware::from_fn_with_state(
+            metrics,
+            metrics::count_requests,
+        ));
 
     let listener = serve::bind(config.addr)?;
     let addr = listener.local_addr()?;

@@ -277,9 +277,7 @@ pub(crate) async fn handle(
     body: Bytes,
 ) -> Response {
     let response = answer(&shared, &token, &method, query, &headers, &body).await;
-    shared
-        .metrics
-        .answered(&method, response.status().as_u16());
+    shared.metrics.answered(&method, response.status().as_u16());
     response
 }
 

@@ -149,7 +149,9 @@ impl Metrics {
     /// A Bot API call to `method` ended with `result` (`ok` or
     /// [`crate::telegram::call_result`]) after `took`.
     pub fn call(&self, method: &'static str, result: &'static str, took: Duration) {
-        self.calls.get_or_create(&CallLabels { method, result }).inc();
+        self.calls
+            .get_or_create(&CallLabels { method, result })
+            .inc();
         observe(
             &self.call_duration.get_or_create(&MethodLabel { method }),
             took,

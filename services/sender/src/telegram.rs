@@ -94,16 +94,23 @@ mod tests {
             "rate_limited"
         );
         assert_eq!(
-            call_result(&RequestError::Io(std::sync::Arc::new(std::io::Error::other("reset")))),
+            call_result(&RequestError::Io(std::sync::Arc::new(
+                std::io::Error::other("reset")
+            ))),
             "network"
         );
         assert_eq!(
             call_result(&RequestError::Api(ApiError::Unknown("Bad Gateway".into()))),
             "server_error"
         );
-        assert_eq!(call_result(&RequestError::Api(ApiError::BotBlocked)), "permanent");
         assert_eq!(
-            call_result(&RequestError::MigrateToChatId(teloxide_core::types::ChatId(-1))),
+            call_result(&RequestError::Api(ApiError::BotBlocked)),
+            "permanent"
+        );
+        assert_eq!(
+            call_result(&RequestError::MigrateToChatId(
+                teloxide_core::types::ChatId(-1)
+            )),
             "permanent"
         );
     }

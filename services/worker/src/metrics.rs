@@ -11,7 +11,9 @@ use async_nats::jetstream;
 use courier_common::{metrics, topology, CancellationToken};
 use futures::StreamExt;
 use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram};
+use prometheus_client::metrics::{
+    counter::Counter, family::Family, gauge::Gauge, histogram::Histogram,
+};
 use prometheus_client::registry::Registry;
 use sqlx::PgPool;
 
@@ -232,7 +234,9 @@ fn set_partitions(
     }
     for &p in now {
         if let Some(v) = value(p) {
-            family.get_or_create(&PartitionLabel { partition: p }).set(v);
+            family
+                .get_or_create(&PartitionLabel { partition: p })
+                .set(v);
         }
     }
     *shown = now.clone();
@@ -271,18 +275,19 @@ pub fn spawn_refresher(
         let (gauges, s, shown) = (gauges.clone(), sources.clone(), shown.clone());
         async move {
             let now = owned_now(&s.owned);
-            let infos: Vec<(u32, Option<(u64, usize)>)> = futures::stream::iter(now.iter().copied())
-                .map(|p| {
-                    let s = &s;
-                    async move {
-                        let name = partitions::consumer_name(s.bot_id, p);
-                        let info = s.updates.consumer_info(name).await.ok();
-                        (p, info.map(|i| (i.num_pending, i.num_ack_pending)))
-                    }
-                })
-                .buffer_unordered(CONSUMER_INFO_CONCURRENCY)
-                .collect()
-                .await;
+            let infos: Vec<(u32, Option<(u64, usize)>)> =
+                futures::stream::iter(now.iter().copied())
+                    .map(|p| {
+                        let s = &s;
+                        async move {
+                            let name = partitions::consumer_name(s.bot_id, p);
+                            let info = s.updates.consumer_info(name).await.ok();
+                            (p, info.map(|i| (i.num_pending, i.num_ack_pending)))
+                        }
+                    })
+                    .buffer_unordered(CONSUMER_INFO_CONCURRENCY)
+                    .collect()
+                    .await;
             {
                 let lag = |p: u32| infos.iter().find(|(q, _)| *q == p).and_then(|(_, i)| *i);
                 let mut shown = shown.lock().unwrap_or_else(|e| e.into_inner());
@@ -302,7 +307,9 @@ pub fn spawn_refresher(
             }
             match s.js.get_stream(topology::DLQ_STREAM).await {
                 Ok(dlq) => {
-                    gauges.dlq_messages.set(dlq.cached_info().state.messages as i64);
+                    gauges
+                        .dlq_messages
+                        .set(dlq.cached_info().state.messages as i64);
                 }
                 Err(e) => tracing::debug!(error = %e, "cannot read the dead-letter stream"),
             }
@@ -330,14 +337,23 @@ mod tests {
         let now: BTreeSet<u32> = [1, 2, 3].into();
         set_partitions(&family, &mut shown, &now, |p| Some(i64::from(p) * 10));
         for p in 1..=3 {
-            assert_eq!(family.get(&PartitionLabel { partition: p }).unwrap().get(), i64::from(p) * 10);
+            assert_eq!(
+                family.get(&PartitionLabel { partition: p }).unwrap().get(),
+                i64::from(p) * 10
+            );
         }
         let now: BTreeSet<u32> = [2, 3, 4].into();
         // Partition 3 could not be read this time: it keeps 30; 4 is new and unread: absent.
         set_partitions(&family, &mut shown, &now, |p| (p == 2).then_some(7));
         assert!(family.get(&PartitionLabel { partition: 1 }).is_none());
-        assert_eq!(family.get(&PartitionLabel { partition: 2 }).unwrap().get(), 7);
-        assert_eq!(family.get(&PartitionLabel { partition: 3 }).unwrap().get(), 30);
+        assert_eq!(
+            family.get(&PartitionLabel { partition: 2 }).unwrap().get(),
+            7
+        );
+        assert_eq!(
+            family.get(&PartitionLabel { partition: 3 }).unwrap().get(),
+            30
+        );
         assert!(family.get(&PartitionLabel { partition: 4 }).is_none());
         assert_eq!(shown, now);
     }

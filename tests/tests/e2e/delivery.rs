@@ -1,6 +1,5 @@
 //! Exactly-once: the same update delivered twice is applied once.
 
-
 use async_nats::jetstream::message::PublishMessage;
 use courier_common::{partition::partition_of, topology};
 use courier_proto::{v1::InboundUpdate, Message as _};

@@ -2,7 +2,6 @@
 //! update alone — each once, each chat in order, answered — and a poison update in a batch
 //! fails alone.
 
-
 use anyhow::Result;
 use courier_tests::{eventually, Stack, DEADLINE};
 use futures::future::try_join_all;

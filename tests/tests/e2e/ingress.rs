@@ -69,17 +69,12 @@ async fn every_update_kind_is_accepted_and_the_bot_ignores_what_it_does_not_hand
     let stats = stack.worker_stats();
     let n = names.len() as u64;
     eventually("every fixture handled", DEADLINE, || async {
-        let handled = stats.applied.get()
-            + stats.ignored.get()
-            + stats.dead_lettered.get();
+        let handled = stats.applied.get() + stats.ignored.get() + stats.dead_lettered.get();
         Ok((handled >= n).then_some(()))
     })
     .await?;
     assert_eq!(stats.dead_lettered.get(), 0, "no fixture is poison");
-    assert!(
-        stats.ignored.get() >= 5,
-        "non-message kinds are ignored"
-    );
+    assert!(stats.ignored.get() >= 5, "non-message kinds are ignored");
     Ok(())
 }
 

@@ -63,22 +63,34 @@ async fn a_conversation_moves_every_services_metrics_by_what_happened() -> Resul
     // Counting happens after the answers the transcript shows (the worker's ack, the
     // sender's ledger): wait until everything is counted, then check that nothing was counted
     // twice.
-    let m = eventually("every service counted the conversation", DEADLINE, || async {
-        let m = scrape_all(&stack, worker.health_addr()).await?;
-        let counted = m.worker.histogram_count("courier_worker_apply_duration_seconds", &[])?
-            >= 4.0
-            && m.sender.counter("courier_sender_messages", &[("outcome", "sent")])? >= 4.0
-            && m.worker.gauge("courier_worker_outbox_backlog", &[])? == 0.0
-            && m.worker.gauge("courier_worker_partitions_owned", &[])? == 32.0;
-        Ok(counted.then_some(m))
-    })
+    let m = eventually(
+        "every service counted the conversation",
+        DEADLINE,
+        || async {
+            let m = scrape_all(&stack, worker.health_addr()).await?;
+            let counted = m
+                .worker
+                .histogram_count("courier_worker_apply_duration_seconds", &[])?
+                >= 4.0
+                && m.sender
+                    .counter("courier_sender_messages", &[("outcome", "sent")])?
+                    >= 4.0
+                && m.worker.gauge("courier_worker_outbox_backlog", &[])? == 0.0
+                && m.worker.gauge("courier_worker_partitions_owned", &[])? == 32.0;
+            Ok(counted.then_some(m))
+        },
+    )
     .await?;
 
     // Ingress: 4 updates accepted, one forged, one lost.
     let i = &m.ingress;
     for (status, n) in [("200", 4.0), ("401", 1.0), ("404", 1.0), ("503", 0.0)] {
         let labels = [("status", status)];
-        assert_eq!(i.counter("courier_ingress_requests", &labels)?, n, "{status}");
+        assert_eq!(
+            i.counter("courier_ingress_requests", &labels)?,
+            n,
+            "{status}"
+        );
         assert_eq!(
             i.histogram_count("courier_ingress_request_duration_seconds", &labels)?,
             n,
@@ -150,7 +162,12 @@ async fn a_conversation_moves_every_services_metrics_by_what_happened() -> Resul
 
     // Sender: getMe at start, then 4 sendMessage calls, each through both limits.
     let s = &m.sender;
-    let calls = |method, result| s.counter("courier_sender_calls", &[("method", method), ("result", result)]);
+    let calls = |method, result| {
+        s.counter(
+            "courier_sender_calls",
+            &[("method", method), ("result", result)],
+        )
+    };
     assert_eq!(calls("getMe", "ok")?, 1.0);
     assert_eq!(calls("sendMessage", "ok")?, 4.0);
     for result in ["rate_limited", "server_error", "permanent", "network"] {
@@ -191,10 +208,14 @@ async fn a_conversation_moves_every_services_metrics_by_what_happened() -> Resul
     assert!((0.0..=1.0).contains(&budget), "{budget}");
     assert!(s.histogram_count("courier_db_pool_acquire_duration_seconds", &[])? >= 4.0);
     pool_within(s, 4.0)?;
-    eventually("the sender read the dead-letter stream", DEADLINE, || async {
-        let s = scrape(&stack.http, stack.sender_health()).await?;
-        Ok((s.gauge("courier_dlq_messages", &[])? == 0.0).then_some(()))
-    })
+    eventually(
+        "the sender read the dead-letter stream",
+        DEADLINE,
+        || async {
+            let s = scrape(&stack.http, stack.sender_health()).await?;
+            Ok((s.gauge("courier_dlq_messages", &[])? == 0.0).then_some(()))
+        },
+    )
     .await?;
 
     // Sandbox: what the sender called, and the four deliveries.
@@ -246,9 +267,8 @@ async fn the_pool_metrics_count_each_wait_and_the_connections_in_use() -> Result
         prometheus_client::encoding::text::encode(&mut text, &registry)?;
         Exposition::parse(&text)
     };
-    let acquired = |e: &Exposition| {
-        e.histogram_count("courier_db_pool_acquire_duration_seconds", &[])
-    };
+    let acquired =
+        |e: &Exposition| e.histogram_count("courier_db_pool_acquire_duration_seconds", &[]);
     assert_eq!(acquired(&exposed()?)?, 0.0);
 
     // The pool's one connection, held.

@@ -1,6 +1,5 @@
 //! Outages: NATS down, PostgreSQL down, every service restarted. Nothing is lost.
 
-
 use courier_tests::{eventually, text_update, Stack, DEADLINE, SECRET};
 use sqlx::Connection;
 

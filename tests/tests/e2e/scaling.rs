@@ -288,10 +288,7 @@ async fn two_workers_sharing_every_partition_keep_each_chat_in_order() -> anyhow
 
     assert_every_note_once_in_order(&stack, &chats, notes).await?;
     let (sa, sb) = (a.stats(), b.stats());
-    let (applied_a, applied_b) = (
-        sa.applied.get(),
-        sb.applied.get(),
-    );
+    let (applied_a, applied_b) = (sa.applied.get(), sb.applied.get());
     assert_eq!(
         applied_a + applied_b,
         (chats.len() * (notes + 1)) as u64,
