@@ -311,7 +311,8 @@ async fn accept(app: &AppState, body: Bytes) -> Response {
     })
     .instrument(publishing.clone())
     .await;
-    app.metrics.published(publish_started, matches!(result, Ok(Ok(_))));
+    app.metrics
+        .published(publish_started, matches!(result, Ok(Ok(_))));
     match result {
         Ok(Ok(ack)) => {
             publishing.record("stream_seq", ack.sequence);
