@@ -1191,6 +1191,16 @@ async fn send(ctx: Arc<Ctx>, held: Held) {
     ctx.stats.messages_sent.fetch_add(1, Ordering::Relaxed);
     span.record("outcome", "sent");
     ctx.metrics.message(MessageOutcome::Sent);
+    // From the webhook to Telegram's answer for the last part (clocks of two hosts: a skew
+    // shows here; a negative age is not recorded).
+    if out.origin_received_at_unix_ms > 0 {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        if let Ok(age) = u64::try_from(now_ms - out.origin_received_at_unix_ms) {
+            ctx.metrics.observe_end_to_end(Duration::from_millis(age));
+        }
+    }
     held.ack().await;
 }
 

@@ -199,9 +199,11 @@ async fn a_conversation_moves_every_services_metrics_by_what_happened() -> Resul
             "{outcome}"
         );
     }
-    // Observed once the reply carries the webhook's receipt time (the trace context's work);
-    // exposed from the start.
-    s.histogram_count("courier_sender_end_to_end_seconds", &[])?;
+    // Each reply carries its update's webhook time (outbox.origin_received_at): one age each.
+    assert_eq!(
+        s.histogram_count("courier_sender_end_to_end_seconds", &[])?,
+        4.0
+    );
     assert_eq!(s.gauge("courier_sender_breaker_open", &[])?, 0.0);
     assert_eq!(s.gauge("courier_sender_lease_active", &[])?, 1.0);
     let budget = s.gauge("courier_sender_budget_used_ratio", &[])?;
