@@ -76,6 +76,11 @@ fn render() -> String {
         courier_worker::Config::augment_args(Command::new("x")),
     );
     doc += &table(
+        "courier-worker migrate",
+        "Runs the migrations and exits (0: the database is up to date); the Helm chart's pre-install/pre-upgrade Job.",
+        courier_worker::MigrateArgs::augment_args(Command::new("x")),
+    );
+    doc += &table(
         "courier-sender",
         "Calls the Bot API.",
         courier_sender::Config::augment_args(Command::new("x")),

@@ -45,7 +45,7 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
 {{- define "courier.image" -}}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- printf "%s:%s" .Values.image.repository (toString (default .Chart.AppVersion .Values.image.tag)) -}}
 {{- end -}}
 
 {{- define "courier.serviceAccountName" -}}
@@ -58,6 +58,11 @@ app.kubernetes.io/component: {{ .component }}
 
 {{- define "courier.secretName" -}}
 {{- default (include "courier.fullname" .) .Values.secrets.existingSecret -}}
+{{- end -}}
+
+{{/* The admin gRPC API inside the cluster (COURIER_ADMIN_URL of courierctl). */}}
+{{- define "courier.adminUrl" -}}
+{{- printf "http://%s-admin:%v" (include "courier.fullname" .) .Values.admin.service.port -}}
 {{- end -}}
 
 {{/* The URL the sandbox delivers webhooks to: the ingress Service. */}}
@@ -173,6 +178,22 @@ readinessProbe:
 {{/* Pod-level settings shared by every component. */}}
 {{- define "courier.podSpecCommon" -}}
 serviceAccountName: {{ include "courier.serviceAccountName" . }}
+{{ include "courier.podSpecShared" . }}
+{{- end -}}
+
+{{/*
+Pod-level settings of the pre-install migration Job. It runs before the chart's own objects
+exist, the ServiceAccount among them: it names one only when the chart does not create it.
+*/}}
+{{- define "courier.podSpecPreInstall" -}}
+{{- if not .Values.serviceAccount.create -}}
+serviceAccountName: {{ include "courier.serviceAccountName" . }}
+{{ end -}}
+{{ include "courier.podSpecShared" . }}
+{{- end -}}
+
+{{/* Pod-level settings of every pod except the service account. */}}
+{{- define "courier.podSpecShared" -}}
 automountServiceAccountToken: false
 {{- with .Values.imagePullSecrets }}
 imagePullSecrets:
@@ -210,4 +231,20 @@ labels:
 annotations:
   {{- toYaml . | nindent 2 }}
 {{- end }}
+{{- end -}}
+
+{{/* A list of TCP NetworkPolicyPorts from a list of port numbers, as YAML. */}}
+{{- define "courier.tcpPorts" -}}
+{{- $ports := list -}}
+{{- range $port := . -}}
+{{- $ports = append $ports (dict "port" $port "protocol" "TCP") -}}
+{{- end -}}
+{{- toYaml $ports -}}
+{{- end -}}
+
+{{/* A NetworkPolicy egress rule, as YAML; call with (dict "to" <peers> "ports" <ports>). An empty `to` is left out: any destination on those ports. */}}
+{{- define "courier.egressRule" -}}
+{{- $rule := dict "ports" .ports -}}
+{{- with .to }}{{ $_ := set $rule "to" . }}{{ end -}}
+{{- toYaml $rule -}}
 {{- end -}}

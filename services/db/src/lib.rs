@@ -63,17 +63,9 @@ pub async fn migrate_with_retry(
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     loop {
         match migrate_under_lock(pool, cancel).await {
-            Ok(true) => return Ok(true),
-            Ok(false) => return Ok(false),
-            Err(sqlx::migrate::MigrateError::Execute(e)) if is_transient(&e) => {
-                tracing::warn!(error = %e, "database not reachable for migrations; retrying");
-            }
-            // A migration that failed for a passing reason: a deadlock (a `CREATE INDEX
-            // CONCURRENTLY` waits for every older transaction, among them other processes'
-            // waits for the migration lock), a lost connection. It was not recorded as
-            // applied, so running the migrations again retries it.
-            Err(sqlx::migrate::MigrateError::ExecuteMigration(e, version)) if is_transient(&e) => {
-                tracing::warn!(error = %e, version, "migration failed for a passing reason; retrying");
+            Ok(applied) => return Ok(applied.is_some()),
+            Err(e) if is_passing(&e) => {
+                tracing::warn!(error = %e, "migrations failed for a passing reason; retrying");
             }
             Err(e) => return Err(e),
         }
@@ -82,6 +74,104 @@ pub async fn migrate_with_retry(
             _ = tokio::time::sleep(backoff.next_delay()) => {}
         }
     }
+}
+
+/// Whether a migration run failed for a reason that may pass: the database could not be
+/// reached, or a migration failed for a passing reason (a deadlock: a `CREATE INDEX
+/// CONCURRENTLY` waits for every older transaction, among them other processes' waits for
+/// the migration lock; a lost connection). Such a migration was not recorded as applied, so
+/// running the migrations again retries it.
+fn is_passing(e: &sqlx::migrate::MigrateError) -> bool {
+    use sqlx::migrate::MigrateError;
+    match e {
+        MigrateError::Execute(e) | MigrateError::ExecuteMigration(e, _) => is_transient(e),
+        _ => false,
+    }
+}
+
+/// What [`migrate_within`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationReport {
+    /// The versions this run applied, oldest first; empty when the database was up to date.
+    pub applied: Vec<i64>,
+    /// The newest migration the database has now.
+    pub version: Option<i64>,
+}
+
+/// Why [`migrate_within`] gave up.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateWithinError {
+    /// The database could not be reached (or kept failing for a passing reason) for the whole
+    /// wait; the last error says why.
+    #[error("no migration run succeeded within {waited:?}; last error: {last}")]
+    Unreachable {
+        /// How long it tried.
+        waited: Duration,
+        /// The last attempt's error.
+        last: sqlx::migrate::MigrateError,
+    },
+    /// Another process held the migration lock for the whole wait.
+    #[error("another process held the migration lock for {0:?}")]
+    LockHeld(Duration),
+    /// The token was cancelled (a signal) before the migrations ran.
+    #[error("cancelled before the migrations ran")]
+    Cancelled,
+    /// A migration failed for good (bad SQL, a changed migration, a database newer than
+    /// this binary, missing privileges).
+    #[error(transparent)]
+    Failed(sqlx::migrate::MigrateError),
+}
+
+/// Runs the migrations once, for a migrate-only command: like [`migrate_with_retry`] (the same
+/// lock, the same retries while the database cannot be reached), but gives up after `wait`
+/// with the last error, and reports which migrations it applied.
+pub async fn migrate_within(
+    pool: &PgPool,
+    wait: Duration,
+    cancel: &CancellationToken,
+) -> Result<MigrationReport, MigrateWithinError> {
+    let deadline = tokio::time::Instant::now() + wait;
+    // Cancelled at the deadline, so that waiting for the lock ends there too.
+    let bounded = cancel.child_token();
+    let timer = tokio::spawn({
+        let bounded = bounded.clone();
+        async move {
+            tokio::time::sleep_until(deadline).await;
+            bounded.cancel();
+        }
+    });
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    let outcome = loop {
+        match migrate_under_lock(pool, &bounded).await {
+            Ok(Some(applied)) => {
+                let version = MIGRATOR
+                    .iter()
+                    .filter(|m| m.migration_type.is_up_migration())
+                    .map(|m| m.version)
+                    .max();
+                break Ok(MigrationReport { applied, version });
+            }
+            Ok(None) if cancel.is_cancelled() => break Err(MigrateWithinError::Cancelled),
+            Ok(None) => break Err(MigrateWithinError::LockHeld(wait)),
+            Err(e) if is_passing(&e) => {
+                let delay = backoff.next_delay();
+                if tokio::time::Instant::now() + delay >= deadline {
+                    break Err(MigrateWithinError::Unreachable {
+                        waited: wait,
+                        last: e,
+                    });
+                }
+                tracing::warn!(error = %e, "migrations failed for a passing reason; retrying");
+                tokio::select! {
+                    _ = cancel.cancelled() => break Err(MigrateWithinError::Cancelled),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+            Err(e) => break Err(MigrateWithinError::Failed(e)),
+        }
+    };
+    timer.abort();
+    outcome
 }
 
 /// sqlx's migration lock key for a database (the same function), so that a process running
@@ -98,11 +188,12 @@ fn migration_lock_id(database: &str) -> i64 {
 /// starting together (workers scaled out at once, the test harness's three workers) the
 /// retries can go on for long. Here a process polls `pg_try_advisory_lock()` and sleeps
 /// between polls, holding no snapshot. The lock lives on a connection of its own (not the
-/// pool's), so it ends with it whatever happens. `Ok(false)`: `cancel` fired first.
+/// pool's), so it ends with it whatever happens. Returns the versions it applied, oldest
+/// first; `Ok(None)`: `cancel` fired before the lock was taken.
 async fn migrate_under_lock(
     pool: &PgPool,
     cancel: &CancellationToken,
-) -> Result<bool, sqlx::migrate::MigrateError> {
+) -> Result<Option<Vec<i64>>, sqlx::migrate::MigrateError> {
     use sqlx::migrate::MigrateError;
     use sqlx::Connection as _;
     let mut conn = sqlx::PgConnection::connect_with(&pool.connect_options())
@@ -123,20 +214,48 @@ async fn migrate_under_lock(
             break;
         }
         tokio::select! {
-            _ = cancel.cancelled() => return Ok(false),
+            _ = cancel.cancelled() => return Ok(None),
             _ = tokio::time::sleep(Duration::from_millis(100)) => {}
         }
     }
-    let mut migrator = sqlx::migrate!("../../migrations");
-    migrator.set_locking(false);
-    let result = migrator.run(&mut conn).await;
+    let result = run_locked(&mut conn).await;
     // Closing the connection releases the lock in any case; unlock first to be quick.
     let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
         .bind(lock_id)
         .execute(&mut conn)
         .await;
     let _ = conn.close().await;
-    result.map(|()| true)
+    result.map(Some)
+}
+
+/// Runs the migrations on a connection that holds the migration lock; returns the versions
+/// it applied.
+async fn run_locked(
+    conn: &mut sqlx::PgConnection,
+) -> Result<Vec<i64>, sqlx::migrate::MigrateError> {
+    use sqlx::migrate::MigrateError;
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(MigrateError::Execute)?;
+    let before: Vec<i64> = if exists {
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(MigrateError::Execute)?
+    } else {
+        Vec::new()
+    };
+    let mut migrator = sqlx::migrate!("../../migrations");
+    migrator.set_locking(false);
+    migrator.run(&mut *conn).await?;
+    let mut applied: Vec<i64> = MIGRATOR
+        .iter()
+        .filter(|m| m.migration_type.is_up_migration() && !before.contains(&m.version))
+        .map(|m| m.version)
+        .collect();
+    applied.sort_unstable();
+    Ok(applied)
 }
 
 /// A readiness probe: ready while `SELECT 1` answers within two seconds.

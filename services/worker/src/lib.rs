@@ -49,6 +49,18 @@ use crate::apply::Applier;
 /// The embedded migrations (`migrations/` at the repository root).
 pub use courier_db::MIGRATOR;
 
+/// Configuration of `courier-worker migrate`, which runs the migrations and exits.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MigrateArgs {
+    /// PostgreSQL URL (may contain a password; never logged).
+    #[arg(long = "database-url", env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// How long `migrate` keeps trying while the database cannot be reached or another
+    /// process holds the migration lock, before it gives up with the last error.
+    #[arg(long = "wait", env = "COURIER_MIGRATE_WAIT", default_value = "2m", value_parser = parse_duration)]
+    pub wait: Duration,
+}
+
 /// Worker configuration (environment variables or the matching flags).
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {

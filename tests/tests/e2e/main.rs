@@ -11,6 +11,7 @@ mod input;
 mod lease_ttl;
 mod load;
 mod metrics;
+mod migrate;
 mod order;
 mod outages;
 mod retention;
