@@ -275,6 +275,7 @@ pub struct ProcessStack {
     pub webhook_url: String,
     /// The services, with their log files, in start order: sandbox, ingress, worker, sender.
     pub services: Vec<(ServiceProcess, std::path::PathBuf)>,
+    plan: Vec<(&'static str, Vec<(&'static str, String)>)>,
     http: reqwest::Client,
 }
 
@@ -321,7 +322,7 @@ impl ProcessStack {
             }
             env
         };
-        let plan: Vec<(&str, Vec<(&'static str, String)>)> = vec![
+        let plan: Vec<(&'static str, Vec<(&'static str, String)>)> = vec![
             (
                 "courier-sandbox",
                 common(
@@ -368,8 +369,24 @@ impl ProcessStack {
             sandbox_url,
             webhook_url,
             services,
+            plan,
             http: reqwest::Client::new(),
         })
+    }
+
+    /// SIGKILLs the service `name` (`courier-worker`, …) and starts it again at once with the
+    /// same environment, its log appended to the same file.
+    pub async fn kill_and_restart(&mut self, name: &str) -> Result<()> {
+        let i = self
+            .plan
+            .iter()
+            .position(|(n, _)| *n == name)
+            .with_context(|| format!("no service {name}"))?;
+        self.services[i].0.kill().await?;
+        let (name, env) = &self.plan[i];
+        let log = self.services[i].1.clone();
+        self.services[i].0 = ServiceProcess::start_appending(name, env, "debug", &log).await?;
+        Ok(())
     }
 
     /// A user of chat `chat` (user id = chat id, "Ada") sends `text`; retried until the

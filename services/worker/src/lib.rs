@@ -21,6 +21,7 @@
 
 pub mod apply;
 pub mod assign;
+pub mod broadcast;
 pub mod deliveries;
 pub mod epoch;
 pub mod group;
@@ -428,6 +429,13 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Worker
         shutdown.clone(),
     );
     let pruner = tokio::spawn(retention::run(pool.clone(), retention, shutdown.clone()));
+    let broadcaster = tokio::spawn(broadcast::run(
+        pool.clone(),
+        js.clone(),
+        bot_id,
+        marks.clone(),
+        shutdown.clone(),
+    ));
     let flood_budget = store::FloodBudget {
         limit: config.flood_limit,
         window: config.flood_window,
@@ -467,6 +475,7 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Worker
         let _ = relay.await;
         let _ = refresher.await;
         let _ = pruner.await;
+        let _ = broadcaster.await;
         let _ = marker_task.await;
         let _ = http.await;
         pool.close().await;

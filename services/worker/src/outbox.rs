@@ -88,7 +88,7 @@ async fn publish_one(js: &jetstream::Context, bot_id: i64, row: &OutboxRow) -> R
         origin_received_at_unix_ms: row.origin_received_at.map_or(0, |t| t.timestamp_millis()),
         action: Some(Action::Send(SendMessage {
             text: row.text.clone(),
-            parse_mode: String::new(),
+            parse_mode: row.parse_mode.clone(),
         })),
     };
     let mut publish = PublishMessage::build();

@@ -81,7 +81,8 @@ pub(crate) use state_conflict;
 /// publish selects (or returns) them.
 macro_rules! outbox_columns {
     () => {
-        "id, chat_id, origin_update_id, text, created_at, traceparent, origin_received_at"
+        "id, chat_id, origin_update_id, text, created_at, traceparent, origin_received_at, \
+         parse_mode"
     };
 }
 pub(crate) use outbox_columns;
@@ -103,6 +104,8 @@ pub struct OutboxRow {
     pub traceparent: Option<String>,
     /// When ingress accepted that update, if known.
     pub origin_received_at: Option<DateTime<Utc>>,
+    /// `parse_mode` to send it with (empty: plain text).
+    pub parse_mode: String,
 }
 
 /// What happened to an update.
@@ -547,6 +550,7 @@ pub(crate) fn outbox_row(r: &sqlx::postgres::PgRow) -> Result<OutboxRow, StoreEr
         created_at: r.try_get("created_at")?,
         traceparent: r.try_get("traceparent")?,
         origin_received_at: r.try_get("origin_received_at")?,
+        parse_mode: r.try_get("parse_mode")?,
     })
 }
 

@@ -2,6 +2,7 @@
 //! standing in for Telegram. One binary for all modules (faster to link).
 
 mod arrival;
+mod broadcast;
 mod conversation;
 mod delivery;
 mod flood;

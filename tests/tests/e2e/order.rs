@@ -183,6 +183,7 @@ async fn two_bots_sharing_nats_do_not_drop_each_others_replies() -> Result<()> {
         created_at: chrono::Utc::now(),
         traceparent: None,
         origin_received_at: None,
+        parse_mode: String::new(),
     };
     for bot in [1001, 1002] {
         let acked = courier_worker::outbox::publish(&js, bot, std::slice::from_ref(&row)).await;

@@ -1,0 +1,269 @@
+//! Broadcasts: one text to every user who started the bot and has not blocked it, run by the
+//! workers as a persisted job through the outbox.
+//!
+//! [`create`] stores the job (`broadcasts`); every worker runs [`run`], and one of them at a
+//! time (PostgreSQL advisory lock [`LOCK_KEY`], taken per page) enqueues the next page: the
+//! next [`PAGE`] users by `user_id` after the job's `cursor`, one outbox row each, inserted in
+//! the same transaction that moves the cursor. So:
+//! - **no user gets it twice**: a page's rows and its cursor commit together; a crash before
+//!   the commit enqueues nothing, after it the next page starts past it. Each row is then sent
+//!   once like any reply (outbox id as `Nats-Msg-Id`, the sender's ledger);
+//! - **nothing is lost**: a row committed but not published (a crash right after the commit)
+//!   goes out with the relay (`outbox::relay`);
+//! - **Telegram's limits hold**: the rows go through the sender like every reply. The job
+//!   keeps at most [`MAX_OUTSTANDING`] of its rows not yet done by the sender, so a large
+//!   broadcast does not flood the outbound stream ahead of the bot's own replies;
+//! - **it survives anything**: the job is rows in PostgreSQL; any worker picks it up.
+//!
+//! [`cancel`] stops the job: no further page, and its rows not yet published are deleted
+//! (rows already in the outbound stream still go out). Who counts as a recipient is decided
+//! page by page: a user who registers with a `user_id` past the cursor while the job runs gets
+//! it; one who blocks the bot before their page does not (and after, the sender skips them).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use chrono::{DateTime, Utc};
+use courier_common::CancellationToken;
+use sqlx::{PgPool, Row};
+
+use crate::outbox::{self, Marks};
+use crate::store::{self, OutboxRow, StoreError};
+
+/// The advisory lock one page is enqueued under (one worker at a time, per database).
+pub const LOCK_KEY: i64 = 0x636f_7572_6965_7202;
+/// Users per page.
+pub const PAGE: i64 = 100;
+/// Most rows of a job enqueued but not yet done by the sender (sent, skipped or
+/// dead-lettered); the next page waits until fewer are outstanding.
+pub const MAX_OUTSTANDING: i64 = 300;
+/// How often an idle worker looks for work.
+pub const POLL: Duration = Duration::from_millis(500);
+
+/// A broadcast and how far it got.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Progress {
+    /// Its id.
+    pub id: i64,
+    /// `running` (enqueuing), `enqueued` (every recipient has a message) or `cancelled`.
+    pub state: String,
+    /// Users who had started the bot and not blocked it when it was created.
+    pub recipients: i64,
+    /// Messages enqueued so far.
+    pub enqueued: i64,
+    /// Messages Telegram accepted.
+    pub sent: i64,
+    /// Messages not sent: the user blocked the bot, or Telegram refused it for good.
+    pub failed: i64,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+}
+
+impl Progress {
+    /// Whether nothing more will happen: enqueued (or cancelled) and every enqueued message
+    /// done by the sender.
+    pub fn finished(&self) -> bool {
+        self.state != "running" && self.sent + self.failed >= self.enqueued
+    }
+}
+
+/// Stores a new broadcast of `text` (sent with `parse_mode`, empty for plain text); the
+/// workers start on it within [`POLL`].
+pub async fn create(
+    pool: &PgPool,
+    bot_id: i64,
+    text: &str,
+    parse_mode: &str,
+) -> Result<Progress, StoreError> {
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO broadcasts (bot_id, text, parse_mode, recipients) \
+         SELECT $1, $2, $3, count(*) FROM users WHERE bot_id = $1 AND blocked_at IS NULL \
+         RETURNING id",
+    )
+    .bind(bot_id)
+    .bind(text)
+    .bind(parse_mode)
+    .fetch_one(pool)
+    .await?;
+    Ok(progress(pool, bot_id, id)
+        .await?
+        .expect("the broadcast just created"))
+}
+
+/// Cancels a running broadcast; `false` if it is not running (finished, cancelled, unknown).
+pub async fn cancel(pool: &PgPool, bot_id: i64, id: i64) -> Result<bool, StoreError> {
+    let mut tx = pool.begin().await?;
+    let cancelled = sqlx::query(
+        "UPDATE broadcasts SET state = 'cancelled', finished_at = now() \
+         WHERE bot_id = $1 AND id = $2 AND state = 'running'",
+    )
+    .bind(bot_id)
+    .bind(id)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    if cancelled {
+        sqlx::query(
+            "DELETE FROM outbox WHERE broadcast_id = $1 AND bot_id = $2 AND published_at IS NULL",
+        )
+        .bind(id)
+        .bind(bot_id)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(cancelled)
+}
+
+/// A broadcast's progress; `None` if there is no such broadcast.
+pub async fn progress(pool: &PgPool, bot_id: i64, id: i64) -> Result<Option<Progress>, StoreError> {
+    let row = sqlx::query(
+        "SELECT b.id, b.state, b.recipients, b.enqueued, b.created_at, \
+             count(s.outbox_id) FILTER (WHERE s.outcome = 'sent') AS sent, \
+             count(s.outbox_id) FILTER (WHERE s.outcome <> 'sent') AS failed \
+         FROM broadcasts b \
+         LEFT JOIN outbox o ON o.broadcast_id = b.id \
+         LEFT JOIN sent_messages s ON s.bot_id = o.bot_id AND s.outbox_id = o.id AND s.part = 0 \
+         WHERE b.bot_id = $1 AND b.id = $2 \
+         GROUP BY b.id",
+    )
+    .bind(bot_id)
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    row.map(|r| {
+        Ok(Progress {
+            id: r.try_get("id")?,
+            state: r.try_get("state")?,
+            recipients: r.try_get("recipients")?,
+            enqueued: r.try_get("enqueued")?,
+            sent: r.try_get("sent")?,
+            failed: r.try_get("failed")?,
+            created_at: r.try_get("created_at")?,
+        })
+    })
+    .transpose()
+}
+
+/// The job runner every worker runs until `cancel`: enqueues pages of the oldest running
+/// broadcast while there is one (see the module documentation).
+pub async fn run(
+    pool: PgPool,
+    js: jetstream::Context,
+    bot_id: i64,
+    marks: Arc<Marks>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let busy = match page(&pool, &js, bot_id, &marks).await {
+            Ok(busy) => busy,
+            Err(e) => {
+                tracing::warn!(error = %e, "broadcast page failed; retrying");
+                false
+            }
+        };
+        if !busy {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(POLL) => {}
+            }
+        } else if cancel.is_cancelled() {
+            return;
+        }
+    }
+}
+
+/// Enqueues and publishes one page; `true` if it did (there may be more at once).
+async fn page(
+    pool: &PgPool,
+    js: &jetstream::Context,
+    bot_id: i64,
+    marks: &Marks,
+) -> Result<bool, StoreError> {
+    let mut tx = pool.begin().await?;
+    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+        .bind(LOCK_KEY)
+        .fetch_one(&mut *tx)
+        .await?;
+    if !locked {
+        return Ok(false);
+    }
+    let Some(job) = sqlx::query(
+        "SELECT id, text, parse_mode, cursor, \
+             (SELECT count(*) FROM outbox o WHERE o.broadcast_id = b.id AND NOT EXISTS ( \
+                 SELECT 1 FROM sent_messages s \
+                 WHERE s.bot_id = o.bot_id AND s.outbox_id = o.id AND s.part = 0)) \
+                 AS outstanding \
+         FROM broadcasts b WHERE bot_id = $1 AND state = 'running' \
+         ORDER BY id LIMIT 1 FOR UPDATE",
+    )
+    .bind(bot_id)
+    .fetch_optional(&mut *tx)
+    .await?
+    else {
+        return Ok(false);
+    };
+    let id: i64 = job.try_get("id")?;
+    if job.try_get::<i64, _>("outstanding")? >= MAX_OUTSTANDING {
+        return Ok(false);
+    }
+    let text: String = job.try_get("text")?;
+    let parse_mode: String = job.try_get("parse_mode")?;
+    let cursor: i64 = job.try_get("cursor")?;
+    // The page's rows and the moved cursor, in one statement of this transaction.
+    let row = sqlx::query(
+        "WITH page AS ( \
+             SELECT user_id, chat_id FROM users \
+             WHERE bot_id = $1 AND blocked_at IS NULL AND user_id > $2 \
+             ORDER BY user_id LIMIT $3), \
+         ins AS ( \
+             INSERT INTO outbox (bot_id, chat_id, origin_update_id, text, parse_mode, broadcast_id) \
+             SELECT $1, chat_id, 0, $4, $5, $6 FROM page ORDER BY user_id \
+             RETURNING chat_id), \
+         moved AS ( \
+             UPDATE broadcasts SET \
+                 cursor = coalesce((SELECT max(user_id) FROM page), cursor), \
+                 enqueued = enqueued + (SELECT count(*) FROM page), \
+                 state = CASE WHEN (SELECT count(*) FROM page) < $3 THEN 'enqueued' ELSE state END, \
+                 finished_at = CASE WHEN (SELECT count(*) FROM page) < $3 THEN now() END \
+             WHERE id = $6 RETURNING state) \
+         SELECT (SELECT state FROM moved) AS state, \
+             ARRAY(SELECT DISTINCT chat_id FROM ins) AS chats",
+    )
+    .bind(bot_id)
+    .bind(cursor)
+    .bind(PAGE)
+    .bind(&text)
+    .bind(&parse_mode)
+    .bind(id)
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    let chats: Vec<i64> = row.try_get("chats")?;
+    let state: String = row.try_get("state")?;
+    if state == "enqueued" {
+        tracing::info!(broadcast = id, "broadcast fully enqueued");
+    }
+    if !chats.is_empty() {
+        // Every unpublished row of those chats, oldest first: a chat's rows leave in order
+        // (see `outbox::publish`).
+        let rows: Vec<OutboxRow> = sqlx::query(concat!(
+            "SELECT ",
+            store::outbox_columns!(),
+            " FROM outbox WHERE published_at IS NULL AND bot_id = $1 AND chat_id = ANY($2) \
+             ORDER BY id"
+        ))
+        .bind(bot_id)
+        .bind(&chats)
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(store::outbox_row)
+        .collect::<Result<_, _>>()?;
+        let published = outbox::publish(js, bot_id, &rows).await;
+        marks.add(published);
+    }
+    Ok(state == "running")
+}
