@@ -507,7 +507,7 @@ fn run_load(
 }
 
 /// Waits until every service answers `/readyz` with 200.
-fn wait_ready(stack: &mut Stack, services: &[(String, u16)]) -> Result<()> {
+pub(crate) fn wait_ready(stack: &mut Stack, services: &[(String, u16)]) -> Result<()> {
     let timeout = Duration::from_secs(60);
     let deadline = Instant::now() + timeout;
     let mut waiting: Vec<&(String, u16)> = services.iter().collect();
@@ -563,7 +563,8 @@ fn wait_balanced(stack: &mut Stack, workers: &[u16]) -> Result<()> {
     }
 }
 
-fn check_alive(stack: &mut Stack) -> Result<()> {
+/// Fails, with the end of its log, when a process of `stack` has exited; or on Ctrl-C.
+pub(crate) fn check_alive(stack: &mut Stack) -> Result<()> {
     if let Some((name, status, log)) = stack.first_ended() {
         bail!(
             "{name} exited ({}) at start-up\n--- {} ---\n{}",

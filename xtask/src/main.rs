@@ -7,12 +7,15 @@
 //!   cluster and a provisioned nats-server.
 //! * `cargo xtask bench [--workers N] [--scenario closed|open|all] …` — Courier's replies/s,
 //!   latency and CPU per note on a fixed work (release builds, a throwaway stack).
+//! * `cargo xtask image` — build the container image with podman/buildah from a local Debian
+//!   base (no daemon, no registry) and run the seed conversation with every service in it.
 //!
 //! It depends on no service crate so that it builds in seconds.
 
 mod bench;
 mod cpu;
 mod http;
+mod image;
 mod nats;
 mod paths;
 mod pg;
@@ -75,6 +78,17 @@ enum Command {
     /// after the previous reply) and the open loop (notes at a fixed rate). Prints a table;
     /// the exit status is non-zero when a note was lost or duplicated.
     Bench(bench::Options),
+    /// Build the container image here and run the seed conversation in it.
+    ///
+    /// No Docker daemon and no registry: installs podman, buildah, mmdebstrap, runc and
+    /// uidmap when missing (apt-get, as root); makes a minimal Debian base with mmdebstrap
+    /// once (kept in target/courier-image/storage, keyed by its recipe); builds the release
+    /// binaries on the host and the Dockerfile's `runtime-prebuilt` target with buildah;
+    /// then runs ingress, worker, sender and sandbox each in a container of the image (host
+    /// network) against NATS and PostgreSQL on the host, sends /start, a note and /history
+    /// through the sandbox and checks the replies. Prints each phase's time; removes the
+    /// containers on the way out. Exit status non-zero on any failure.
+    Image(image::Options),
 }
 
 fn main() -> ExitCode {
@@ -84,6 +98,7 @@ fn main() -> ExitCode {
         Command::Up { workers, release } => up::run(workers, release),
         Command::Test { args } => test::run(&args),
         Command::Bench(options) => bench::run(options),
+        Command::Image(options) => image::run(options),
     };
     match result {
         Ok(code) => code,

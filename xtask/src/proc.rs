@@ -185,3 +185,34 @@ pub fn running(pid: u32) -> bool {
         })
         .unwrap_or(false)
 }
+
+/// A pid file that lets one xtask command of a kind run at a time (`target/courier-dev/xtask.pid`
+/// for `xtask up`); removed when dropped. A file naming a process that is gone is taken over.
+#[derive(Debug)]
+pub struct Lock {
+    path: std::path::PathBuf,
+}
+
+impl Lock {
+    /// Takes `path`, or fails naming `what` (`cargo xtask up`) and the pid that holds it.
+    pub fn acquire(path: &Path, what: &str) -> Result<Self> {
+        if let Ok(raw) = std::fs::read_to_string(path) {
+            if let Ok(pid) = raw.trim().parse::<u32>() {
+                if pid != std::process::id() && alive_named(pid, "xtask") {
+                    bail!("another `{what}` is running (pid {pid}); stop it first (kill {pid})");
+                }
+            }
+        }
+        std::fs::write(path, std::process::id().to_string())
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}

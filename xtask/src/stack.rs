@@ -87,14 +87,29 @@ impl Stack {
             .chain(own)
             .map(|(k, v)| ((*k).to_string(), v.clone()))
             .collect();
-        let spec = Spec {
-            name: name.to_string(),
-            command: Box::new(move || {
+        self.spawn_command(
+            name,
+            Box::new(move || {
                 let mut cmd = Command::new(&bin);
                 cmd.envs(env.iter().map(|(k, v)| (k, v)))
                     .current_dir(paths::root());
                 cmd
             }),
+            logs,
+        )
+    }
+
+    /// Starts a service run by `command` (`podman run …` for `xtask image`), logging to
+    /// `<logs>/<name>.log`; it is asked to stop with SIGTERM.
+    pub fn spawn_command(
+        &mut self,
+        name: &str,
+        command: Box<dyn Fn() -> Command>,
+        logs: &Path,
+    ) -> Result<()> {
+        let spec = Spec {
+            name: name.to_string(),
+            command,
             log: logs.join(format!("{name}.log")),
             fresh_log: true,
             stop: Signal::SIGTERM,

@@ -5,7 +5,7 @@
 //! others keep running. Ctrl-C or SIGTERM stops the services, then NATS, then PostgreSQL.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{ExitCode, Stdio};
 use std::thread::sleep;
 use std::time::Instant;
@@ -15,7 +15,7 @@ use anyhow::{bail, Context, Result};
 use crate::nats::Nats;
 use crate::paths;
 use crate::pg::Cluster;
-use crate::proc::{self, describe, free_port, POLL};
+use crate::proc::{self, describe, free_port, Lock, POLL};
 use crate::provision;
 use crate::stack::{self, Stack};
 
@@ -37,7 +37,7 @@ pub fn run(workers: u16, release: bool) -> Result<ExitCode> {
     let dev = paths::target().join("courier-dev");
     let logs = dev.join("logs");
     fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
-    let _lock = Lock::acquire(&dev)?;
+    let _lock = Lock::acquire(&dev.join("xtask.pid"), "cargo xtask up")?;
     stack::kill_leftovers(&dev);
 
     let sandbox_port = sandbox_port()?;
@@ -273,33 +273,4 @@ fn sandbox_port() -> Result<u16> {
         bail!("port {port} on 127.0.0.1 is taken; choose another with COURIER_SANDBOX_PORT=<port>");
     }
     Ok(port)
-}
-
-/// `target/courier-dev/xtask.pid`: one `cargo xtask up` at a time.
-struct Lock {
-    path: PathBuf,
-}
-
-impl Lock {
-    fn acquire(dev: &Path) -> Result<Self> {
-        let path = dev.join("xtask.pid");
-        if let Ok(raw) = fs::read_to_string(&path) {
-            if let Ok(pid) = raw.trim().parse::<u32>() {
-                if pid != std::process::id() && proc::alive_named(pid, "xtask") {
-                    bail!(
-                        "another `cargo xtask up` is running (pid {pid}); stop it first \
-                         (kill {pid})"
-                    );
-                }
-            }
-        }
-        fs::write(&path, std::process::id().to_string())?;
-        Ok(Self { path })
-    }
-}
-
-impl Drop for Lock {
-    fn drop(&mut self) {
-        let _ = fs::remove_file(&self.path);
-    }
 }
