@@ -125,16 +125,16 @@ fn phases_in_order(
     logs: &Path,
     phases: &mut Phases,
 ) -> Result<String> {
-    let engine = phases.time("tools", || {
+    // The conversation's servers too: a missing one fails before the build.
+    let (engine, tools) = phases.time("tools", || {
         host_tools()?;
-        Engine::new(dir)
+        let tools = if options.no_run {
+            None
+        } else {
+            Some(provision::tools()?)
+        };
+        Ok((Engine::new(dir)?, tools))
     })?;
-    // The conversation's servers: located now, so that a missing one fails before the build.
-    let tools = if options.no_run {
-        None
-    } else {
-        Some(phases.time("tools", provision::tools)?)
-    };
     let base = phases.time("base", || base(&engine, dir, logs, options.fresh_base))?;
     let binaries = phases.time("binaries", binaries)?;
     let size = phases.time("image", || {
@@ -146,6 +146,10 @@ fn phases_in_order(
         options.tag,
         size as f64 / 1e6,
         names.join(", ")
+    );
+    eprintln!(
+        "xtask image: to use it: {} images (or run, …)",
+        engine.command_line()
     );
     let Some(tools) = tools else {
         return Ok(format!("built {built}"));
@@ -270,6 +274,16 @@ impl Engine {
         ]
     }
 
+    /// The podman command on this storage, for people (`podman --root … --runtime runc`).
+    fn command_line(&self) -> String {
+        let podman = self.podman();
+        std::iter::once(podman.get_program())
+            .chain(podman.get_args())
+            .map(|a| paths::display(Path::new(a)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
     fn podman(&self) -> Command {
         let mut cmd = Command::new("podman");
         cmd.args(self.storage_args()).args([
@@ -286,6 +300,21 @@ impl Engine {
     fn buildah(&self) -> Command {
         let mut cmd = Command::new("buildah");
         cmd.args(self.storage_args());
+        cmd
+    }
+
+    /// `podman run --rm` of a labelled container on the host's network, with the limits
+    /// that a container may set here (podman's default open-files limit is refused).
+    fn run(&self) -> Command {
+        let mut cmd = self.podman();
+        cmd.args(["run", "--rm", "--pull=never", "--label", LABEL])
+            .args(["--network", "host"])
+            .args([
+                "--ulimit",
+                "nofile=4096:4096",
+                "--ulimit",
+                "nproc=4096:4096",
+            ]);
         cmd
     }
 
@@ -601,9 +630,8 @@ fn image(
     let names: Vec<&str> = binaries.iter().map(|(n, _)| n.as_str()).collect();
     output(
         engine
-            .podman()
-            .args(["run", "--rm", "--pull=never", "--network", "host"])
-            .args(["--label", LABEL, "--entrypoint", "sh", tag, "-c"])
+            .run()
+            .args(["--entrypoint", "sh", tag, "-c"])
             .arg(
                 r#"for b do "$b" --help >/dev/null || { echo "$b --help failed in the image" >&2; exit 1; }; done"#,
             )
@@ -648,7 +676,8 @@ fn conversation(
         stopping.elapsed().as_secs_f64()
     );
     result?;
-    removed
+    removed?;
+    fs::remove_dir_all(&data).with_context(|| format!("removing {}", data.display()))
 }
 
 fn converse(
@@ -720,21 +749,7 @@ fn converse(
             .chain(&own)
             .map(|(k, v)| ((*k).to_owned(), v.clone()))
             .collect();
-        let mut args: Vec<OsString> = vec![
-            "run".into(),
-            "--rm".into(),
-            "--pull=never".into(),
-            "--name".into(),
-            format!("courier-image-{name}").into(),
-            "--label".into(),
-            LABEL.into(),
-            "--network".into(),
-            "host".into(),
-            "--ulimit".into(),
-            "nofile=4096:4096".into(),
-            "--ulimit".into(),
-            "nproc=4096:4096".into(),
-        ];
+        let mut args: Vec<OsString> = vec!["--name".into(), format!("courier-image-{name}").into()];
         // `--env NAME` takes the value from podman's own environment: no secret on a command
         // line.
         for (key, _) in &env {
@@ -743,14 +758,14 @@ fn converse(
         }
         args.push(tag.into());
         args.push(binary.into());
-        let podman = engine.podman();
+        let podman = engine.run();
         let program = podman.get_program().to_owned();
-        let global: Vec<OsString> = podman.get_args().map(ToOwned::to_owned).collect();
+        let run_args: Vec<OsString> = podman.get_args().map(ToOwned::to_owned).collect();
         stack.spawn_command(
             name,
             Box::new(move || {
                 let mut cmd = Command::new(&program);
-                cmd.args(&global)
+                cmd.args(&run_args)
                     .args(&args)
                     .envs(env.iter().map(|(k, v)| (k, v)));
                 cmd
