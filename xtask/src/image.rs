@@ -170,16 +170,13 @@ struct Phases {
 }
 
 impl Phases {
-    /// Runs `f` as (a part of) phase `name`, announcing it and adding its time.
+    /// Runs `f` as phase `name`, announcing it and noting its time.
     fn time<T>(&mut self, name: &'static str, f: impl FnOnce() -> Result<T>) -> Result<T> {
         eprintln!("xtask image: {name}…");
         let start = Instant::now();
         let result = f();
         let took = start.elapsed();
-        match self.done.iter_mut().find(|(n, _)| *n == name) {
-            Some((_, total)) => *total += took,
-            None => self.done.push((name, took)),
-        }
+        self.done.push((name, took));
         if result.is_ok() && proc::interrupted() {
             bail!("interrupted");
         }
