@@ -16,6 +16,8 @@
 //! - **Long texts** are split ([`split`]) into ordered parts of at most 4096 characters.
 //! - **Sent ledger** ([`ledger`]): a part already in `sent_messages` is never sent again.
 //! - **One active sender per bot** ([`lease`]): replicas are hot standbys.
+//! - **Pause** ([`pause`]): while an operator has paused the bot (`courierctl pause`), no Bot
+//!   API call starts; held messages wait, kept alive.
 //! - **Graceful shutdown**: stop pulling, finish calls in flight, hand the rest back (nak).
 //!
 //! A message is acknowledged only after every part was accepted by Telegram (or parked, or
@@ -27,6 +29,7 @@ pub mod lease;
 pub mod ledger;
 pub mod limits;
 pub mod metrics;
+pub mod pause;
 pub mod split;
 pub mod telegram;
 
@@ -248,6 +251,9 @@ pub enum Error {
     /// The lease bucket could not be opened.
     #[error(transparent)]
     Lease(#[from] lease::LeaseError),
+    /// The pause bucket could not be opened or read.
+    #[error(transparent)]
+    Pause(#[from] pause::PauseError),
     /// Migrations failed.
     #[error("migrations: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
@@ -458,6 +464,8 @@ struct Ctx {
     limits: Arc<Limits>,
     breaker: Arc<Breaker>,
     lease: Arc<Lease>,
+    /// The pause gate before every Bot API call.
+    gate: Arc<pause::Gate>,
     stats: Arc<Stats>,
     metrics: Arc<metrics::Metrics>,
     /// Fires on shutdown or when the lease is lost.
@@ -480,29 +488,7 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Sender
             reason: format!("cannot build the HTTP client: {e}"),
         })?;
     let bot = Bot::with_client(token.expose(), client).set_api_url(config.api_url.clone());
-    // getMe at start: a token the Bot API refuses stops the sender here, with the variable
-    // named; and the connection is open before the first paced call (a first call that also
-    // pays for the connection arrives late and bunches the calls after it).
     let metrics = Arc::new(metrics::Metrics::default());
-    let calling = std::time::Instant::now();
-    let me = bot.get_me().await;
-    metrics.call(
-        "getMe",
-        me.as_ref().map_or_else(telegram::call_result, |_| "ok"),
-        calling.elapsed(),
-    );
-    match me {
-        Ok(me) => tracing::info!(username = ?me.username, "Bot API reachable"),
-        Err(teloxide_core::RequestError::Api(teloxide_core::ApiError::InvalidToken)) => {
-            return Err(ConfigError {
-                var: "COURIER_BOT_TOKEN",
-                reason: "the Bot API refuses this token (getMe: Unauthorized)".into(),
-            }
-            .into());
-        }
-        Err(e) => tracing::warn!(error = %e, "Bot API not reachable yet (getMe); carrying on"),
-    }
-
     let nats = config.nats.connect("courier-sender").await?;
     let js = jetstream::new(nats.clone());
     topology::ensure_streams(&js, config.nats.partitions).await?;
@@ -536,6 +522,45 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Sender
         rand::random::<u32>()
     );
     let lease = Arc::new(Lease::open(&js, bot_id, holder.clone(), config.lease_ttl).await?);
+    // The pause state before any call (a sender restarted while the bot is paused calls
+    // nothing, not even getMe), then followed by the watcher.
+    let control = pause::open_bucket(&js).await?;
+    let gate = pause::Gate::new();
+    let (paused, revision) = pause::read(&control, bot_id).await?;
+    gate.set(paused.paused, revision);
+    if gate.is_paused() {
+        tracing::warn!("the bot is paused: not calling getMe at start");
+    } else {
+        // getMe at start: a token the Bot API refuses stops the sender here, with the variable
+        // named; and the connection is open before the first paced call (a first call that also
+        // pays for the connection arrives late and bunches the calls after it).
+        let calling = std::time::Instant::now();
+        let me = bot.get_me().await;
+        metrics.call(
+            "getMe",
+            me.as_ref().map_or_else(telegram::call_result, |_| "ok"),
+            calling.elapsed(),
+        );
+        match me {
+            Ok(me) => tracing::info!(username = ?me.username, "Bot API reachable"),
+            Err(teloxide_core::RequestError::Api(teloxide_core::ApiError::InvalidToken)) => {
+                return Err(ConfigError {
+                    var: "COURIER_BOT_TOKEN",
+                    reason: "the Bot API refuses this token (getMe: Unauthorized)".into(),
+                }
+                .into());
+            }
+            Err(e) => tracing::warn!(error = %e, "Bot API not reachable yet (getMe); carrying on"),
+        }
+    }
+    let watcher = pause::spawn_watcher(
+        control,
+        bot_id,
+        gate.clone(),
+        lease.clone(),
+        holder.clone(),
+        shutdown.child_token(),
+    );
     let limits = Arc::new(Limits::new(rates));
     let breaker = Arc::new(Breaker::new(
         config.breaker_threshold,
@@ -611,6 +636,7 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Sender
         limits,
         breaker,
         lease,
+        gate,
         stats: stats.clone(),
         metrics: metrics.clone(),
         cancel: shutdown.child_token(),
@@ -623,6 +649,7 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Sender
     };
     let task = tokio::spawn(async move {
         supervise(ctx, consumer, inflight, settings, shutdown).await;
+        let _ = watcher.await;
         let _ = refresher.await;
         let _ = http.await;
         pool.close().await;
@@ -774,6 +801,10 @@ async fn supervise(
             let ctx = gate_ctx.clone();
             async move {
                 ctx.breaker.wait_pullable().await;
+                // While paused, nothing more goes to the lanes (what is pulled stays held).
+                if !ctx.gate.wait_running(&ctx.cancel).await {
+                    return None;
+                }
                 let item = pulled.recv().await?;
                 Some((item, pulled))
             }
@@ -1041,6 +1072,10 @@ async fn send(ctx: Arc<Ctx>, held: Held) {
         }
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
         loop {
+            // The pause gate first: no budget is taken while paused.
+            let Some(call_guard) = ctx.gate.enter(&ctx.cancel).await else {
+                return;
+            };
             // Wait for the breaker and the budgets, unless the sender stops meanwhile.
             let admitted = tokio::select! {
                 _ = ctx.cancel.cancelled() => None,
@@ -1053,6 +1088,12 @@ async fn send(ctx: Arc<Ctx>, held: Held) {
             let Some((_permit, grant)) = admitted else {
                 return;
             };
+            if ctx.gate.is_paused() {
+                // Paused while waiting for the budget: wait at the gate again.
+                drop(grant);
+                drop(call_guard);
+                continue;
+            }
             ctx.metrics.waited(target, grant.waited());
             if !ctx.lease.is_valid() {
                 // Returning unsettled while the term goes on would let this chat's next
@@ -1090,6 +1131,7 @@ async fn send(ctx: Arc<Ctx>, held: Held) {
             drop(call);
             // The call has arrived at Telegram by now, if ever: the arrival window counts it.
             drop(grant);
+            drop(call_guard);
             let wait = match answer {
                 Ok(sent) => {
                     let answered = std::time::Instant::now();
