@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::secret::{BotToken, WebhookSecret};
+use crate::secret::{AdminToken, BotToken, WebhookSecret};
 
 /// Development values, used only when `COURIER_DEV=1` (or `--dev`) and the variable is unset.
 pub mod dev {
@@ -16,6 +16,8 @@ pub mod dev {
     pub const BOT_TOKEN: &str = "100001:courier-dev-token";
     /// The development webhook secret.
     pub const WEBHOOK_SECRET: &str = "courier-dev-secret";
+    /// The development admin API token (`courierctl --token`).
+    pub const ADMIN_TOKEN: &str = "courier-dev-admin-token";
 }
 
 /// A configuration value that is missing or wrong; the message names the variable.
@@ -115,6 +117,28 @@ impl WebhookSecretArgs {
             dev_mode,
             dev::WEBHOOK_SECRET,
             WebhookSecret::parse,
+        )
+    }
+}
+
+/// The admin API's bearer token (courier-admin).
+#[derive(Debug, Clone, Args)]
+pub struct AdminTokenArgs {
+    /// The bearer token every admin API call must carry (`authorization: Bearer <token>`;
+    /// 16-512 visible ASCII characters). Required unless `COURIER_DEV=1`.
+    #[arg(long = "admin-token", env = "COURIER_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+}
+
+impl AdminTokenArgs {
+    /// The validated admin token.
+    pub fn admin_token(&self, dev_mode: bool) -> Result<AdminToken, ConfigError> {
+        resolve(
+            "COURIER_ADMIN_TOKEN",
+            self.admin_token.as_deref(),
+            dev_mode,
+            dev::ADMIN_TOKEN,
+            AdminToken::parse,
         )
     }
 }

@@ -5,8 +5,8 @@
 //!
 //! - [`config`]: the configuration every service shares (NATS URL, bot token, dev mode), parsed
 //!   from environment variables and flags and validated at start-up.
-//! - [`secret`]: the bot token and webhook secret as types that never print their value, and the
-//!   constant-time comparison of the webhook secret.
+//! - [`secret`]: the bot token, webhook secret and admin token as types that never print their
+//!   value, and the constant-time comparisons of the webhook secret and the admin token.
 //! - [`partition`]: the stable hash that maps a chat to a partition.
 //! - [`topology`]: names of streams, subjects and consumers, and their idempotent creation.
 //! - [`ttl_bucket`]: key-value buckets whose `max_age` is a time to live (leases, membership).

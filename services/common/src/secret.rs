@@ -1,4 +1,4 @@
-//! Secrets that never print: the bot token and the webhook secret.
+//! Secrets that never print: the bot token, the webhook secret and the admin API's token.
 
 use secrecy::{ExposeSecret, SecretString};
 use subtle::ConstantTimeEq;
@@ -12,6 +12,9 @@ pub enum SecretError {
     /// The webhook secret breaks Telegram's rules for `secret_token`.
     #[error("a webhook secret is 1-256 characters of A-Z, a-z, 0-9, _ and - (Telegram's rule for secret_token)")]
     MalformedWebhookSecret,
+    /// The admin token is too short or has characters a header cannot carry.
+    #[error("an admin token is 16-512 visible ASCII characters (no spaces), e.g. from `openssl rand -hex 32`")]
+    MalformedAdminToken,
 }
 
 /// A Telegram bot token, `<bot id>:<secret>`. `Debug` prints only the bot id.
@@ -89,6 +92,43 @@ impl std::fmt::Debug for WebhookSecret {
     }
 }
 
+/// The admin API's bearer token (`COURIER_ADMIN_TOKEN`). `Debug` prints nothing of it.
+#[derive(Clone)]
+pub struct AdminToken {
+    /// `Bearer <token>`: the whole `authorization` value a caller must send.
+    bearer: SecretString,
+}
+
+impl AdminToken {
+    /// Parses a token: 16-512 visible ASCII characters, so that it fits in a header.
+    pub fn parse(raw: &str) -> Result<Self, SecretError> {
+        if !(16..=512).contains(&raw.len()) || !raw.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(SecretError::MalformedAdminToken);
+        }
+        Ok(Self {
+            bearer: SecretString::from(format!("Bearer {raw}")),
+        })
+    }
+
+    /// Whether an `authorization` header value is `Bearer <token>`, compared in constant time
+    /// (for equal lengths; a token's length is not worth hiding).
+    pub fn matches_bearer(&self, header: &[u8]) -> bool {
+        self.bearer.expose_secret().as_bytes().ct_eq(header).into()
+    }
+
+    /// The `authorization` value to send (`Bearer <token>`), for the one place that needs it
+    /// (the client).
+    pub fn bearer(&self) -> &str {
+        self.bearer.expose_secret()
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken([REDACTED])")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,6 +163,19 @@ mod tests {
         assert!(!format!("{s:?}").contains("Abc"));
         for bad in ["", "has space", "semi;colon", &"a".repeat(257)] {
             assert!(WebhookSecret::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn admin_token_matches_only_its_bearer_header() {
+        let t = AdminToken::parse("0123456789abcdef-token").unwrap();
+        assert!(t.matches_bearer(b"Bearer 0123456789abcdef-token"));
+        assert!(!t.matches_bearer(b"Bearer 0123456789abcdef-tokex"));
+        assert!(!t.matches_bearer(b"0123456789abcdef-token"));
+        assert!(!t.matches_bearer(b""));
+        assert!(!format!("{t:?}").contains("0123"));
+        for bad in ["short", "has a space in it here", &"a".repeat(513)] {
+            assert!(AdminToken::parse(bad).is_err(), "{bad}");
         }
     }
 }

@@ -1,0 +1,130 @@
+//! The generated `courier.admin.v1.Admin` service, wired to this crate's modules. Each call
+//! is logged with its method and outcome (never its token).
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+
+use courier_proto::admin::v1::{self as pb, admin_server::Admin};
+
+use crate::{chats, dlq, pause, status, webhook, Ctx};
+
+/// The admin service.
+#[derive(Clone)]
+pub struct AdminService {
+    ctx: Arc<Ctx>,
+}
+
+impl AdminService {
+    /// Serves calls with `ctx`.
+    pub fn new(ctx: Arc<Ctx>) -> Self {
+        Self { ctx }
+    }
+}
+
+/// Runs one call under a span, logging its outcome.
+async fn call<T>(
+    method: &'static str,
+    fut: impl std::future::Future<Output = Result<T, Status>>,
+) -> Result<Response<T>, Status> {
+    let span = tracing::info_span!("admin_call", method);
+    let out = fut.instrument(span).await;
+    match &out {
+        Ok(_) => tracing::info!(method, "admin call done"),
+        Err(s) => tracing::warn!(method, code = ?s.code(), message = s.message(), "admin call failed"),
+    }
+    out.map(Response::new)
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn set_webhook(
+        &self,
+        request: Request<pb::SetWebhookRequest>,
+    ) -> Result<Response<pb::SetWebhookResponse>, Status> {
+        call("SetWebhook", webhook::set(&self.ctx, request.into_inner())).await
+    }
+
+    async fn delete_webhook(
+        &self,
+        request: Request<pb::DeleteWebhookRequest>,
+    ) -> Result<Response<pb::DeleteWebhookResponse>, Status> {
+        call(
+            "DeleteWebhook",
+            webhook::delete(&self.ctx, request.into_inner()),
+        )
+        .await
+    }
+
+    async fn get_webhook_info(
+        &self,
+        _request: Request<pb::GetWebhookInfoRequest>,
+    ) -> Result<Response<pb::WebhookInfo>, Status> {
+        call("GetWebhookInfo", webhook::info(&self.ctx)).await
+    }
+
+    async fn status(
+        &self,
+        _request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        call("Status", status::status(&self.ctx)).await
+    }
+
+    async fn get_chat(
+        &self,
+        request: Request<pb::GetChatRequest>,
+    ) -> Result<Response<pb::Chat>, Status> {
+        call("GetChat", chats::get(&self.ctx, request.into_inner())).await
+    }
+
+    async fn reset_chat(
+        &self,
+        request: Request<pb::ResetChatRequest>,
+    ) -> Result<Response<pb::ResetChatResponse>, Status> {
+        call("ResetChat", chats::reset(&self.ctx, request.into_inner())).await
+    }
+
+    async fn list_dead_letters(
+        &self,
+        request: Request<pb::ListDeadLettersRequest>,
+    ) -> Result<Response<pb::ListDeadLettersResponse>, Status> {
+        call("ListDeadLetters", dlq::list(&self.ctx, request.into_inner())).await
+    }
+
+    async fn replay_dead_letters(
+        &self,
+        request: Request<pb::ReplayDeadLettersRequest>,
+    ) -> Result<Response<pb::ReplayDeadLettersResponse>, Status> {
+        call(
+            "ReplayDeadLetters",
+            dlq::replay(&self.ctx, request.into_inner()),
+        )
+        .await
+    }
+
+    async fn purge_dead_letters(
+        &self,
+        request: Request<pb::PurgeDeadLettersRequest>,
+    ) -> Result<Response<pb::PurgeDeadLettersResponse>, Status> {
+        call(
+            "PurgeDeadLetters",
+            dlq::purge(&self.ctx, request.into_inner()),
+        )
+        .await
+    }
+
+    async fn pause_bot(
+        &self,
+        request: Request<pb::PauseBotRequest>,
+    ) -> Result<Response<pb::PauseState>, Status> {
+        call("PauseBot", pause::pause(&self.ctx, request.into_inner())).await
+    }
+
+    async fn resume_bot(
+        &self,
+        _request: Request<pb::ResumeBotRequest>,
+    ) -> Result<Response<pb::PauseState>, Status> {
+        call("ResumeBot", pause::resume(&self.ctx)).await
+    }
+}
