@@ -18,6 +18,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out.join("courier_admin_v1_descriptor.bin"), fds.encode_to_vec())?;
     tonic_prost_build::configure()
+        // `courierctl --json` prints the answers as they are.
+        .type_attribute(".courier.admin.v1", "#[derive(serde::Serialize)]")
         .build_client(true)
         .build_server(true)
         .compile_fds(fds)?;

@@ -1,0 +1,83 @@
+//! Exit codes, and what a failed call turns into.
+
+use tonic::Code;
+
+/// Everything went well.
+pub const OK: i32 = 0;
+/// Any other failure (the server failed the call, a replay left letters failed).
+pub const OTHER: i32 = 1;
+/// Bad usage: an unknown command or flag, or an argument the server refused
+/// (INVALID_ARGUMENT).
+pub const USAGE: i32 = 2;
+/// No token, or the wrong one (UNAUTHENTICATED).
+pub const UNAUTHENTICATED: i32 = 3;
+/// The admin API cannot be reached, or it cannot reach NATS, PostgreSQL or Telegram
+/// (UNAVAILABLE, DEADLINE_EXCEEDED).
+pub const UNREACHABLE: i32 = 4;
+/// What was asked for does not exist (an unknown chat, a dead letter id that is not there).
+pub const NOT_FOUND: i32 = 5;
+/// Done, but not confirmed: the active sender did not confirm a pause in time.
+pub const NOT_CONFIRMED: i32 = 6;
+
+/// A failure with its exit code.
+#[derive(Debug)]
+pub struct Failure {
+    /// The exit code.
+    pub code: i32,
+    /// What to print.
+    pub message: String,
+}
+
+impl Failure {
+    /// A failure with `code`.
+    pub fn new(code: i32, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// A usage failure.
+    pub fn usage(message: impl Into<String>) -> Self {
+        Self::new(USAGE, message)
+    }
+}
+
+impl From<tonic::Status> for Failure {
+    fn from(s: tonic::Status) -> Self {
+        let (code, hint) = match s.code() {
+            Code::Unauthenticated => (
+                UNAUTHENTICATED,
+                " (set COURIER_ADMIN_TOKEN or --token to courier-admin's token)",
+            ),
+            Code::Unavailable | Code::DeadlineExceeded => (UNREACHABLE, ""),
+            Code::NotFound => (NOT_FOUND, ""),
+            Code::InvalidArgument => (USAGE, ""),
+            _ => (OTHER, ""),
+        };
+        let what = match s.code() {
+            Code::Unauthenticated => "unauthenticated",
+            Code::Unavailable => "unavailable",
+            Code::DeadlineExceeded => "timed out",
+            Code::NotFound => "not found",
+            Code::InvalidArgument => "refused",
+            _ => "failed",
+        };
+        Self::new(code, format!("{what}: {}{hint}", s.message()))
+    }
+}
+
+/// An error with its sources, one after another (`a: b: c`).
+pub fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(s) = next {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = s.source();
+    }
+    out
+}
