@@ -5,6 +5,7 @@
 //! it, with the sandbox standing in for Telegram. Nothing of Courier's own infrastructure is
 //! mocked: the only emulated party is Telegram.
 
+pub mod admin;
 pub mod infra;
 pub mod metrics;
 pub mod procs;
@@ -293,6 +294,24 @@ impl Stack {
             r.service.wait().await?;
         }
         Ok(())
+    }
+
+    /// Gracefully stops the sender and waits until it finished.
+    pub async fn stop_sender(&mut self) -> Result<()> {
+        if let Some(r) = self.sender.take() {
+            r.cancel.cancel();
+            r.service.wait().await?;
+        }
+        Ok(())
+    }
+
+    /// The running sender's counters.
+    pub fn sender_stats(&self) -> std::sync::Arc<courier_sender::Stats> {
+        self.sender
+            .as_ref()
+            .expect("sender running")
+            .service
+            .stats()
     }
 
     /// The running worker's counters.
