@@ -57,12 +57,17 @@ const SAVED: &str = "Saved your note. Send another, or /history to see your note
 const NOT_STARTED: &str =
     "I'm not taking notes yet. Send /start to begin, or /help to see what I can do.";
 
-/// Copies the dead letter `seq` back into the DLQ (same subject, headers and payload), as if
-/// a replay had republished it and then crashed before deleting it.
-async fn copy_letter_back(stack: &Stack, seq: u64) -> anyhow::Result<u64> {
+/// The dead letter `seq` as stored (subject, headers, payload).
+async fn snapshot(stack: &Stack, seq: u64) -> anyhow::Result<jetstream::message::StreamMessage> {
     let js = jetstream::new(async_nats::connect(stack.nats.url()).await?);
     let dlq = js.get_stream(topology::DLQ_STREAM).await?;
-    let m = dlq.get_raw_message(seq).await?;
+    Ok(dlq.get_raw_message(seq).await?)
+}
+
+/// Puts a snapshot back into the DLQ (a new id), as if a replay had republished the letter
+/// and crashed before deleting it; returns the new id.
+async fn put_back(stack: &Stack, m: &jetstream::message::StreamMessage) -> anyhow::Result<u64> {
+    let js = jetstream::new(async_nats::connect(stack.nats.url()).await?);
     let publish = jetstream::message::PublishMessage::build()
         .headers(m.headers.clone())
         .payload(m.payload.clone());
@@ -244,6 +249,7 @@ async fn a_dead_lettered_update_is_replayed_and_applied_once_even_when_replayed_
         "{letter}"
     );
     let id = letter["id"].as_u64().context("id")?;
+    let stored = snapshot(&stack, id).await?;
     let human = admin.ctl(&["dlq", "list"]).await?;
     assert!(human.stdout.contains("no_plums"), "{human:?}");
 
@@ -268,7 +274,7 @@ async fn a_dead_lettered_update_is_replayed_and_applied_once_even_when_replayed_
     // The same letter once more, as if the replay had crashed before deleting it (a copy
     // under a new id, so JetStream's duplicate window does not help): the worker skips it.
     let duplicates = stack.worker_stats().duplicates.load(Relaxed);
-    let copy = copy_letter_back(&stack, id).await?;
+    let copy = put_back(&stack, &stored).await?;
     let again = admin
         .ctl_json(&["dlq", "replay", &copy.to_string()])
         .await?;
@@ -307,6 +313,7 @@ async fn a_dead_lettered_reply_is_replayed_and_delivered_once_and_letters_can_be
     assert_eq!(letter["chat_id"], chat, "{letter}");
     assert!(letter["outbox_id"].as_i64() > Some(0), "{letter}");
     let id = letter["id"].as_u64().context("id")?;
+    let stored = snapshot(&stack, id).await?;
     assert_eq!(count_replies(&stack, chat, SAVED).await?, 0);
 
     let replayed = admin
@@ -320,7 +327,7 @@ async fn a_dead_lettered_reply_is_replayed_and_delivered_once_and_letters_can_be
 
     // Again, as after a crash before the DLQ delete: the ledger says it was sent.
     let skipped = stack.sender_stats().duplicates_skipped.load(Relaxed);
-    let copy = copy_letter_back(&stack, id).await?;
+    let copy = put_back(&stack, &stored).await?;
     let again = admin
         .ctl_json(&["dlq", "replay", &copy.to_string()])
         .await?;
