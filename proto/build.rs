@@ -16,7 +16,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let fds = protox::compile(admin, ["."])?;
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
-    std::fs::write(out.join("courier_admin_v1_descriptor.bin"), fds.encode_to_vec())?;
+    std::fs::write(
+        out.join("courier_admin_v1_descriptor.bin"),
+        fds.encode_to_vec(),
+    )?;
     tonic_prost_build::configure()
         // `courierctl --json` prints the answers as they are.
         .type_attribute(".courier.admin.v1", "#[derive(serde::Serialize)]")

@@ -59,7 +59,10 @@ impl AdminProcess {
             ("COURIER_WEBHOOK_SECRET", SECRET.to_owned()),
             ("COURIER_TELEGRAM_API_URL", stack.sandbox_url()),
             ("COURIER_ADMIN_ADDR", format!("127.0.0.1:{port}")),
-            ("COURIER_ADMIN_HEALTH_ADDR", format!("127.0.0.1:{health_port}")),
+            (
+                "COURIER_ADMIN_HEALTH_ADDR",
+                format!("127.0.0.1:{health_port}"),
+            ),
             ("COURIER_ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
         ];
         vars.extend(env.iter().cloned());

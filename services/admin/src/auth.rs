@@ -14,13 +14,15 @@ use tonic::{Request, Status};
 #[derive(Clone)]
 pub struct Bearer {
     token: Arc<AdminToken>,
+    metrics: crate::metrics::Metrics,
 }
 
 impl Bearer {
-    /// Checks calls against `token`.
-    pub fn new(token: AdminToken) -> Self {
+    /// Checks calls against `token`, counting refusals in `metrics`.
+    pub fn new(token: AdminToken, metrics: crate::metrics::Metrics) -> Self {
         Self {
             token: Arc::new(token),
+            metrics,
         }
     }
 }
@@ -38,6 +40,8 @@ impl tonic::service::Interceptor for Bearer {
                 remote = ?request.remote_addr(),
                 "admin call refused: missing or wrong bearer token"
             );
+            self.metrics
+                .call("-", tonic::Code::Unauthenticated, std::time::Duration::ZERO);
             Err(Status::unauthenticated(
                 "missing or wrong admin token (authorization: Bearer <COURIER_ADMIN_TOKEN>)",
             ))

@@ -63,17 +63,16 @@ pub async fn get(ctx: &Ctx, req: pb::GetChatRequest) -> Result<pb::Chat, Status>
     .fetch_all(&ctx.pool)
     .await
     .map_err(db)?;
-    let last_notes: Vec<(i64, i64, i64, String, chrono::DateTime<chrono::Utc>)> =
-        sqlx::query_as(
-            "SELECT id, user_id, update_id, text, sent_at FROM messages
+    let last_notes: Vec<(i64, i64, i64, String, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+        "SELECT id, user_id, update_id, text, sent_at FROM messages
              WHERE bot_id = $1 AND chat_id = $2 ORDER BY id DESC LIMIT $3",
-        )
-        .bind(ctx.bot_id)
-        .bind(chat)
-        .bind(notes)
-        .fetch_all(&ctx.pool)
-        .await
-        .map_err(db)?;
+    )
+    .bind(ctx.bot_id)
+    .bind(chat)
+    .bind(notes)
+    .fetch_all(&ctx.pool)
+    .await
+    .map_err(db)?;
     let blocked: Option<(String, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
         "SELECT reason, blocked_at FROM blocked_chats WHERE bot_id = $1 AND chat_id = $2",
     )

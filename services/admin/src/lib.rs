@@ -13,14 +13,16 @@
 //! - [`dlq`]: listing, replaying (exactly once) and purging dead letters.
 //! - [`pause`]: pausing and resuming the sender's Bot API calls.
 //! - [`service`]: the generated service trait, wired to the modules above.
+//! - [`metrics`]: calls by method and status code.
 //!
 //! Also served: the standard gRPC health service (`grpc.health.v1.Health`, no token needed,
-//! for probes) and server reflection (token needed), and `/healthz`, `/readyz` over HTTP.
+//! for probes) and server reflection (token needed), and `/healthz`, `/readyz`, `/metrics` over HTTP.
 #![deny(missing_docs)]
 
 pub mod auth;
 pub mod chats;
 pub mod dlq;
+pub mod metrics;
 pub mod pause;
 pub mod service;
 pub mod status;
@@ -33,7 +35,9 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use courier_common::{
-    config::{parse_duration, AdminTokenArgs, ConfigError, NatsArgs, SecretArgs, WebhookSecretArgs},
+    config::{
+        parse_duration, AdminTokenArgs, ConfigError, NatsArgs, SecretArgs, WebhookSecretArgs,
+    },
     health, topology, CancellationToken,
 };
 use courier_proto::admin::v1::admin_server::AdminServer;
@@ -44,7 +48,11 @@ use tokio::task::JoinHandle;
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
     /// Address of the gRPC admin API.
-    #[arg(long = "addr", env = "COURIER_ADMIN_ADDR", default_value = "0.0.0.0:50051")]
+    #[arg(
+        long = "addr",
+        env = "COURIER_ADMIN_ADDR",
+        default_value = "0.0.0.0:50051"
+    )]
     pub addr: SocketAddr,
     /// Address of the health and readiness endpoints (HTTP).
     #[arg(
@@ -174,6 +182,8 @@ pub struct Ctx {
     pub bot_rate: f64,
     /// How long PauseBot waits for the sender's confirmation.
     pub pause_confirm_timeout: Duration,
+    /// Calls answered.
+    pub metrics: metrics::Metrics,
 }
 
 /// A running admin service.
@@ -250,6 +260,9 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Admin,
     topology::ensure_streams(&js, config.nats.partitions).await?;
     let control = courier_sender::pause::open_bucket(&js).await?;
 
+    let admin_metrics = metrics::Metrics::default();
+    let mut registry = prometheus_client::registry::Registry::default();
+    admin_metrics.register(&mut registry);
     let ctx = Arc::new(Ctx {
         bot_id,
         bot,
@@ -260,12 +273,14 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Admin,
         partitions: config.nats.partitions,
         bot_rate: config.bot_rate,
         pause_confirm_timeout: config.pause_confirm_timeout,
+        metrics: admin_metrics.clone(),
     });
 
     let app = health::router(vec![
         ("nats", health::nats_probe(nats.clone())),
         ("postgres", courier_db::probe(pool.clone())),
-    ]);
+    ])
+    .merge(courier_common::metrics::router(registry, None));
     let http_listener = tokio::net::TcpListener::bind(config.health_addr)
         .await
         .map_err(io(format!(
@@ -296,7 +311,7 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Admin,
             what: "reflection service".into(),
             source: std::io::Error::other(e),
         })?;
-    let check = auth::Bearer::new(admin_token);
+    let check = auth::Bearer::new(admin_token, admin_metrics);
     let admin = AdminServer::with_interceptor(service::AdminService::new(ctx), check.clone());
     let reflection = tonic::service::interceptor::InterceptedService::new(reflection, check);
     let mut builder = tonic::transport::Server::builder();

@@ -25,14 +25,23 @@ impl AdminService {
 
 /// Runs one call under a span, logging its outcome.
 async fn call<T>(
+    ctx: &Ctx,
     method: &'static str,
     fut: impl std::future::Future<Output = Result<T, Status>>,
 ) -> Result<Response<T>, Status> {
     let span = tracing::info_span!("admin_call", method);
+    let started = std::time::Instant::now();
     let out = fut.instrument(span).await;
+    ctx.metrics.call(
+        method,
+        out.as_ref().map_or_else(|s| s.code(), |_| tonic::Code::Ok),
+        started.elapsed(),
+    );
     match &out {
         Ok(_) => tracing::info!(method, "admin call done"),
-        Err(s) => tracing::warn!(method, code = ?s.code(), message = s.message(), "admin call failed"),
+        Err(s) => {
+            tracing::warn!(method, code = ?s.code(), message = s.message(), "admin call failed")
+        }
     }
     out.map(Response::new)
 }
@@ -43,7 +52,12 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::SetWebhookRequest>,
     ) -> Result<Response<pb::SetWebhookResponse>, Status> {
-        call("SetWebhook", webhook::set(&self.ctx, request.into_inner())).await
+        call(
+            &self.ctx,
+            "SetWebhook",
+            webhook::set(&self.ctx, request.into_inner()),
+        )
+        .await
     }
 
     async fn delete_webhook(
@@ -51,6 +65,7 @@ impl Admin for AdminService {
         request: Request<pb::DeleteWebhookRequest>,
     ) -> Result<Response<pb::DeleteWebhookResponse>, Status> {
         call(
+            &self.ctx,
             "DeleteWebhook",
             webhook::delete(&self.ctx, request.into_inner()),
         )
@@ -61,35 +76,50 @@ impl Admin for AdminService {
         &self,
         _request: Request<pb::GetWebhookInfoRequest>,
     ) -> Result<Response<pb::WebhookInfo>, Status> {
-        call("GetWebhookInfo", webhook::info(&self.ctx)).await
+        call(&self.ctx, "GetWebhookInfo", webhook::info(&self.ctx)).await
     }
 
     async fn status(
         &self,
         _request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
-        call("Status", status::status(&self.ctx)).await
+        call(&self.ctx, "Status", status::status(&self.ctx)).await
     }
 
     async fn get_chat(
         &self,
         request: Request<pb::GetChatRequest>,
     ) -> Result<Response<pb::Chat>, Status> {
-        call("GetChat", chats::get(&self.ctx, request.into_inner())).await
+        call(
+            &self.ctx,
+            "GetChat",
+            chats::get(&self.ctx, request.into_inner()),
+        )
+        .await
     }
 
     async fn reset_chat(
         &self,
         request: Request<pb::ResetChatRequest>,
     ) -> Result<Response<pb::ResetChatResponse>, Status> {
-        call("ResetChat", chats::reset(&self.ctx, request.into_inner())).await
+        call(
+            &self.ctx,
+            "ResetChat",
+            chats::reset(&self.ctx, request.into_inner()),
+        )
+        .await
     }
 
     async fn list_dead_letters(
         &self,
         request: Request<pb::ListDeadLettersRequest>,
     ) -> Result<Response<pb::ListDeadLettersResponse>, Status> {
-        call("ListDeadLetters", dlq::list(&self.ctx, request.into_inner())).await
+        call(
+            &self.ctx,
+            "ListDeadLetters",
+            dlq::list(&self.ctx, request.into_inner()),
+        )
+        .await
     }
 
     async fn replay_dead_letters(
@@ -97,6 +127,7 @@ impl Admin for AdminService {
         request: Request<pb::ReplayDeadLettersRequest>,
     ) -> Result<Response<pb::ReplayDeadLettersResponse>, Status> {
         call(
+            &self.ctx,
             "ReplayDeadLetters",
             dlq::replay(&self.ctx, request.into_inner()),
         )
@@ -108,6 +139,7 @@ impl Admin for AdminService {
         request: Request<pb::PurgeDeadLettersRequest>,
     ) -> Result<Response<pb::PurgeDeadLettersResponse>, Status> {
         call(
+            &self.ctx,
             "PurgeDeadLetters",
             dlq::purge(&self.ctx, request.into_inner()),
         )
@@ -118,13 +150,18 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::PauseBotRequest>,
     ) -> Result<Response<pb::PauseState>, Status> {
-        call("PauseBot", pause::pause(&self.ctx, request.into_inner())).await
+        call(
+            &self.ctx,
+            "PauseBot",
+            pause::pause(&self.ctx, request.into_inner()),
+        )
+        .await
     }
 
     async fn resume_bot(
         &self,
         _request: Request<pb::ResumeBotRequest>,
     ) -> Result<Response<pb::PauseState>, Status> {
-        call("ResumeBot", pause::resume(&self.ctx)).await
+        call(&self.ctx, "ResumeBot", pause::resume(&self.ctx)).await
     }
 }

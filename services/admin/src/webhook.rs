@@ -126,18 +126,12 @@ pub async fn info(ctx: &Ctx) -> Result<pb::WebhookInfo, Status> {
         .api_url()
         .join(&format!("/bot{}/getWebhookInfo", ctx.bot.token()))
         .map_err(|e| Status::internal(format!("Bot API URL: {e}")))?;
-    let answer = ctx
-        .bot
-        .client()
-        .post(url)
-        .send()
-        .await
-        .map_err(|e| {
-            Status::unavailable(format!(
-                "getWebhookInfo: Bot API unreachable: {}",
-                e.without_url()
-            ))
-        })?;
+    let answer = ctx.bot.client().post(url).send().await.map_err(|e| {
+        Status::unavailable(format!(
+            "getWebhookInfo: Bot API unreachable: {}",
+            e.without_url()
+        ))
+    })?;
     let status = answer.status();
     let answer: Answer = answer.json().await.map_err(|e| {
         Status::unavailable(format!(

@@ -126,7 +126,11 @@ impl WebhookSecretArgs {
 pub struct AdminTokenArgs {
     /// The bearer token every admin API call must carry (`authorization: Bearer <token>`;
     /// 16-512 visible ASCII characters). Required unless `COURIER_DEV=1`.
-    #[arg(long = "admin-token", env = "COURIER_ADMIN_TOKEN", hide_env_values = true)]
+    #[arg(
+        long = "admin-token",
+        env = "COURIER_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
     pub admin_token: Option<String>,
 }
 

@@ -231,9 +231,8 @@ async fn connect(cli: &Cli) -> Result<Client, Failure> {
     if cli.url.starts_with("https://") {
         let mut tls = tonic::transport::ClientTlsConfig::new().with_webpki_roots();
         if let Some(path) = &cli.ca_cert {
-            let pem = std::fs::read(path).map_err(|e| {
-                Failure::usage(format!("--ca-cert {}: {e}", path.display()))
-            })?;
+            let pem = std::fs::read(path)
+                .map_err(|e| Failure::usage(format!("--ca-cert {}: {e}", path.display())))?;
             tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(pem));
         }
         endpoint = endpoint

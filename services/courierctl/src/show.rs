@@ -218,7 +218,13 @@ pub fn status(s: &pb::StatusResponse, as_json: bool) -> Out {
     println!();
     println!("partitions ({}):", s.partition_count);
     table(
-        &["PARTITION", "OWNER", "PENDING", "ACK PENDING", "REDELIVERED"],
+        &[
+            "PARTITION",
+            "OWNER",
+            "PENDING",
+            "ACK PENDING",
+            "REDELIVERED",
+        ],
         &s.partitions
             .iter()
             .map(|p| {
@@ -282,7 +288,9 @@ pub fn chat(c: &pb::Chat, as_json: bool) -> Out {
                 .map(|u| {
                     vec![
                         u.user_id.to_string(),
-                        format!("{} {}", u.first_name, u.last_name).trim().to_owned(),
+                        format!("{} {}", u.first_name, u.last_name)
+                            .trim()
+                            .to_owned(),
                         or_dash(&u.username),
                         time_ms(u.registered_at_unix_ms),
                         time_ms(u.blocked_at_unix_ms),
@@ -328,7 +336,15 @@ pub fn dead_letters(l: &pb::ListDeadLettersResponse, as_json: bool) -> Out {
         return json(l);
     }
     table(
-        &["ID", "STAGE", "AGE", "CHAT", "UPDATE/OUTBOX", "SUBJECT", "REASON"],
+        &[
+            "ID",
+            "STAGE",
+            "AGE",
+            "CHAT",
+            "UPDATE/OUTBOX",
+            "SUBJECT",
+            "REASON",
+        ],
         &l.letters
             .iter()
             .map(|d| {

@@ -71,7 +71,10 @@ async fn put_back(stack: &Stack, m: &jetstream::message::StreamMessage) -> anyho
     let publish = jetstream::message::PublishMessage::build()
         .headers(m.headers.clone())
         .payload(m.payload.clone());
-    let ack = js.send_publish(m.subject.to_string(), publish).await?.await?;
+    let ack = js
+        .send_publish(m.subject.to_string(), publish)
+        .await?
+        .await?;
     Ok(ack.sequence)
 }
 
@@ -192,16 +195,22 @@ async fn status_shows_the_pipeline_and_a_chat_reset_goes_back_to_the_start_keepi
 
     let out = admin.ctl(&["chat", "reset", &chat.to_string()]).await?;
     assert_eq!(out.code, 0, "{out:?}");
-    let state: Value =
-        sqlx::query_scalar("SELECT state FROM dialogue_states WHERE chat_id = $1")
-            .bind(chat)
-            .fetch_one(&stack.db)
-            .await?;
+    let state: Value = sqlx::query_scalar("SELECT state FROM dialogue_states WHERE chat_id = $1")
+        .bind(chat)
+        .fetch_one(&stack.db)
+        .await?;
     assert_eq!(state, json!({"state": "Start"}));
     let shown = admin.ctl_json(&["chat", "show", &chat.to_string()]).await?;
     assert_eq!(shown["state"], r#"{"state":"Start"}"#, "{shown}");
-    assert_eq!(shown["last_applied_seq"].as_u64(), Some(seq), "the guard is kept");
-    assert_eq!(shown["last_notes"][0]["text"], "first note", "notes are kept");
+    assert_eq!(
+        shown["last_applied_seq"].as_u64(),
+        Some(seq),
+        "the guard is kept"
+    );
+    assert_eq!(
+        shown["last_notes"][0]["text"], "first note",
+        "notes are kept"
+    );
 
     // The bot is at its start again: a text is not a note until /start.
     stack.say(chat, "Rae", "not a note yet").await?;
@@ -238,7 +247,9 @@ async fn a_dead_lettered_update_is_replayed_and_applied_once_even_when_replayed_
         Ok((outcome(&stack, update_id).await?.as_deref() == Some("dead_lettered")).then_some(()))
     })
     .await?;
-    let listed = admin.ctl_json(&["dlq", "list", "--stage", "updates"]).await?;
+    let listed = admin
+        .ctl_json(&["dlq", "list", "--stage", "updates"])
+        .await?;
     let letters = listed["letters"].as_array().context("letters")?;
     assert_eq!(letters.len(), 1, "{listed}");
     let letter = &letters[0];
@@ -262,12 +273,17 @@ async fn a_dead_lettered_update_is_replayed_and_applied_once_even_when_replayed_
         .await?;
     assert_eq!(dry["results"][0]["outcome"], "would_replay", "{dry}");
     assert_eq!(stack.notes(chat).await?.len(), 0);
-    let replayed = admin.ctl_json(&["dlq", "replay", "--stage", "updates"]).await?;
+    let replayed = admin
+        .ctl_json(&["dlq", "replay", "--stage", "updates"])
+        .await?;
     assert_eq!(replayed["replayed"], 1, "{replayed}");
     let replies = stack.bot_replies(chat, 2).await?;
     assert_eq!(replies[1], SAVED);
     assert_eq!(stack.notes(chat).await?, vec!["plum jam recipe"]);
-    assert_eq!(outcome(&stack, update_id).await?.as_deref(), Some("applied"));
+    assert_eq!(
+        outcome(&stack, update_id).await?.as_deref(),
+        Some("applied")
+    );
     let listed = admin.ctl_json(&["dlq", "list"]).await?;
     assert_eq!(listed["total"], 0, "{listed}");
 
@@ -279,9 +295,11 @@ async fn a_dead_lettered_update_is_replayed_and_applied_once_even_when_replayed_
         .ctl_json(&["dlq", "replay", &copy.to_string()])
         .await?;
     assert_eq!(again["replayed"], 1, "{again}");
-    eventually("the second replay skipped as a duplicate", DEADLINE, || async {
-        Ok((stack.worker_stats().duplicates.load(Relaxed) > duplicates).then_some(()))
-    })
+    eventually(
+        "the second replay skipped as a duplicate",
+        DEADLINE,
+        || async { Ok((stack.worker_stats().duplicates.load(Relaxed) > duplicates).then_some(())) },
+    )
     .await?;
     assert_eq!(stack.notes(chat).await?, vec!["plum jam recipe"]);
     assert_eq!(count_replies(&stack, chat, SAVED).await?, 1);
@@ -304,7 +322,9 @@ async fn a_dead_lettered_reply_is_replayed_and_delivered_once_and_letters_can_be
     faults(&stack, json!({"error_rate": 1.0, "error_status": 400})).await?;
     stack.say(chat, "Oz", "a note").await?;
     let listed = eventually("the reply dead-lettered", DEADLINE, || async {
-        let l = admin.ctl_json(&["dlq", "list", "--stage", "outbound"]).await?;
+        let l = admin
+            .ctl_json(&["dlq", "list", "--stage", "outbound"])
+            .await?;
         Ok((l["letters"].as_array().map(Vec::len) == Some(1)).then_some(l))
     })
     .await?;
@@ -332,9 +352,13 @@ async fn a_dead_lettered_reply_is_replayed_and_delivered_once_and_letters_can_be
         .ctl_json(&["dlq", "replay", &copy.to_string()])
         .await?;
     assert_eq!(again["replayed"], 1, "{again}");
-    eventually("the second replay skipped by the ledger", DEADLINE, || async {
-        Ok((stack.sender_stats().duplicates_skipped.load(Relaxed) > skipped).then_some(()))
-    })
+    eventually(
+        "the second replay skipped by the ledger",
+        DEADLINE,
+        || async {
+            Ok((stack.sender_stats().duplicates_skipped.load(Relaxed) > skipped).then_some(()))
+        },
+    )
     .await?;
     assert_eq!(count_replies(&stack, chat, SAVED).await?, 1);
 
@@ -342,7 +366,9 @@ async fn a_dead_lettered_reply_is_replayed_and_delivered_once_and_letters_can_be
     let letter_left = made_up_letter(&stack, chat).await?;
     let out = admin.ctl(&["dlq", "purge"]).await?;
     assert_eq!(out.code, 2, "{out:?}");
-    let dry = admin.ctl_json(&["dlq", "purge", "--all", "--dry-run"]).await?;
+    let dry = admin
+        .ctl_json(&["dlq", "purge", "--all", "--dry-run"])
+        .await?;
     assert_eq!(dry["ids"], json!([letter_left]), "{dry}");
     let purged = admin.ctl_json(&["dlq", "purge", "--all"]).await?;
     assert_eq!(purged["purged"], 1, "{purged}");
@@ -372,8 +398,8 @@ async fn made_up_letter(stack: &Stack, chat: i64) -> anyhow::Result<u64> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pause_holds_every_bot_api_call_until_resume_across_a_sender_restart(
-) -> anyhow::Result<()> {
+async fn pause_holds_every_bot_api_call_until_resume_across_a_sender_restart() -> anyhow::Result<()>
+{
     let mut stack = Stack::start().await?;
     let admin = AdminProcess::start(&stack, &[]).await?;
     let chats = [18_101, 18_102, 18_103];
@@ -403,7 +429,11 @@ async fn pause_holds_every_bot_api_call_until_resume_across_a_sender_restart(
     for &chat in &chats {
         assert_eq!(stack.notes(chat).await?, vec!["held note"], "applied");
     }
-    assert_eq!(calls(&stack).await?.len(), before, "no Bot API call while paused");
+    assert_eq!(
+        calls(&stack).await?.len(),
+        before,
+        "no Bot API call while paused"
+    );
 
     // A sender restarted while paused: it hands the messages back and the new one holds them
     // again, still without a call (the state is in NATS, not in the sender's memory).
@@ -416,7 +446,11 @@ async fn pause_holds_every_bot_api_call_until_resume_across_a_sender_restart(
         .await?;
     let status = admin.ctl_json(&["status"]).await?;
     assert_eq!(status["pause"]["paused"], true, "{status}");
-    assert_eq!(calls(&stack).await?.len(), before, "no call after the restart");
+    assert_eq!(
+        calls(&stack).await?.len(),
+        before,
+        "no call after the restart"
+    );
 
     let out = admin.ctl(&["resume"]).await?;
     assert_eq!(out.code, 0, "{out:?}");
@@ -475,7 +509,10 @@ async fn without_the_token_every_call_is_unauthenticated_and_no_secret_is_logged
         .process
         .wait_exit(std::time::Duration::from_secs(20))
         .await?;
-    assert!(exited.is_some_and(|s| s.success()), "graceful exit: {exited:?}");
+    assert!(
+        exited.is_some_and(|s| s.success()),
+        "graceful exit: {exited:?}"
+    );
     let log = std::fs::read_to_string(&admin.log)?;
     assert!(log.lines().count() > 5, "the log is nearly empty: {log}");
     assert!(log.contains("admin call refused"), "refusals are logged");
