@@ -289,7 +289,7 @@ async fn a_dead_lettered_update_is_replayed_and_applied_once_even_when_replayed_
 
     // The same letter once more, as if the replay had crashed before deleting it (a copy
     // under a new id, so JetStream's duplicate window does not help): the worker skips it.
-    let duplicates = stack.worker_stats().duplicates.load(Relaxed);
+    let duplicates = stack.worker_stats().duplicates.get();
     let copy = put_back(&stack, &stored).await?;
     let again = admin
         .ctl_json(&["dlq", "replay", &copy.to_string()])
@@ -298,7 +298,7 @@ async fn a_dead_lettered_update_is_replayed_and_applied_once_even_when_replayed_
     eventually(
         "the second replay skipped as a duplicate",
         DEADLINE,
-        || async { Ok((stack.worker_stats().duplicates.load(Relaxed) > duplicates).then_some(())) },
+        || async { Ok((stack.worker_stats().duplicates.get() > duplicates).then_some(())) },
     )
     .await?;
     assert_eq!(stack.notes(chat).await?, vec!["plum jam recipe"]);
