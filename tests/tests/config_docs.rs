@@ -44,9 +44,10 @@ fn render() -> String {
          Every service reads its configuration from environment variables or the matching flags \
          (`--help` prints the same list), validates it at start-up and refuses to start with a \
          message that names the variable at fault. Secrets (`COURIER_BOT_TOKEN`, \
-         `COURIER_WEBHOOK_SECRET`, `DATABASE_URL`) are never printed or logged. Without \
+         `COURIER_WEBHOOK_SECRET`, `COURIER_ADMIN_TOKEN`, `DATABASE_URL`) are never printed or logged. Without \
          `COURIER_DEV=1` a service refuses to start when a secret it needs is missing; with it, \
-         the development values `100001:courier-dev-token` and `courier-dev-secret` are used.\n\n\
+         the development values `100001:courier-dev-token`, `courier-dev-secret` and \
+         `courier-dev-admin-token` are used.\n\n\
          Durations take `ms`, `s`, `m`, `h` or `d` (`500ms`, `5s`, `2m`, `1h`, `7d`); a bare number is milliseconds.\n\n\
          This file is generated from the code by `tests/tests/config_docs.rs`.\n\n",
     );
@@ -62,7 +63,7 @@ fn render() -> String {
          See `docs/OPERATIONS.md` for the spans and the metrics.\n\n";
     doc += &table(
         "Every service",
-        "Read by `courier-ingress`, `courier-worker`, `courier-sender` and `courier-sandbox`.",
+        "Read by `courier-ingress`, `courier-worker`, `courier-sender`, `courier-admin` and `courier-sandbox`.",
         courier_common::shutdown::GraceArgs::augment_args(Command::new("x")),
     );
     doc += &table(
@@ -84,6 +85,14 @@ fn render() -> String {
         "courier-sender",
         "Calls the Bot API.",
         courier_sender::Config::augment_args(Command::new("x")),
+    );
+    doc += &table(
+        "courier-admin",
+        "The admin API (gRPC) that `courierctl` talks to. `courierctl` itself reads \
+         `COURIER_ADMIN_URL` (`--url`, default `http://127.0.0.1:50051`), `COURIER_ADMIN_TOKEN` \
+         (`--token`) and `COURIER_ADMIN_CA_CERT` (`--ca-cert`, a CA to trust for an `https` URL); \
+         see `docs/OPERATIONS.md`.",
+        courier_admin::Config::augment_args(Command::new("x")),
     );
     doc += &table(
         "courier-sandbox",
