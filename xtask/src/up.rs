@@ -23,12 +23,18 @@ use crate::stack::{self, Stack};
 const DEV_BOT_TOKEN: &str = "100001:courier-dev-token";
 /// The development webhook secret (`courier_common::config::dev::WEBHOOK_SECRET`).
 const DEV_WEBHOOK_SECRET: &str = "courier-dev-secret";
+/// The development admin token (`courier_common::config::dev::ADMIN_TOKEN`).
+const DEV_ADMIN_TOKEN: &str = "courier-dev-admin-token";
+/// The admin API's port when free (`courierctl`'s default URL), else any free port.
+const ADMIN_PORT: u16 = 50051;
 
-const BINARIES: [&str; 4] = [
+const BINARIES: [&str; 6] = [
     "courier-ingress",
     "courier-worker",
     "courier-sender",
     "courier-sandbox",
+    "courier-admin",
+    "courierctl",
 ];
 
 pub fn run(workers: u16, release: bool) -> Result<ExitCode> {
@@ -147,6 +153,19 @@ fn start_and_wait(
     let ingress_addr = format!("127.0.0.1:{}", free_port()?);
     let sender_addr = format!("127.0.0.1:{}", free_port()?);
     let sandbox_addr = format!("127.0.0.1:{sandbox_port}");
+    let admin_port = if std::net::TcpListener::bind(("127.0.0.1", ADMIN_PORT)).is_ok() {
+        ADMIN_PORT
+    } else {
+        free_port()?
+    };
+    let admin_addr = format!("127.0.0.1:{admin_port}");
+    let admin_health_addr = format!("127.0.0.1:{}", free_port()?);
+    // The admin token: the operator's, the development one, or one made for this run.
+    let admin_token = match std::env::var("COURIER_ADMIN_TOKEN") {
+        Ok(t) if !t.is_empty() => t,
+        _ if dev_mode => DEV_ADMIN_TOKEN.to_owned(),
+        _ => random_token()?,
+    };
     let mut summary: Vec<(String, String)> = Vec::new();
 
     // The worker first: it runs the migrations.
@@ -208,6 +227,23 @@ fn start_and_wait(
         "sandbox metrics".into(),
         format!("http://{sandbox_addr}/metrics"),
     ));
+    stack.spawn(
+        "admin",
+        &bin_dir.join("courier-admin"),
+        &common,
+        &[
+            ("COURIER_ADMIN_ADDR", admin_addr.clone()),
+            ("COURIER_ADMIN_HEALTH_ADDR", admin_health_addr.clone()),
+            ("COURIER_ADMIN_TOKEN", admin_token.clone()),
+            ("COURIER_TELEGRAM_API_URL", format!("http://{sandbox_addr}")),
+        ],
+        logs,
+    )?;
+    summary.push(("admin API (gRPC)".into(), format!("http://{admin_addr}")));
+    summary.push((
+        "admin metrics".into(),
+        format!("http://{admin_health_addr}/metrics"),
+    ));
     let traces = if own_collector {
         "exported to $OTEL_EXPORTER_OTLP_ENDPOINT".to_owned()
     } else {
@@ -228,7 +264,7 @@ fn start_and_wait(
     println!("  NATS                {nats_url}  (monitor http://127.0.0.1:{nats_monitor})");
     println!("  PostgreSQL          {database_url}");
     println!(
-        "  logs                {}/<name>.log  (nats, postgres, worker-N, ingress, sender, sandbox)",
+        "  logs                {}/<name>.log  (nats, postgres, worker-N, ingress, sender, sandbox, admin)",
         paths::display(logs)
     );
     if dev_mode {
@@ -239,6 +275,18 @@ fn start_and_wait(
     } else {
         println!("  secrets             COURIER_BOT_TOKEN and COURIER_WEBHOOK_SECRET from the environment");
     }
+    let token_shown = if std::env::var("COURIER_ADMIN_TOKEN").is_ok_and(|t| !t.is_empty()) {
+        "\"$COURIER_ADMIN_TOKEN\"".to_owned()
+    } else {
+        admin_token.clone()
+    };
+    println!(
+        "  courierctl          export COURIER_ADMIN_URL=http://{admin_addr} COURIER_ADMIN_TOKEN={token_shown}"
+    );
+    println!(
+        "                      then {}/courierctl status  (webhook info, chat show 1, dlq list, pause, resume)",
+        paths::display(bin_dir)
+    );
     println!("Try:");
     println!(
         "  curl -s localhost:{sandbox_port}/sandbox/messages -H 'content-type: application/json' \
@@ -273,4 +321,15 @@ fn sandbox_port() -> Result<u16> {
         bail!("port {port} on 127.0.0.1 is taken; choose another with COURIER_SANDBOX_PORT=<port>");
     }
     Ok(port)
+}
+
+/// A token for this run's admin API when the operator gave none (and it is not dev mode):
+/// 32 hex digits from the kernel's random source.
+fn random_token() -> Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .context("reading /dev/urandom for the admin token")?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }

@@ -6,6 +6,16 @@ use serde::Serialize;
 
 use crate::exit::{self, Failure};
 
+/// `println!` that ends the program quietly when stdout is closed (`courierctl … | head`).
+macro_rules! println {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if writeln!(std::io::stdout(), $($arg)*).is_err() {
+            std::process::exit(exit::OK);
+        }
+    }};
+}
+
 type Out = Result<i32, Failure>;
 
 fn json<T: Serialize>(value: &T) -> Out {
