@@ -16,6 +16,8 @@ pub const ADMIN_TOKEN: &str = "test-admin-token_0123456789";
 pub struct AdminProcess {
     /// The gRPC URL (`http://127.0.0.1:<port>`).
     pub url: String,
+    /// The health and metrics base URL (`http://127.0.0.1:<port>`).
+    pub health: String,
     /// Its log file (`RUST_LOG=debug`).
     pub log: PathBuf,
     /// The process.
@@ -69,6 +71,7 @@ impl AdminProcess {
         let process = ServiceProcess::start_logged("courier-admin", &vars, &log).await?;
         let admin = Self {
             url: format!("http://127.0.0.1:{port}"),
+            health: format!("http://127.0.0.1:{health_port}"),
             log,
             process,
         };

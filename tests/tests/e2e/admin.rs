@@ -492,6 +492,19 @@ async fn without_the_token_every_call_is_unauthenticated_and_no_secret_is_logged
             assert!(out.stderr.contains("unauthenticated"), "{out:?}");
         }
     }
+    // Each refusal is counted.
+    let metrics = stack
+        .http
+        .get(format!("{}/metrics", admin.health))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let refused = format!(
+        "courier_admin_calls_total{{method=\"-\",code=\"Unauthenticated\"}} {}",
+        commands.len() * 2
+    );
+    assert!(metrics.contains(&refused), "{refused} in {metrics}");
     // Nothing changed: the webhook is the stack's, the bot is not paused.
     let info = admin.ctl_json(&["webhook", "info"]).await?;
     assert_eq!(info["url"], webhook, "{info}");
@@ -527,5 +540,62 @@ async fn without_the_token_every_call_is_unauthenticated_and_no_secret_is_logged
             panic!("the {what} is in courier-admin's log: {line}");
         }
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_health_answers_without_a_token_and_reflection_needs_one() -> anyhow::Result<()> {
+    use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient};
+    use tonic_reflection::pb::v1::{
+        server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+        ServerReflectionRequest,
+    };
+
+    let stack = Stack::start().await?;
+    let admin = AdminProcess::start(&stack, &[]).await?;
+    let channel = tonic::transport::Channel::from_shared(admin.url.clone())?
+        .connect()
+        .await?;
+
+    // Health: for probes, no token.
+    let health = HealthClient::new(channel.clone())
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "courier.admin.v1.Admin".into(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(health.status(), ServingStatus::Serving);
+
+    // Reflection: refused without the token, lists the admin service with it.
+    let list = || {
+        futures::stream::iter([ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        }])
+    };
+    let refused = ServerReflectionClient::new(channel.clone())
+        .server_reflection_info(list())
+        .await;
+    assert_eq!(
+        refused.err().map(|s| s.code()),
+        Some(tonic::Code::Unauthenticated)
+    );
+    let bearer: tonic::metadata::MetadataValue<_> = format!("Bearer {ADMIN_TOKEN}").parse()?;
+    let mut client =
+        ServerReflectionClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
+            req.metadata_mut().insert("authorization", bearer.clone());
+            Ok(req)
+        });
+    let mut answers = client.server_reflection_info(list()).await?.into_inner();
+    let answer = answers.message().await?.context("a reflection answer")?;
+    let Some(MessageResponse::ListServicesResponse(services)) = answer.message_response else {
+        anyhow::bail!("not a list of services: {answer:?}");
+    };
+    let names: Vec<String> = services.service.into_iter().map(|s| s.name).collect();
+    assert!(
+        names.iter().any(|n| n == "courier.admin.v1.Admin"),
+        "{names:?}"
+    );
     Ok(())
 }
