@@ -38,6 +38,7 @@ pub async fn set(ctx: &Ctx, req: pb::SetWebhookRequest) -> Result<pb::SetWebhook
     let allowed: Vec<AllowedUpdate> = req
         .allowed_updates
         .iter()
+        .filter(|kind| !kind.trim().is_empty())
         .map(|kind| {
             serde_json::from_value(serde_json::Value::String(kind.trim().to_owned())).map_err(
                 |_| {
