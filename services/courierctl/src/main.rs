@@ -215,13 +215,11 @@ fn main() {
     std::process::exit(code);
 }
 
+/// Puts the token on a call.
+type AddToken = Box<dyn FnMut(Request<()>) -> Result<Request<()>, tonic::Status> + Send>;
+
 /// The client, with the token on every call.
-type Client = AdminClient<
-    tonic::service::interceptor::InterceptedService<
-        Channel,
-        Box<dyn FnMut(Request<()>) -> Result<Request<()>, tonic::Status> + Send>,
-    >,
->;
+type Client = AdminClient<tonic::service::interceptor::InterceptedService<Channel, AddToken>>;
 
 async fn connect(cli: &Cli) -> Result<Client, Failure> {
     let mut endpoint = Channel::from_shared(cli.url.clone())
@@ -256,13 +254,12 @@ async fn connect(cli: &Cli) -> Result<Client, Failure> {
         })?),
         None => None,
     };
-    let interceptor: Box<dyn FnMut(Request<()>) -> Result<Request<()>, tonic::Status> + Send> =
-        Box::new(move |mut req: Request<()>| {
-            if let Some(h) = &header {
-                req.metadata_mut().insert("authorization", h.clone());
-            }
-            Ok(req)
-        });
+    let interceptor: AddToken = Box::new(move |mut req: Request<()>| {
+        if let Some(h) = &header {
+            req.metadata_mut().insert("authorization", h.clone());
+        }
+        Ok(req)
+    });
     Ok(AdminClient::with_interceptor(channel, interceptor))
 }
 

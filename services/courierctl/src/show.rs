@@ -187,7 +187,7 @@ pub fn status(s: &pb::StatusResponse, as_json: bool) -> Out {
             "running".to_owned()
         }
     );
-    let t = s.throughput.clone().unwrap_or_default();
+    let t = s.throughput.unwrap_or_default();
     println!(
         "updates: {:.2}/s ({} in the last minute)",
         t.updates_per_second, t.updates_last_minute
@@ -200,12 +200,12 @@ pub fn status(s: &pb::StatusResponse, as_json: bool) -> Out {
         snd.sends_per_second,
         snd.budget_use * 100.0
     );
-    let out = s.outbound.clone().unwrap_or_default();
+    let out = s.outbound.unwrap_or_default();
     println!(
         "outbound: {} pending, {} held by the sender, {} unpublished in the outbox",
         out.pending, out.ack_pending, out.unpublished_outbox
     );
-    let d = s.dead_letters.clone().unwrap_or_default();
+    let d = s.dead_letters.unwrap_or_default();
     println!(
         "dead letters: {} ({} updates, {} outbound)",
         d.total, d.updates, d.outbound
