@@ -316,3 +316,59 @@ pub fn spawn_watcher(
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn no_call_enters_while_paused_and_a_pause_waits_for_calls_in_flight() {
+        let gate = Gate::new();
+        let cancel = CancellationToken::new();
+        let in_flight = gate.enter(&cancel).await.expect("open gate");
+
+        gate.set(true, 2);
+        // The call past the gate is still in flight: not idle.
+        let idle = tokio::time::timeout(Duration::from_secs(1), gate.wait_idle()).await;
+        assert!(idle.is_err(), "idle with a call in flight");
+        // A new call waits at the gate.
+        let waiting = {
+            let gate = gate.clone();
+            let cancel = cancel.clone();
+            tokio::spawn(async move { gate.enter(&cancel).await.is_some() })
+        };
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(!waiting.is_finished(), "a call entered while paused");
+        drop(in_flight);
+        tokio::time::timeout(Duration::from_secs(1), gate.wait_idle())
+            .await
+            .expect("idle once the call is back");
+        assert!(!waiting.is_finished());
+
+        gate.set(false, 3);
+        assert!(waiting.await.unwrap(), "enters after the resume");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_call_gives_up_when_cancelled() {
+        let gate = Gate::new();
+        gate.set(true, 1);
+        let cancel = CancellationToken::new();
+        let waiting = {
+            let gate = gate.clone();
+            let cancel = cancel.clone();
+            tokio::spawn(async move { gate.enter(&cancel).await.is_some() })
+        };
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        cancel.cancel();
+        assert!(!waiting.await.unwrap());
+        assert_eq!(gate.in_flight.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn an_unreadable_state_counts_as_paused() {
+        assert!(parse(b"not json").paused);
+        assert!(!parse(br#"{"paused":false}"#).paused);
+        assert!(parse(br#"{"paused":true,"reason":"x","since_unix_ms":1}"#).paused);
+    }
+}

@@ -599,3 +599,112 @@ async fn grpc_health_answers_without_a_token_and_reflection_needs_one() -> anyho
     );
     Ok(())
 }
+
+/// Makes a CA and a server certificate for `localhost` / 127.0.0.1 in `dir` with openssl;
+/// returns (CA, certificate, key) paths.
+fn make_certificates(
+    dir: &std::path::Path,
+) -> anyhow::Result<(std::path::PathBuf, std::path::PathBuf, std::path::PathBuf)> {
+    let run = |args: &[&str]| -> anyhow::Result<()> {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .context("running openssl (install it to run this test)")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    };
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )?;
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-subj",
+        "/CN=courier-test-ca",
+        "-days",
+        "1",
+    ])?;
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    ])?;
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "1",
+        "-extfile",
+        "ext.cnf",
+    ])?;
+    Ok((
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_tls_configured_the_api_is_served_over_tls_only() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let dir = std::env::temp_dir().join(format!(
+        "courier-admin-tls-{}-{}",
+        std::process::id(),
+        stack.pg.name()
+    ));
+    std::fs::create_dir_all(&dir)?;
+    let (ca, cert, key) = make_certificates(&dir)?;
+    let admin = AdminProcess::start(
+        &stack,
+        &[
+            ("COURIER_ADMIN_TLS_CERT", cert.display().to_string()),
+            ("COURIER_ADMIN_TLS_KEY", key.display().to_string()),
+        ],
+    )
+    .await?;
+    let port = admin.url.rsplit(':').next().context("port")?;
+    let https = format!("https://localhost:{port}");
+    let ca = ca.display().to_string();
+
+    let out = ctl(&https, Some(ADMIN_TOKEN), &["--ca-cert", &ca, "status"]).await?;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("PARTITION"), "{out:?}");
+    // The token is still needed over TLS.
+    let out = ctl(&https, None, &["--ca-cert", &ca, "status"]).await?;
+    assert_eq!(out.code, 3, "{out:?}");
+    // A certificate the client does not trust, and plaintext: not reachable.
+    let out = ctl(&https, Some(ADMIN_TOKEN), &["status"]).await?;
+    assert_eq!(out.code, 4, "untrusted certificate: {out:?}");
+    let out = ctl(&admin.url, Some(ADMIN_TOKEN), &["status"]).await?;
+    assert_ne!(out.code, 0, "plaintext to a TLS server: {out:?}");
+    Ok(())
+}
