@@ -62,6 +62,19 @@ async fn every_service_exits_within_its_grace_period_with_nats_postgres_and_tele
             ]),
         )
         .await?,
+        ServiceProcess::start(
+            "courier-admin",
+            &common(&[
+                ("COURIER_TELEGRAM_API_URL", sandbox_url.clone()),
+                ("COURIER_ADMIN_ADDR", "127.0.0.1:0".into()),
+                ("COURIER_ADMIN_HEALTH_ADDR", "127.0.0.1:0".into()),
+                (
+                    "COURIER_ADMIN_TOKEN",
+                    courier_tests::admin::ADMIN_TOKEN.into(),
+                ),
+            ]),
+        )
+        .await?,
     ];
 
     // Users write; their replies reach the sender, whose calls Telegram never answers.
