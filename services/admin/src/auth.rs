@@ -48,3 +48,43 @@ impl tonic::service::Interceptor for Bearer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tonic::service::Interceptor as _;
+
+    use super::*;
+
+    fn call(bearer: &mut Bearer, header: Option<&str>) -> Result<(), tonic::Code> {
+        let mut req = Request::new(());
+        if let Some(h) = header {
+            req.metadata_mut()
+                .insert("authorization", h.parse().expect("header value"));
+        }
+        bearer.call(req).map(|_| ()).map_err(|s| s.code())
+    }
+
+    #[test]
+    fn only_the_exact_bearer_token_passes() {
+        let token = AdminToken::parse("0123456789abcdef-admin").unwrap();
+        let mut bearer = Bearer::new(token, crate::metrics::Metrics::default());
+        assert_eq!(
+            call(&mut bearer, Some("Bearer 0123456789abcdef-admin")),
+            Ok(())
+        );
+        for bad in [
+            None,
+            Some("0123456789abcdef-admin"),
+            Some("bearer 0123456789abcdef-admin"),
+            Some("Bearer 0123456789abcdef-admin "),
+            Some("Bearer 0123456789abcdef-admix"),
+            Some("Basic dXNlcjpwYXNz"),
+        ] {
+            assert_eq!(
+                call(&mut bearer, bad),
+                Err(tonic::Code::Unauthenticated),
+                "{bad:?}"
+            );
+        }
+    }
+}

@@ -81,3 +81,19 @@ pub fn source_chain(e: &dyn std::error::Error) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_map_to_the_documented_exit_codes() {
+        let code = |c: Code| Failure::from(tonic::Status::new(c, "x")).code;
+        assert_eq!(code(Code::Unauthenticated), UNAUTHENTICATED);
+        assert_eq!(code(Code::Unavailable), UNREACHABLE);
+        assert_eq!(code(Code::DeadlineExceeded), UNREACHABLE);
+        assert_eq!(code(Code::NotFound), NOT_FOUND);
+        assert_eq!(code(Code::InvalidArgument), USAGE);
+        assert_eq!(code(Code::Internal), OTHER);
+    }
+}

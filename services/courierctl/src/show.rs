@@ -460,3 +460,23 @@ pub fn pause(p: &pb::PauseState, as_json: bool) -> Out {
         exit::NOT_CONFIRMED
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_print_as_ranges() {
+        assert_eq!(ranges(&[]), "-");
+        assert_eq!(ranges(&[3]), "3");
+        assert_eq!(ranges(&[0, 1, 2, 3, 7, 9, 10]), "0-3,7,9-10");
+    }
+
+    #[test]
+    fn ages_are_short() {
+        assert_eq!(age(59), "59s");
+        assert_eq!(age(600), "10m");
+        assert_eq!(age(7200), "2h");
+        assert_eq!(age(3 * 86400), "3d");
+    }
+}

@@ -708,3 +708,63 @@ async fn with_tls_configured_the_api_is_served_over_tls_only() -> anyhow::Result
     assert_ne!(out.code, 0, "plaintext to a TLS server: {out:?}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn courier_admin_refuses_to_start_without_a_token_unless_dev() -> anyhow::Result<()> {
+    let bin = courier_tests::procs::binary("courier-admin").await?;
+    let run = |extra: &[(&str, &str)]| {
+        let mut cmd = tokio::process::Command::new(&bin);
+        cmd.env_clear()
+            .env("COURIER_BOT_TOKEN", TOKEN)
+            .env("COURIER_WEBHOOK_SECRET", SECRET)
+            .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
+            .env("NATS_URL", "nats://127.0.0.1:1")
+            .env("COURIER_ADMIN_ADDR", "127.0.0.1:0")
+            .env("COURIER_ADMIN_HEALTH_ADDR", "127.0.0.1:0")
+            .envs(extra.iter().copied())
+            .kill_on_drop(true);
+        cmd
+    };
+    let out = tokio::time::timeout(std::time::Duration::from_secs(20), run(&[]).output())
+        .await
+        .context("courier-admin without a token did not exit")??;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("COURIER_ADMIN_TOKEN: is required"),
+        "{stderr}"
+    );
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        run(&[("COURIER_ADMIN_TOKEN", "short")]).output(),
+    )
+    .await
+    .context("courier-admin with a bad token did not exit")??;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("COURIER_ADMIN_TOKEN:"), "{stderr}");
+    assert!(
+        !stderr.contains("short"),
+        "the value is not echoed: {stderr}"
+    );
+    // With COURIER_DEV=1 it takes the development token (and then waits for NATS).
+    let log = std::env::temp_dir().join(format!("courier-admin-dev-{}.log", std::process::id()));
+    let file = std::fs::File::create(&log)?;
+    let mut dev = run(&[("COURIER_DEV", "1"), ("RUST_LOG", "warn")])
+        .stderr(file.try_clone()?)
+        .stdout(file)
+        .spawn()?;
+    eventually("the development token taken", DEADLINE, || async {
+        let text = std::fs::read_to_string(&log)?;
+        Ok(text
+            .contains("COURIER_ADMIN_TOKEN is not set; using the development value")
+            .then_some(()))
+    })
+    .await?;
+    assert!(
+        dev.try_wait()?.is_none(),
+        "courier-admin exited in dev mode"
+    );
+    dev.kill().await?;
+    Ok(())
+}
