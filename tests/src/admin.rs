@@ -1,5 +1,6 @@
-//! `courier-admin` as a process beside a [`crate::Stack`], and `courierctl` as a process
-//! against it: the admin tests drive every call the way an operator does.
+//! `courier-admin` as a process beside a [`crate::Stack`] (or a [`crate::procs::ProcessStack`]),
+//! and `courierctl` as a process against it: the admin tests drive every call the way an
+//! operator does.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -22,6 +23,21 @@ pub struct AdminProcess {
     pub log: PathBuf,
     /// The process.
     pub process: ServiceProcess,
+    vars: Vec<(&'static str, String)>,
+    ports: (u16, u16),
+}
+
+/// Where a `courier-admin` finds the pipeline.
+#[derive(Debug, Clone)]
+pub struct AdminTarget {
+    /// NATS.
+    pub nats_url: String,
+    /// PostgreSQL.
+    pub database_url: String,
+    /// The Bot API (the sandbox).
+    pub api_url: String,
+    /// A name for its log directory (the database's).
+    pub name: String,
 }
 
 /// What a `courierctl` run printed and how it exited.
@@ -47,19 +63,50 @@ impl AdminProcess {
     /// Starts `courier-admin` on the stack's NATS, database and sandbox, with the test
     /// webhook secret and [`ADMIN_TOKEN`], plus `env` (which wins); returns once it answers.
     pub async fn start(stack: &Stack, env: &[(&'static str, String)]) -> Result<Self> {
+        Self::start_on(
+            AdminTarget {
+                nats_url: stack.nats.url(),
+                database_url: stack.pg.url().to_owned(),
+                api_url: stack.sandbox_url(),
+                name: stack.pg.name().to_owned(),
+            },
+            env,
+        )
+        .await
+    }
+
+    /// [`AdminProcess::start`] beside a [`crate::procs::ProcessStack`].
+    pub async fn start_beside(
+        stack: &crate::procs::ProcessStack,
+        env: &[(&'static str, String)],
+    ) -> Result<Self> {
+        Self::start_on(
+            AdminTarget {
+                nats_url: stack.nats.url(),
+                database_url: stack.pg.url().to_owned(),
+                api_url: stack.sandbox_url.clone(),
+                name: stack.pg.name().to_owned(),
+            },
+            env,
+        )
+        .await
+    }
+
+    /// [`AdminProcess::start`] on `target`.
+    pub async fn start_on(target: AdminTarget, env: &[(&'static str, String)]) -> Result<Self> {
         let (port, health_port) = (free_local_port()?, free_local_port()?);
         let dir = std::env::temp_dir().join(format!(
             "courier-admin-{}-{}",
             std::process::id(),
-            stack.pg.name()
+            target.name
         ));
         std::fs::create_dir_all(&dir)?;
         let log = dir.join(format!("courier-admin-{port}.log"));
         let mut vars: Vec<(&'static str, String)> = vec![
-            ("NATS_URL", stack.nats.url()),
-            ("DATABASE_URL", stack.pg.url().to_owned()),
+            ("NATS_URL", target.nats_url),
+            ("DATABASE_URL", target.database_url),
             ("COURIER_WEBHOOK_SECRET", SECRET.to_owned()),
-            ("COURIER_TELEGRAM_API_URL", stack.sandbox_url()),
+            ("COURIER_TELEGRAM_API_URL", target.api_url),
             ("COURIER_ADMIN_ADDR", format!("127.0.0.1:{port}")),
             (
                 "COURIER_ADMIN_HEALTH_ADDR",
@@ -74,7 +121,16 @@ impl AdminProcess {
             health: format!("http://127.0.0.1:{health_port}"),
             log,
             process,
+            vars,
+            ports: (port, health_port),
         };
+        admin.ready().await?;
+        Ok(admin)
+    }
+
+    /// Waits until it answers on both ports.
+    async fn ready(&self) -> Result<()> {
+        let (port, health_port) = self.ports;
         let http = reqwest::Client::new();
         let ready = format!("http://127.0.0.1:{health_port}/readyz");
         eventually("courier-admin ready", Duration::from_secs(60), || async {
@@ -88,8 +144,17 @@ impl AdminProcess {
                 .is_ok();
             Ok((ok && listening).then_some(()))
         })
-        .await?;
-        Ok(admin)
+        .await
+    }
+
+    /// SIGKILLs it, starts it again on the same ports (its log appended to the same file) and
+    /// returns once it answers.
+    pub async fn kill_and_restart(&mut self) -> Result<()> {
+        self.process.kill().await?;
+        self.process =
+            ServiceProcess::start_appending("courier-admin", &self.vars, "debug", &self.log)
+                .await?;
+        self.ready().await
     }
 
     /// Runs `courierctl <args>` against this admin with the test token.
@@ -120,9 +185,13 @@ impl AdminProcess {
     }
 }
 
-/// Runs `courierctl <args>` with `COURIER_ADMIN_URL=url` and the token (`None`: no token in
-/// its environment at all).
-pub async fn ctl(url: &str, token: Option<&str>, args: &[&str]) -> Result<CtlOutput> {
+/// `courierctl <args>` with `COURIER_ADMIN_URL=url` and the token (`None`: no token in its
+/// environment at all), not started yet.
+pub async fn ctl_command(
+    url: &str,
+    token: Option<&str>,
+    args: &[&str],
+) -> Result<tokio::process::Command> {
     let bin = binary("courierctl").await?;
     let mut cmd = tokio::process::Command::new(bin);
     cmd.env("COURIER_ADMIN_URL", url)
@@ -132,6 +201,13 @@ pub async fn ctl(url: &str, token: Option<&str>, args: &[&str]) -> Result<CtlOut
     if let Some(t) = token {
         cmd.env("COURIER_ADMIN_TOKEN", t);
     }
+    Ok(cmd)
+}
+
+/// Runs `courierctl <args>` with `COURIER_ADMIN_URL=url` and the token (`None`: no token in
+/// its environment at all).
+pub async fn ctl(url: &str, token: Option<&str>, args: &[&str]) -> Result<CtlOutput> {
+    let mut cmd = ctl_command(url, token, args).await?;
     let out = tokio::time::timeout(Duration::from_secs(90), cmd.output())
         .await
         .context("courierctl did not finish in 90 s")?

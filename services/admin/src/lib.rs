@@ -12,6 +12,7 @@
 //! - [`chats`]: one chat's state, and resetting it.
 //! - [`dlq`]: listing, replaying (exactly once) and purging dead letters.
 //! - [`pause`]: pausing and resuming the sender's Bot API calls.
+//! - [`broadcast`]: broadcasts (the workers' job): create, watch, list, cancel.
 //! - [`service`]: the generated service trait, wired to the modules above.
 //! - [`metrics`]: calls by method and status code.
 //!
@@ -20,6 +21,7 @@
 #![deny(missing_docs)]
 
 pub mod auth;
+pub mod broadcast;
 pub mod chats;
 pub mod dlq;
 pub mod metrics;
@@ -184,6 +186,8 @@ pub struct Ctx {
     pub pause_confirm_timeout: Duration,
     /// Calls answered.
     pub metrics: metrics::Metrics,
+    /// Fires at shutdown: long calls (a broadcast's watch) end then.
+    pub shutdown: CancellationToken,
 }
 
 /// A running admin service.
@@ -274,6 +278,7 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Admin,
         bot_rate: config.bot_rate,
         pause_confirm_timeout: config.pause_confirm_timeout,
         metrics: admin_metrics.clone(),
+        shutdown: shutdown.clone(),
     });
 
     let app = health::router(vec![

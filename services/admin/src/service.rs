@@ -8,7 +8,7 @@ use tracing::Instrument;
 
 use courier_proto::admin::v1::{self as pb, admin_server::Admin};
 
-use crate::{chats, dlq, pause, status, webhook, Ctx};
+use crate::{broadcast, chats, dlq, pause, status, webhook, Ctx};
 
 /// The admin service.
 #[derive(Clone)]
@@ -163,5 +163,67 @@ impl Admin for AdminService {
         _request: Request<pb::ResumeBotRequest>,
     ) -> Result<Response<pb::PauseState>, Status> {
         call(&self.ctx, "ResumeBot", pause::resume(&self.ctx)).await
+    }
+
+    type WatchBroadcastStream = broadcast::WatchStream;
+
+    async fn broadcast(
+        &self,
+        request: Request<pb::BroadcastRequest>,
+    ) -> Result<Response<pb::BroadcastJob>, Status> {
+        call(
+            &self.ctx,
+            "Broadcast",
+            broadcast::create(&self.ctx, request.into_inner()),
+        )
+        .await
+    }
+
+    async fn watch_broadcast(
+        &self,
+        request: Request<pb::WatchBroadcastRequest>,
+    ) -> Result<Response<Self::WatchBroadcastStream>, Status> {
+        call(
+            &self.ctx,
+            "WatchBroadcast",
+            broadcast::watch(self.ctx.clone(), request.into_inner()),
+        )
+        .await
+    }
+
+    async fn get_broadcast(
+        &self,
+        request: Request<pb::GetBroadcastRequest>,
+    ) -> Result<Response<pb::BroadcastJob>, Status> {
+        call(
+            &self.ctx,
+            "GetBroadcast",
+            broadcast::get(&self.ctx, request.into_inner()),
+        )
+        .await
+    }
+
+    async fn list_broadcasts(
+        &self,
+        request: Request<pb::ListBroadcastsRequest>,
+    ) -> Result<Response<pb::ListBroadcastsResponse>, Status> {
+        call(
+            &self.ctx,
+            "ListBroadcasts",
+            broadcast::list(&self.ctx, request.into_inner()),
+        )
+        .await
+    }
+
+    async fn cancel_broadcast(
+        &self,
+        request: Request<pb::CancelBroadcastRequest>,
+    ) -> Result<Response<pb::CancelBroadcastResponse>, Status> {
+        call(
+            &self.ctx,
+            "CancelBroadcast",
+            broadcast::cancel(&self.ctx, request.into_inner()),
+        )
+        .await
     }
 }

@@ -18,6 +18,9 @@ pub const UNREACHABLE: i32 = 4;
 pub const NOT_FOUND: i32 = 5;
 /// Done, but not confirmed: the active sender did not confirm a pause in time.
 pub const NOT_CONFIRMED: i32 = 6;
+/// A broadcast finished, but not every recipient got it: some messages failed (the user had
+/// blocked the bot, Telegram refused the text), or it was cancelled.
+pub const INCOMPLETE: i32 = 7;
 
 /// A failure with its exit code.
 #[derive(Debug)]
@@ -67,6 +70,20 @@ impl From<tonic::Status> for Failure {
     }
 }
 
+/// Whether a call that failed with `s` may succeed if made again (courier-admin restarting,
+/// a connection broken mid-stream), as opposed to a refusal that will not change.
+pub fn retryable(s: &tonic::Status) -> bool {
+    matches!(
+        s.code(),
+        Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::Unknown
+            | Code::Internal
+            | Code::Cancelled
+            | Code::Aborted
+    )
+}
+
 /// An error with its sources, one after another (`a: b: c`).
 pub fn source_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
@@ -95,5 +112,13 @@ mod tests {
         assert_eq!(code(Code::NotFound), NOT_FOUND);
         assert_eq!(code(Code::InvalidArgument), USAGE);
         assert_eq!(code(Code::Internal), OTHER);
+    }
+
+    #[test]
+    fn refusals_are_not_retried_and_breaks_are() {
+        let retry = |c: Code| retryable(&tonic::Status::new(c, "x"));
+        assert!(retry(Code::Unavailable) && retry(Code::Unknown) && retry(Code::Internal));
+        assert!(!retry(Code::Unauthenticated) && !retry(Code::NotFound));
+        assert!(!retry(Code::InvalidArgument) && !retry(Code::AlreadyExists));
     }
 }

@@ -3,8 +3,10 @@
 //! Human tables by default, `--json` for scripts. Exit codes ([`exit`]): 0 ok, 1 other
 //! failure, 2 usage or a refused argument, 3 unauthenticated (missing or wrong token),
 //! 4 unreachable (the admin API, or what it needs: NATS, PostgreSQL, Telegram), 5 not found,
-//! 6 done but not confirmed (a pause the active sender did not confirm in time).
+//! 6 done but not confirmed (a pause the active sender did not confirm in time), 7 a
+//! broadcast finished but not every message went out (some failed, or it was cancelled).
 
+mod broadcast;
 mod exit;
 mod show;
 
@@ -72,6 +74,63 @@ enum Command {
     },
     /// Let the sender call Telegram again.
     Resume,
+    /// Send one text to every user who started the bot and has not blocked it, and watch it
+    /// go out: `courierctl broadcast "text"`. Also `status`, `watch`, `list`, `cancel`.
+    Broadcast(BroadcastArgs),
+}
+
+/// `broadcast "text"`, or one of its subcommands.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+struct BroadcastArgs {
+    #[command(subcommand)]
+    command: Option<BroadcastCommand>,
+    #[command(flatten)]
+    send: SendArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+struct SendArgs {
+    /// The text (at most 4096 characters). A text that is one of the subcommands' names
+    /// goes with `broadcast send`.
+    #[arg(required = true)]
+    text: Option<String>,
+    /// `HTML`, `MarkdownV2` or `Markdown` (default: plain text).
+    #[arg(long, default_value = "")]
+    parse_mode: String,
+    /// Return once the broadcast is stored (it runs in the workers), without watching it.
+    #[arg(long)]
+    no_wait: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum BroadcastCommand {
+    /// Send a text (the same as `broadcast "text"`).
+    Send(SendArgs),
+    /// One broadcast: state, counts.
+    Status {
+        /// The broadcast's id.
+        id: i64,
+    },
+    /// Watch a broadcast until it is finished (a progress bar, or JSON lines).
+    Watch {
+        /// The broadcast's id.
+        id: i64,
+    },
+    /// Broadcasts, newest first.
+    List {
+        /// Broadcasts per page.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// Start below this id (the `next page` of a previous list).
+        #[arg(long, default_value_t = 0)]
+        before: i64,
+    },
+    /// Stop a running broadcast: no more users are enqueued.
+    Cancel {
+        /// The broadcast's id.
+        id: i64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -219,7 +278,7 @@ fn main() {
 type AddToken = Box<dyn FnMut(Request<()>) -> Result<Request<()>, tonic::Status> + Send>;
 
 /// The client, with the token on every call.
-type Client = AdminClient<tonic::service::interceptor::InterceptedService<Channel, AddToken>>;
+pub(crate) type Client = AdminClient<tonic::service::interceptor::InterceptedService<Channel, AddToken>>;
 
 async fn connect(cli: &Cli) -> Result<Client, Failure> {
     let mut endpoint = Channel::from_shared(cli.url.clone())
@@ -374,5 +433,38 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
                 .into_inner();
             show::pause(&answer, json)
         }
+        Command::Broadcast(BroadcastArgs { command, send }) => match command {
+            None => broadcast::send(&mut client, send, cli.timeout, json).await,
+            Some(BroadcastCommand::Send(send)) => {
+                broadcast::send(&mut client, send, cli.timeout, json).await
+            }
+            Some(BroadcastCommand::Watch { id }) => {
+                broadcast::watch(&mut client, *id, json).await
+            }
+            Some(BroadcastCommand::Status { id }) => {
+                let answer = client
+                    .get_broadcast(pb::GetBroadcastRequest { id: *id })
+                    .await?
+                    .into_inner();
+                show::broadcast(&answer, json)
+            }
+            Some(BroadcastCommand::List { limit, before }) => {
+                let answer = client
+                    .list_broadcasts(pb::ListBroadcastsRequest {
+                        page_size: *limit,
+                        page_token: *before,
+                    })
+                    .await?
+                    .into_inner();
+                show::broadcasts(&answer, json)
+            }
+            Some(BroadcastCommand::Cancel { id }) => {
+                let answer = client
+                    .cancel_broadcast(pb::CancelBroadcastRequest { id: *id })
+                    .await?
+                    .into_inner();
+                show::broadcast_cancelled(*id, &answer, json)
+            }
+        },
     }
 }

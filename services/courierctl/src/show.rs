@@ -461,6 +461,114 @@ pub fn pause(p: &pb::PauseState, as_json: bool) -> Out {
     })
 }
 
+/// A broadcast's text on one line, cut to `max` characters.
+fn preview(text: &str, max: usize) -> String {
+    let line = text.replace(['\n', '\r'], " ");
+    if line.chars().count() <= max {
+        line
+    } else {
+        format!("{}…", line.chars().take(max - 1).collect::<String>())
+    }
+}
+
+/// `broadcast status`.
+pub fn broadcast(b: &pb::BroadcastJob, as_json: bool) -> Out {
+    if as_json {
+        return json(b);
+    }
+    println!("broadcast {}", b.id);
+    println!(
+        "state:       {}{}",
+        b.state,
+        if b.finished {
+            " (finished)"
+        } else if b.state == "running" {
+            " (enqueuing)"
+        } else {
+            " (sending)"
+        }
+    );
+    println!("recipients:  {}", b.recipients);
+    println!("enqueued:    {}", b.enqueued);
+    println!("sent:        {}", b.sent);
+    println!("failed:      {}", b.failed);
+    println!("created at:  {}", time_ms(b.created_at_unix_ms));
+    println!("enqueued at: {}", time_ms(b.enqueue_finished_at_unix_ms));
+    println!("parse mode:  {}", or_dash(&b.parse_mode));
+    println!("text:        {}", preview(&b.text, 200));
+    Ok(exit::OK)
+}
+
+/// `broadcast list`.
+pub fn broadcasts(l: &pb::ListBroadcastsResponse, as_json: bool) -> Out {
+    if as_json {
+        return json(l);
+    }
+    table(
+        &[
+            "ID",
+            "STATE",
+            "RECIPIENTS",
+            "ENQUEUED",
+            "SENT",
+            "FAILED",
+            "CREATED",
+            "TEXT",
+        ],
+        &l.broadcasts
+            .iter()
+            .map(|b| {
+                vec![
+                    b.id.to_string(),
+                    if b.finished || b.state == "running" {
+                        b.state.clone()
+                    } else {
+                        format!("{} (sending)", b.state)
+                    },
+                    b.recipients.to_string(),
+                    b.enqueued.to_string(),
+                    b.sent.to_string(),
+                    b.failed.to_string(),
+                    time_ms(b.created_at_unix_ms),
+                    preview(&b.text, 40),
+                ]
+            })
+            .collect::<Vec<_>>(),
+    );
+    if l.next_page_token != 0 {
+        println!("next page: --before {}", l.next_page_token);
+    }
+    Ok(exit::OK)
+}
+
+/// `broadcast cancel`: exit 0 when it is cancelled (now or before), 1 when it had already
+/// enqueued every user (nothing left to cancel).
+pub fn broadcast_cancelled(id: i64, c: &pb::CancelBroadcastResponse, as_json: bool) -> Out {
+    let job = c.job.clone().unwrap_or_default();
+    if as_json {
+        json(c)?;
+    } else if c.cancelled {
+        println!(
+            "broadcast {id} cancelled: {} of {} recipients enqueued; those already handed to \
+             the sender still go out",
+            job.enqueued, job.recipients
+        );
+    } else if job.state == "cancelled" {
+        println!("broadcast {id} was cancelled before");
+    } else {
+        println!(
+            "broadcast {id} is {}: every recipient is enqueued, nothing left to cancel (`pause` \
+             holds what the sender has not sent yet)",
+            job.state
+        );
+    }
+    Ok(if c.cancelled || job.state == "cancelled" {
+        exit::OK
+    } else {
+        exit::OTHER
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -470,6 +578,12 @@ mod tests {
         assert_eq!(ranges(&[]), "-");
         assert_eq!(ranges(&[3]), "3");
         assert_eq!(ranges(&[0, 1, 2, 3, 7, 9, 10]), "0-3,7,9-10");
+    }
+
+    #[test]
+    fn texts_are_previewed_on_one_line() {
+        assert_eq!(preview("a\nb", 10), "a b");
+        assert_eq!(preview("abcdef", 4), "abc…");
     }
 
     #[test]

@@ -50,14 +50,20 @@ pub struct Progress {
     pub state: String,
     /// Users who had started the bot and not blocked it when it was created.
     pub recipients: i64,
-    /// Messages enqueued so far.
+    /// Messages enqueued so far (after a cancel: those that were handed to the sender).
     pub enqueued: i64,
     /// Messages Telegram accepted.
     pub sent: i64,
     /// Messages not sent: the user blocked the bot, or Telegram refused it for good.
     pub failed: i64,
+    /// The text.
+    pub text: String,
+    /// Its parse mode (`HTML`, `MarkdownV2`, `Markdown`; empty: plain text).
+    pub parse_mode: String,
     /// When it was created.
     pub created_at: DateTime<Utc>,
+    /// When its last page was enqueued, or it was cancelled.
+    pub finished_at: Option<DateTime<Utc>>,
 }
 
 impl Progress {
@@ -76,75 +82,150 @@ pub async fn create(
     text: &str,
     parse_mode: &str,
 ) -> Result<Progress, StoreError> {
-    let id: i64 = sqlx::query_scalar(
-        "INSERT INTO broadcasts (bot_id, text, parse_mode, recipients) \
-         SELECT $1, $2, $3, count(*) FROM users WHERE bot_id = $1 AND blocked_at IS NULL \
+    create_once(pool, bot_id, text, parse_mode, None).await
+}
+
+/// [`create`], at most once per `request_id`: a second call with the same id (a retry after
+/// a lost answer) creates nothing and returns the broadcast the first one created, whatever
+/// its text — the caller compares.
+pub async fn create_once(
+    pool: &PgPool,
+    bot_id: i64,
+    text: &str,
+    parse_mode: &str,
+    request_id: Option<&str>,
+) -> Result<Progress, StoreError> {
+    let created: Option<i64> = sqlx::query_scalar(
+        "INSERT INTO broadcasts (bot_id, text, parse_mode, recipients, request_id) \
+         SELECT $1, $2, $3, count(*), $4 FROM users WHERE bot_id = $1 AND blocked_at IS NULL \
+         ON CONFLICT (bot_id, request_id) WHERE request_id IS NOT NULL DO NOTHING \
          RETURNING id",
     )
     .bind(bot_id)
     .bind(text)
     .bind(parse_mode)
-    .fetch_one(pool)
+    .bind(request_id)
+    .fetch_optional(pool)
     .await?;
+    let id = match created {
+        Some(id) => id,
+        None => {
+            sqlx::query_scalar("SELECT id FROM broadcasts WHERE bot_id = $1 AND request_id = $2")
+                .bind(bot_id)
+                .bind(request_id)
+                .fetch_one(pool)
+                .await?
+        }
+    };
     Ok(progress(pool, bot_id, id)
         .await?
         .expect("the broadcast just created"))
 }
 
 /// Cancels a running broadcast; `false` if it is not running (finished, cancelled, unknown).
+/// Its rows not yet published are deleted and no longer count as enqueued; rows already
+/// handed to the sender still go out.
 pub async fn cancel(pool: &PgPool, bot_id: i64, id: i64) -> Result<bool, StoreError> {
     let mut tx = pool.begin().await?;
-    let cancelled = sqlx::query(
-        "UPDATE broadcasts SET state = 'cancelled', finished_at = now() \
-         WHERE bot_id = $1 AND id = $2 AND state = 'running'",
+    // The job's row lock first: the runner enqueues a page under it (`FOR UPDATE`).
+    let running = sqlx::query(
+        "SELECT 1 FROM broadcasts WHERE bot_id = $1 AND id = $2 AND state = 'running' FOR UPDATE",
     )
     .bind(bot_id)
     .bind(id)
-    .execute(&mut *tx)
+    .fetch_optional(&mut *tx)
     .await?
-    .rows_affected()
-        == 1;
-    if cancelled {
-        sqlx::query(
+    .is_some();
+    if running {
+        let deleted = sqlx::query(
             "DELETE FROM outbox WHERE broadcast_id = $1 AND bot_id = $2 AND published_at IS NULL",
         )
         .bind(id)
         .bind(bot_id)
         .execute(&mut *tx)
+        .await?
+        .rows_affected() as i64;
+        sqlx::query(
+            "UPDATE broadcasts SET state = 'cancelled', finished_at = now(), \
+                 enqueued = enqueued - $3 \
+             WHERE bot_id = $1 AND id = $2",
+        )
+        .bind(bot_id)
+        .bind(id)
+        .bind(deleted)
+        .execute(&mut *tx)
         .await?;
     }
     tx.commit().await?;
-    Ok(cancelled)
+    Ok(running)
+}
+
+/// The columns of a [`Progress`], over `broadcasts b` (grouped by `b.id`).
+macro_rules! progress_select {
+    ($where:literal) => {
+        concat!(
+            "SELECT b.id, b.state, b.recipients, b.enqueued, b.text, b.parse_mode, \
+                 b.created_at, b.finished_at, \
+                 count(s.outbox_id) FILTER (WHERE s.outcome = 'sent') AS sent, \
+                 count(s.outbox_id) FILTER (WHERE s.outcome <> 'sent') AS failed \
+             FROM broadcasts b \
+             LEFT JOIN outbox o ON o.broadcast_id = b.id \
+             LEFT JOIN sent_messages s \
+                 ON s.bot_id = o.bot_id AND s.outbox_id = o.id AND s.part = 0 ",
+            $where,
+            " GROUP BY b.id"
+        )
+    };
+}
+
+fn progress_row(r: &sqlx::postgres::PgRow) -> Result<Progress, StoreError> {
+    Ok(Progress {
+        id: r.try_get("id")?,
+        state: r.try_get("state")?,
+        recipients: r.try_get("recipients")?,
+        enqueued: r.try_get("enqueued")?,
+        sent: r.try_get("sent")?,
+        failed: r.try_get("failed")?,
+        text: r.try_get("text")?,
+        parse_mode: r.try_get("parse_mode")?,
+        created_at: r.try_get("created_at")?,
+        finished_at: r.try_get("finished_at")?,
+    })
 }
 
 /// A broadcast's progress; `None` if there is no such broadcast.
 pub async fn progress(pool: &PgPool, bot_id: i64, id: i64) -> Result<Option<Progress>, StoreError> {
-    let row = sqlx::query(
-        "SELECT b.id, b.state, b.recipients, b.enqueued, b.created_at, \
-             count(s.outbox_id) FILTER (WHERE s.outcome = 'sent') AS sent, \
-             count(s.outbox_id) FILTER (WHERE s.outcome <> 'sent') AS failed \
-         FROM broadcasts b \
-         LEFT JOIN outbox o ON o.broadcast_id = b.id \
-         LEFT JOIN sent_messages s ON s.bot_id = o.bot_id AND s.outbox_id = o.id AND s.part = 0 \
-         WHERE b.bot_id = $1 AND b.id = $2 \
-         GROUP BY b.id",
-    )
+    sqlx::query(progress_select!("WHERE b.bot_id = $1 AND b.id = $2"))
+        .bind(bot_id)
+        .bind(id)
+        .fetch_optional(pool)
+        .await?
+        .as_ref()
+        .map(progress_row)
+        .transpose()
+}
+
+/// At most `limit` broadcasts, newest first, with ids below `before` (`None`: from the
+/// newest).
+pub async fn list(
+    pool: &PgPool,
+    bot_id: i64,
+    before: Option<i64>,
+    limit: i64,
+) -> Result<Vec<Progress>, StoreError> {
+    sqlx::query(concat!(
+        progress_select!("WHERE b.bot_id = $1 AND b.id < $2 AND b.id IN ( \
+             SELECT id FROM broadcasts WHERE bot_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3)"),
+        " ORDER BY b.id DESC"
+    ))
     .bind(bot_id)
-    .bind(id)
-    .fetch_optional(pool)
-    .await?;
-    row.map(|r| {
-        Ok(Progress {
-            id: r.try_get("id")?,
-            state: r.try_get("state")?,
-            recipients: r.try_get("recipients")?,
-            enqueued: r.try_get("enqueued")?,
-            sent: r.try_get("sent")?,
-            failed: r.try_get("failed")?,
-            created_at: r.try_get("created_at")?,
-        })
-    })
-    .transpose()
+    .bind(before.unwrap_or(i64::MAX))
+    .bind(limit)
+    .fetch_all(pool)
+    .await?
+    .iter()
+    .map(progress_row)
+    .collect()
 }
 
 /// The job runner every worker runs until `cancel`: enqueues pages of the oldest running

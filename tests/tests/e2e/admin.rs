@@ -484,6 +484,11 @@ async fn without_the_token_every_call_is_unauthenticated_and_no_secret_is_logged
         vec!["dlq", "purge", "--all"],
         vec!["pause"],
         vec!["resume"],
+        vec!["broadcast", "to everyone"],
+        vec!["broadcast", "status", "1"],
+        vec!["broadcast", "watch", "1"],
+        vec!["broadcast", "list"],
+        vec!["broadcast", "cancel", "1"],
     ];
     for args in &commands {
         for token in [None, Some("a-wrong-token-of-enough-length")] {
@@ -510,6 +515,10 @@ async fn without_the_token_every_call_is_unauthenticated_and_no_secret_is_logged
     assert_eq!(info["url"], webhook, "{info}");
     let status = admin.ctl_json(&["status"]).await?;
     assert_eq!(status["pause"]["paused"], false);
+    let broadcasts: i64 = sqlx::query_scalar("SELECT count(*) FROM broadcasts")
+        .fetch_one(&stack.db)
+        .await?;
+    assert_eq!(broadcasts, 0, "no broadcast was created");
     // Unreachable: exit 4.
     let out = ctl("http://127.0.0.1:1", Some(ADMIN_TOKEN), &["status"]).await?;
     assert_eq!(out.code, 4, "{out:?}");
