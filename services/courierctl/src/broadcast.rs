@@ -59,7 +59,10 @@ pub async fn send(client: &mut Client, args: &SendArgs, budget: Duration, json: 
             job.id,
             job.recipients,
             if args.no_wait {
-                format!("; it runs in the workers (courierctl broadcast watch {})", job.id)
+                format!(
+                    "; it runs in the workers (courierctl broadcast watch {})",
+                    job.id
+                )
             } else {
                 String::new()
             }
@@ -226,7 +229,13 @@ impl View {
 mod tests {
     use super::*;
 
-    fn job(state: &str, recipients: i64, enqueued: i64, sent: i64, failed: i64) -> pb::BroadcastJob {
+    fn job(
+        state: &str,
+        recipients: i64,
+        enqueued: i64,
+        sent: i64,
+        failed: i64,
+    ) -> pb::BroadcastJob {
         pb::BroadcastJob {
             state: state.into(),
             recipients,
@@ -242,7 +251,10 @@ mod tests {
     fn a_finished_broadcast_exits_0_only_when_every_message_was_sent() {
         assert_eq!(outcome(&job("enqueued", 3, 3, 3, 0)), exit::OK);
         assert_eq!(outcome(&job("enqueued", 3, 3, 2, 1)), exit::INCOMPLETE);
-        assert_eq!(outcome(&job("cancelled", 300, 100, 100, 0)), exit::INCOMPLETE);
+        assert_eq!(
+            outcome(&job("cancelled", 300, 100, 100, 0)),
+            exit::INCOMPLETE
+        );
     }
 
     #[test]

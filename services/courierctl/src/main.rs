@@ -278,7 +278,8 @@ fn main() {
 type AddToken = Box<dyn FnMut(Request<()>) -> Result<Request<()>, tonic::Status> + Send>;
 
 /// The client, with the token on every call.
-pub(crate) type Client = AdminClient<tonic::service::interceptor::InterceptedService<Channel, AddToken>>;
+pub(crate) type Client =
+    AdminClient<tonic::service::interceptor::InterceptedService<Channel, AddToken>>;
 
 async fn connect(cli: &Cli) -> Result<Client, Failure> {
     let mut endpoint = Channel::from_shared(cli.url.clone())
@@ -438,9 +439,7 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
             Some(BroadcastCommand::Send(send)) => {
                 broadcast::send(&mut client, send, cli.timeout, json).await
             }
-            Some(BroadcastCommand::Watch { id }) => {
-                broadcast::watch(&mut client, *id, json).await
-            }
+            Some(BroadcastCommand::Watch { id }) => broadcast::watch(&mut client, *id, json).await,
             Some(BroadcastCommand::Status { id }) => {
                 let answer = client
                     .get_broadcast(pb::GetBroadcastRequest { id: *id })

@@ -214,8 +214,10 @@ pub async fn list(
     limit: i64,
 ) -> Result<Vec<Progress>, StoreError> {
     sqlx::query(concat!(
-        progress_select!("WHERE b.bot_id = $1 AND b.id < $2 AND b.id IN ( \
-             SELECT id FROM broadcasts WHERE bot_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3)"),
+        progress_select!(
+            "WHERE b.bot_id = $1 AND b.id < $2 AND b.id IN ( \
+             SELECT id FROM broadcasts WHERE bot_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3)"
+        ),
         " ORDER BY b.id DESC"
     ))
     .bind(bot_id)

@@ -51,11 +51,15 @@ async fn a_broadcast_from_courierctl_reaches_every_user_once_while_admin_sender_
 
     // The operator's command: create the broadcast and watch it to the end, as JSON lines.
     let text = "Service notice: the bot is moving to a new home.";
-    let mut operator = ctl_command(&admin.url, Some(ADMIN_TOKEN), &["--json", "broadcast", text])
-        .await?
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()?;
+    let mut operator = ctl_command(
+        &admin.url,
+        Some(ADMIN_TOKEN),
+        &["--json", "broadcast", text],
+    )
+    .await?
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()?;
     let lines = Arc::new(Mutex::new(Vec::<String>::new()));
     let mut stdout = tokio::io::BufReader::new(operator.stdout.take().context("stdout")?).lines();
     let reader = {
@@ -110,14 +114,22 @@ async fn a_broadcast_from_courierctl_reaches_every_user_once_while_admin_sender_
         .map(|l| serde_json::from_str(l).with_context(|| format!("not JSON: {l}")))
         .collect::<Result<_>>()?;
     let (first, last) = (&jobs[0], &jobs[jobs.len() - 1]);
-    assert_eq!(first["recipients"], USERS - 1, "every user but the blocked one");
+    assert_eq!(
+        first["recipients"],
+        USERS - 1,
+        "every user but the blocked one"
+    );
     assert_eq!(first["state"], "running", "{first}");
     assert_eq!(last["id"], first["id"]);
     assert_eq!(last["finished"], true, "{last}");
     assert_eq!(last["state"], "enqueued", "{last}");
     assert_eq!(
         (&last["enqueued"], &last["sent"], &last["failed"]),
-        (&Value::from(USERS - 1), &Value::from(USERS - 1), &Value::from(0)),
+        (
+            &Value::from(USERS - 1),
+            &Value::from(USERS - 1),
+            &Value::from(0)
+        ),
         "{last}"
     );
     let sent: Vec<i64> = jobs.iter().filter_map(|j| j["sent"].as_i64()).collect();
@@ -212,10 +224,14 @@ async fn a_cancelled_broadcast_enqueues_no_more_and_its_watch_ends_with_exit_7()
         .await?;
     assert_eq!(job["recipients"], PAGE * 5, "{job}");
     let id = job["id"].to_string();
-    eventually("the job stops at its outstanding limit", courier_tests::DEADLINE, || async {
-        let j = admin.ctl_json(&["broadcast", "status", &id]).await?;
-        Ok((j["enqueued"] == MAX_OUTSTANDING).then_some(()))
-    })
+    eventually(
+        "the job stops at its outstanding limit",
+        courier_tests::DEADLINE,
+        || async {
+            let j = admin.ctl_json(&["broadcast", "status", &id]).await?;
+            Ok((j["enqueued"] == MAX_OUTSTANDING).then_some(()))
+        },
+    )
     .await?;
     let human = admin.ctl(&["broadcast", "status", &id]).await?;
     assert!(human.stdout.contains("running (enqueuing)"), "{human:?}");
@@ -224,7 +240,10 @@ async fn a_cancelled_broadcast_enqueues_no_more_and_its_watch_ends_with_exit_7()
     assert_eq!(out.code, 0, "{out:?}");
     assert!(out.stdout.contains("cancelled"), "{out:?}");
     let again = admin.ctl_json(&["broadcast", "cancel", &id]).await?;
-    assert_eq!(again["cancelled"], false, "a second cancel finds it cancelled: {again}");
+    assert_eq!(
+        again["cancelled"], false,
+        "a second cancel finds it cancelled: {again}"
+    );
     let cancelled = &again["job"];
     assert_eq!(cancelled["state"], "cancelled");
     let enqueued = cancelled["enqueued"].as_i64().context("enqueued")?;
