@@ -151,6 +151,12 @@ impl AdminProcess {
     /// returns once it answers.
     pub async fn kill_and_restart(&mut self) -> Result<()> {
         self.process.kill().await?;
+        self.restart().await
+    }
+
+    /// Starts it again (after it exited or was killed) on the same ports, its log appended to
+    /// the same file; returns once it answers.
+    pub async fn restart(&mut self) -> Result<()> {
         self.process =
             ServiceProcess::start_appending("courier-admin", &self.vars, "debug", &self.log)
                 .await?;

@@ -19,6 +19,68 @@ const BOT: i64 = 424_242;
 const USERS: i64 = 500;
 const FIRST: i64 = 7_000_001;
 
+/// `courierctl --json …` running in the background, its JSON lines collected as they come.
+struct Operator {
+    child: tokio::process::Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    reader: tokio::task::JoinHandle<()>,
+    errors: tokio::task::JoinHandle<String>,
+}
+
+impl Operator {
+    async fn start(url: &str, args: &[&str]) -> Result<Self> {
+        let mut child = ctl_command(url, Some(ADMIN_TOKEN), args)
+            .await?
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+        let mut stdout = tokio::io::BufReader::new(child.stdout.take().context("stdout")?).lines();
+        let reader = {
+            let lines = lines.clone();
+            tokio::spawn(async move {
+                while let Ok(Some(line)) = stdout.next_line().await {
+                    lines.lock().expect("lines").push(line);
+                }
+            })
+        };
+        let mut stderr = child.stderr.take().context("stderr")?;
+        let errors = tokio::spawn(async move {
+            let mut s = String::new();
+            let _ = stderr.read_to_string(&mut s).await;
+            s
+        });
+        Ok(Self {
+            child,
+            lines,
+            reader,
+            errors,
+        })
+    }
+
+    /// The lines printed so far.
+    fn lines(&self) -> Vec<String> {
+        self.lines.lock().expect("lines").clone()
+    }
+
+    /// Waits for the exit: its code, every line as JSON (each must be), and its stderr.
+    async fn wait(mut self, deadline: Duration) -> Result<(Option<i32>, Vec<Value>, String)> {
+        let status = tokio::time::timeout(deadline, self.child.wait())
+            .await
+            .context("courierctl did not finish")??;
+        let lines = self.lines.clone();
+        self.reader.await?;
+        let errors = self.errors.await?;
+        let jobs = lines
+            .lock()
+            .expect("lines")
+            .iter()
+            .map(|l| serde_json::from_str(l).with_context(|| format!("not JSON: {l}")))
+            .collect::<Result<_>>()?;
+        Ok((status.code(), jobs, errors))
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broadcast_from_courierctl_reaches_every_user_once_while_admin_sender_and_worker_are_killed(
 ) -> Result<()> {
@@ -51,31 +113,7 @@ async fn a_broadcast_from_courierctl_reaches_every_user_once_while_admin_sender_
 
     // The operator's command: create the broadcast and watch it to the end, as JSON lines.
     let text = "Service notice: the bot is moving to a new home.";
-    let mut operator = ctl_command(
-        &admin.url,
-        Some(ADMIN_TOKEN),
-        &["--json", "broadcast", text],
-    )
-    .await?
-    .stdout(std::process::Stdio::piped())
-    .stderr(std::process::Stdio::piped())
-    .spawn()?;
-    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
-    let mut stdout = tokio::io::BufReader::new(operator.stdout.take().context("stdout")?).lines();
-    let reader = {
-        let lines = lines.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = stdout.next_line().await {
-                lines.lock().expect("lines").push(line);
-            }
-        })
-    };
-    let mut stderr = operator.stderr.take().context("stderr")?;
-    let errors = tokio::spawn(async move {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s).await;
-        s
-    });
+    let operator = Operator::start(&admin.url, &["--json", "broadcast", text]).await?;
 
     // Kill the sender a fifth of the way, courier-admin (which the watch is connected to)
     // two fifths, the worker (the job's runner) three fifths.
@@ -96,23 +134,13 @@ async fn a_broadcast_from_courierctl_reaches_every_user_once_while_admin_sender_
     let sender_killed_ms = chrono::Utc::now().timestamp_millis();
     stack.kill_and_restart("courier-sender").await?;
     at(200).await?;
-    let lines_before_admin_kill = lines.lock().expect("lines").len();
+    let lines_before_admin_kill = operator.lines().len();
     admin.kill_and_restart().await?;
     at(300).await?;
     stack.kill_and_restart("courier-worker").await?;
 
-    let status = tokio::time::timeout(Duration::from_secs(120), operator.wait())
-        .await
-        .context("courierctl broadcast did not finish")??;
-    reader.await?;
-    let errors = errors.await?;
-    let lines = lines.lock().expect("lines").clone();
-    assert_eq!(status.code(), Some(0), "{errors}\n{lines:?}");
-    // Every line is one JSON object: the job as created, then its progress.
-    let jobs: Vec<Value> = lines
-        .iter()
-        .map(|l| serde_json::from_str(l).with_context(|| format!("not JSON: {l}")))
-        .collect::<Result<_>>()?;
+    let (code, jobs, errors) = operator.wait(Duration::from_secs(120)).await?;
+    assert_eq!(code, Some(0), "{errors}\n{jobs:?}");
     let (first, last) = (&jobs[0], &jobs[jobs.len() - 1]);
     assert_eq!(
         first["recipients"],
@@ -203,7 +231,7 @@ async fn a_broadcast_from_courierctl_reaches_every_user_once_while_admin_sender_
 async fn a_cancelled_broadcast_enqueues_no_more_and_its_watch_ends_with_exit_7() -> Result<()> {
     use courier_worker::broadcast::{MAX_OUTSTANDING, PAGE, POLL};
     let stack = courier_tests::Stack::start().await?;
-    let admin = AdminProcess::start(&stack, &[]).await?;
+    let mut admin = AdminProcess::start(&stack, &[]).await?;
     let pool = &stack.db;
     // Recipients without a chat in the sandbox: whether Telegram takes their messages does
     // not matter here, only what the job enqueues.
@@ -236,6 +264,23 @@ async fn a_cancelled_broadcast_enqueues_no_more_and_its_watch_ends_with_exit_7()
     let human = admin.ctl(&["broadcast", "status", &id]).await?;
     assert!(human.stdout.contains("running (enqueuing)"), "{human:?}");
 
+    // A watch open while courier-admin stops gracefully: the admin ends the stream at once
+    // (SIGTERM does not wait for it), and the watch is opened again on its successor.
+    let watch = Operator::start(&admin.url, &["--json", "broadcast", "watch", &id]).await?;
+    eventually(
+        "the watch's first line",
+        courier_tests::DEADLINE,
+        || async { Ok((!watch.lines().is_empty()).then_some(())) },
+    )
+    .await?;
+    admin.process.sigterm().await?;
+    let exited = admin.process.wait_exit(Duration::from_secs(10)).await?;
+    assert!(
+        exited.is_some_and(|s| s.success()),
+        "a prompt, graceful exit: {exited:?}"
+    );
+    admin.restart().await?;
+
     let out = admin.ctl(&["broadcast", "cancel", &id]).await?;
     assert_eq!(out.code, 0, "{out:?}");
     assert!(out.stdout.contains("cancelled"), "{out:?}");
@@ -264,14 +309,9 @@ async fn a_cancelled_broadcast_enqueues_no_more_and_its_watch_ends_with_exit_7()
     // broadcast did not reach everyone.
     let out = admin.ctl(&["resume"]).await?;
     assert_eq!(out.code, 0, "{out:?}");
-    let out = admin.ctl(&["--json", "broadcast", "watch", &id]).await?;
-    assert_eq!(out.code, 7, "{out:?}");
-    let lines: Vec<Value> = out
-        .stdout
-        .lines()
-        .map(serde_json::from_str)
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("JSON lines: {}", out.stdout))?;
+    let (code, lines, errors) = watch.wait(courier_tests::DEADLINE).await?;
+    assert_eq!(code, Some(7), "{errors}\n{lines:?}");
+    assert!(errors.contains("shutting down"), "{errors}");
     let last = lines.last().context("a line")?;
     assert_eq!(last["finished"], true, "{last}");
     assert_eq!(last["state"], "cancelled", "{last}");
