@@ -198,6 +198,7 @@ impl Stack {
             nats: self.nats_args(),
             secrets: secrets(),
             webhook: webhook_secret(),
+            webhook_secret_previous: None,
         }
     }
 

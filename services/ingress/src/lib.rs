@@ -93,6 +93,15 @@ pub struct Config {
     /// Webhook secret.
     #[command(flatten)]
     pub webhook: WebhookSecretArgs,
+    /// While the webhook secret is rotated: the previous secret, accepted as well as
+    /// COURIER_WEBHOOK_SECRET until Telegram sends the new one (after `setWebhook` with it).
+    /// Unset it once the rotation is done.
+    #[arg(
+        long = "webhook-secret-previous",
+        env = "COURIER_WEBHOOK_SECRET_PREVIOUS",
+        hide_env_values = true
+    )]
+    pub webhook_secret_previous: Option<String>,
 }
 
 /// What can stop ingress from starting or serving.
@@ -114,6 +123,8 @@ struct AppState {
     bot_id: i64,
     partitions: u32,
     secret: WebhookSecret,
+    /// The previous secret during a rotation (`COURIER_WEBHOOK_SECRET_PREVIOUS`).
+    previous: Option<WebhookSecret>,
     nats: async_nats::Client,
     js: jetstream::Context,
     publish_timeout: Duration,
@@ -149,6 +160,19 @@ impl Ingress {
 pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Ingress, Error> {
     let token = config.secrets.bot_token()?;
     let secret = config.webhook.webhook_secret(config.secrets.dev)?;
+    let previous = match config.webhook_secret_previous.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(raw) => Some(WebhookSecret::parse(raw).map_err(|e| ConfigError {
+            var: "COURIER_WEBHOOK_SECRET_PREVIOUS",
+            reason: e.to_string(),
+        })?),
+    };
+    if previous.is_some() {
+        tracing::warn!(
+            "COURIER_WEBHOOK_SECRET_PREVIOUS is set: the previous webhook secret is accepted too \
+             (a rotation); unset it once Telegram sends the new one"
+        );
+    }
     if !config.webhook_path.starts_with('/') {
         return Err(ConfigError {
             var: "COURIER_WEBHOOK_PATH",
@@ -170,6 +194,7 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Ingres
         bot_id: token.bot_id(),
         partitions: config.nats.partitions,
         secret,
+        previous,
         nats: nats.clone(),
         js,
         publish_timeout: config.publish_timeout,
@@ -224,10 +249,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
 }
 
 async fn check_secret(State(app): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    let ok = req
-        .headers()
-        .get(SECRET_HEADER)
-        .is_some_and(|v| app.secret.matches(v.as_bytes()));
+    let ok = req.headers().get(SECRET_HEADER).is_some_and(|v| {
+        // Both compared in constant time, and both always (no early answer on the first).
+        let current = app.secret.matches(v.as_bytes());
+        let previous = app
+            .previous
+            .as_ref()
+            .is_some_and(|p| p.matches(v.as_bytes()));
+        current | previous
+    });
     if !ok {
         return (StatusCode::UNAUTHORIZED, "missing or wrong secret token\n").into_response();
     }

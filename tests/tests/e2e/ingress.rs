@@ -429,3 +429,52 @@ async fn sources_outside_the_allow_list_get_403_before_the_body_is_read() -> any
     }
     Ok(())
 }
+
+/// Rotating the webhook secret loses nothing: while `COURIER_WEBHOOK_SECRET_PREVIOUS` holds the
+/// old secret, updates signed with either are accepted; any other secret is still refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn during_a_secret_rotation_both_secrets_are_accepted_and_no_other() -> anyhow::Result<()> {
+    let stack = Stack::start().await?;
+    let mut config = stack.ingress_config();
+    config.addr = SocketAddr::from(([127, 0, 0, 1], 0));
+    config.webhook.webhook_secret = Some("new-secret_2".into());
+    config.webhook_secret_previous = Some(courier_tests::SECRET.into());
+    let cancel = CancellationToken::new();
+    let ingress = courier_ingress::spawn(config, cancel.clone()).await?;
+    let url = format!("http://{}/webhook", ingress.addr());
+    let http = reqwest::Client::new();
+    for (n, secret, want) in [
+        (1, courier_tests::SECRET, 200),
+        (2, "new-secret_2", 200),
+        (3, "some-other-secret", 401),
+    ] {
+        let body = serde_json::json!({
+            "update_id": 9_100 + n,
+            "message": {"message_id": n, "date": 1, "chat": {"id": 9_100, "type": "private"},
+                        "from": {"id": 9_100, "is_bot": false, "first_name": "Ada"}, "text": "hi"}
+        });
+        let status = http
+            .post(&url)
+            .header("X-Telegram-Bot-Api-Secret-Token", secret)
+            .json(&body)
+            .send()
+            .await?
+            .status();
+        assert_eq!(status.as_u16(), want, "secret {secret:?}");
+    }
+    // A malformed previous secret is refused at start, naming the variable.
+    let mut bad = stack.ingress_config();
+    bad.addr = SocketAddr::from(([127, 0, 0, 1], 0));
+    bad.webhook_secret_previous = Some("not a secret!".into());
+    let err = courier_ingress::spawn(bad, CancellationToken::new())
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        err.to_string().contains("COURIER_WEBHOOK_SECRET_PREVIOUS"),
+        "{err}"
+    );
+    cancel.cancel();
+    ingress.wait().await?;
+    Ok(())
+}
