@@ -79,6 +79,28 @@ pub async fn within_grace<F: Future>(
 /// The exit code of a service whose shutdown grace period elapsed.
 pub const GRACE_ELAPSED_EXIT_CODE: i32 = 3;
 
+/// A service binary's life after its configuration is parsed and `telemetry` installed: runs
+/// `run` with a token cancelled on SIGTERM or SIGINT, gives it `grace` to finish once the
+/// token fires ([`within_grace`]), flushes the spans not exported yet, and exits the process
+/// with [`GRACE_ELAPSED_EXIT_CODE`] when the grace elapsed. Every service's `main` ends here.
+pub async fn run_service<F, Fut, E>(
+    telemetry: crate::telemetry::Telemetry,
+    grace: Duration,
+    run: F,
+) -> Result<(), E>
+where
+    F: FnOnce(CancellationToken) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+{
+    let shutdown = on_signal();
+    let outcome = within_grace(run(shutdown.clone()), &shutdown, grace).await;
+    telemetry.shutdown().await;
+    match outcome {
+        Some(result) => result,
+        None => std::process::exit(GRACE_ELAPSED_EXIT_CODE),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

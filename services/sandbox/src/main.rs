@@ -44,15 +44,10 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         None => {
-            let shutdown = courier_common::shutdown::on_signal();
-            let run = courier_sandbox::run(cli.config, shutdown.clone());
-            let outcome =
-                courier_common::shutdown::within_grace(run, &shutdown, cli.grace.grace).await;
-            telemetry.shutdown().await;
-            match outcome {
-                Some(result) => result?,
-                None => std::process::exit(courier_common::shutdown::GRACE_ELAPSED_EXIT_CODE),
-            }
+            courier_common::shutdown::run_service(telemetry, cli.grace.grace, |stop| {
+                courier_sandbox::run(cli.config, stop)
+            })
+            .await?;
         }
     }
     Ok(())

@@ -15,13 +15,9 @@ struct Cli {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let telemetry = courier_common::telemetry::init("courier-sender")?;
-    let shutdown = courier_common::shutdown::on_signal();
-    let run = courier_sender::run(cli.config, shutdown.clone());
-    let outcome = courier_common::shutdown::within_grace(run, &shutdown, cli.grace.grace).await;
-    telemetry.shutdown().await;
-    match outcome {
-        Some(result) => result?,
-        None => std::process::exit(courier_common::shutdown::GRACE_ELAPSED_EXIT_CODE),
-    }
+    courier_common::shutdown::run_service(telemetry, cli.grace.grace, |stop| {
+        courier_sender::run(cli.config, stop)
+    })
+    .await?;
     Ok(())
 }

@@ -32,8 +32,8 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let telemetry = courier_common::telemetry::init("courier-worker")?;
-    let shutdown = courier_common::shutdown::on_signal();
     if let Some(Command::Migrate(args)) = cli.command {
+        let shutdown = courier_common::shutdown::on_signal();
         let outcome = migrate(args, &shutdown).await;
         telemetry.shutdown().await;
         if let Err(e) = outcome {
@@ -43,13 +43,10 @@ async fn main() -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let run = courier_worker::run(cli.config, shutdown.clone());
-    let outcome = courier_common::shutdown::within_grace(run, &shutdown, cli.grace.grace).await;
-    telemetry.shutdown().await;
-    match outcome {
-        Some(result) => result?,
-        None => std::process::exit(courier_common::shutdown::GRACE_ELAPSED_EXIT_CODE),
-    }
+    courier_common::shutdown::run_service(telemetry, cli.grace.grace, |stop| {
+        courier_worker::run(cli.config, stop)
+    })
+    .await?;
     Ok(())
 }
 
