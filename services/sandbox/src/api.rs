@@ -15,6 +15,7 @@ use serde_json::{json, Map, Value};
 use tokio::time::Instant;
 
 use crate::faults::Injected;
+use crate::format::{self, ParseMode};
 use crate::state::{
     now_unix_ms, utf16_len, CallRecord, Inner, Shared, Webhook, BOT_FIRST_NAME, BOT_USERNAME,
     MAX_TEXT_LEN,
@@ -639,27 +640,43 @@ fn chat_id_param(params: &Params) -> Result<i64, ApiError> {
     raw.trim().parse().map_err(|_| ApiError::chat_not_found())
 }
 
-/// A message text: not empty, at most 4096 UTF-16 code units.
-fn text_param(params: &Params) -> Result<String, ApiError> {
-    let text = params.str("text")?.unwrap_or_default();
-    if text.trim().is_empty() {
+/// A message text and its entities, as Telegram makes them: the `text` parameter parsed
+/// according to `parse_mode` (HTML, MarkdownV2 or Markdown), or taken with the `entities`
+/// given; white space trimmed at both ends; then not empty and at most 4096 UTF-16 code units.
+fn message_text(params: &Params) -> Result<(String, Vec<Value>), ApiError> {
+    let raw = params.str("text")?.unwrap_or_default();
+    let mode = match params.str("parse_mode")? {
+        None => None,
+        Some(m) => ParseMode::parse(&m)
+            .map_err(|()| ApiError::bad_request(format!("unsupported parse_mode \"{m}\"")))?,
+    };
+    let cant_parse = |e: String| ApiError::bad_request(format!("can't parse entities: {e}"));
+    let (text, entities) = match mode {
+        // With a parse mode, Telegram ignores `entities`.
+        Some(mode) => {
+            let formatted = format::parse(mode, &raw).map_err(cant_parse)?;
+            let entities = formatted.entities_json();
+            (formatted.text, entities)
+        }
+        None => match params.json("entities") {
+            None => (raw, Vec::new()),
+            Some(Ok(given)) => {
+                let entities = format::check_entities(&raw, &given).map_err(cant_parse)?;
+                (raw, entities)
+            }
+            Some(Err(())) => {
+                return Err(ApiError::bad_request("can't parse entities JSON object"));
+            }
+        },
+    };
+    let (text, entities) = format::trim(&text, entities);
+    if text.is_empty() {
         return Err(ApiError::bad_request("message text is empty"));
     }
     if utf16_len(&text) > MAX_TEXT_LEN {
         return Err(ApiError::bad_request("message is too long"));
     }
-    Ok(text)
-}
-
-fn check_parse_mode(params: &Params) -> Result<(), ApiError> {
-    if let Some(mode) = params.str("parse_mode")?.filter(|m| !m.is_empty()) {
-        if !["html", "markdown", "markdownv2"].contains(&mode.to_ascii_lowercase().as_str()) {
-            return Err(ApiError::bad_request(format!(
-                "unsupported parse_mode \"{mode}\""
-            )));
-        }
-    }
-    Ok(())
+    Ok((text, entities))
 }
 
 /// The `reply_markup` parameter: an inline keyboard is validated and kept (Telegram echoes
@@ -742,8 +759,7 @@ fn send_message(shared: &Shared, inner: &mut Inner, params: &Params) -> Result<V
         .str("chat_id")?
         .filter(|s| !s.trim().is_empty())
         .ok_or_else(|| ApiError::bad_request("chat_id is empty"))?;
-    let text = text_param(params)?;
-    check_parse_mode(params)?;
+    let (text, entities) = message_text(params)?;
     let reply_markup = reply_markup_param(params)?;
     let (reply_to, allow_without) = match params.json("reply_parameters") {
         None => (
@@ -782,7 +798,7 @@ fn send_message(shared: &Shared, inner: &mut Inner, params: &Params) -> Result<V
         .map_err(ApiError::too_many_requests)?;
     let bot = shared.bot_user();
     let chat = inner.chats.get_mut(&chat_id).expect("checked above");
-    let (entry, duplicate) = chat.append_bot(&text, reply_markup);
+    let (entry, duplicate) = chat.append_bot(&text, entities, reply_markup);
     let entry = entry.clone();
     let mut message = chat.message_object(&entry, &bot);
     if let Some(replied) = replied {
@@ -811,8 +827,7 @@ fn edit_message_text(
     let message_id = params
         .i64("message_id")?
         .ok_or_else(|| ApiError::bad_request("message identifier is not specified"))?;
-    let text = text_param(params)?;
-    check_parse_mode(params)?;
+    let (text, entities) = message_text(params)?;
     let reply_markup = reply_markup_param(params)?;
     target_chat(inner, chat_id)?;
     let chat = &inner.chats[&chat_id];
@@ -822,7 +837,7 @@ fn edit_message_text(
     if !entry.from_bot {
         return Err(ApiError::bad_request("message can't be edited"));
     }
-    if entry.text == text && entry.reply_markup == reply_markup {
+    if entry.text == text && entry.entities == entities && entry.reply_markup == reply_markup {
         return Err(ApiError::bad_request(
             "message is not modified: specified new message content and reply markup are \
              exactly the same as a current content and reply markup of the message",
@@ -836,6 +851,7 @@ fn edit_message_text(
     let chat = inner.chats.get_mut(&chat_id).expect("checked above");
     let entry = chat.message_mut(message_id).expect("checked above");
     entry.text = text;
+    entry.entities = entities;
     entry.reply_markup = reply_markup;
     entry.edit_date = Some(chrono::Utc::now().timestamp());
     let entry = entry.clone();

@@ -39,6 +39,7 @@ mod api;
 mod control;
 mod delivery;
 mod faults;
+mod format;
 mod limits;
 pub mod load;
 mod metrics;

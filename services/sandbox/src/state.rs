@@ -100,6 +100,10 @@ pub(crate) struct TranscriptEntry {
     pub message_id: i64,
     pub from_bot: bool,
     pub text: String,
+    /// The message's entities (bot messages: parsed from `parse_mode` markup or given as
+    /// `entities`), as Bot API `MessageEntity` objects.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub entities: Vec<Value>,
     /// Unix time in seconds (Telegram's `date`).
     pub date: i64,
     /// Unix time in milliseconds: when the user's update was created, or when the bot's
@@ -166,6 +170,7 @@ impl Chat {
             message_id: self.transcript.len() as i64 + 1,
             from_bot,
             text: text.to_owned(),
+            entities: Vec::new(),
             date: at_unix_ms.div_euclid(1000),
             at_unix_ms,
             user_id: None,
@@ -196,6 +201,7 @@ impl Chat {
     pub(crate) fn append_bot(
         &mut self,
         text: &str,
+        entities: Vec<Value>,
         reply_markup: Option<Value>,
     ) -> (&TranscriptEntry, bool) {
         let now = Instant::now();
@@ -215,6 +221,7 @@ impl Chat {
         }
         let reply_to = target.map(|i| self.transcript[i].message_id);
         let entry = self.push(true, text);
+        entry.entities = entities;
         entry.reply_markup = reply_markup;
         entry.reply_to = reply_to;
         (entry, duplicate)
@@ -256,6 +263,9 @@ impl Chat {
             "date": entry.date,
             "text": entry.text,
         });
+        if !entry.entities.is_empty() {
+            message["entities"] = json!(entry.entities);
+        }
         if let Some(markup) = &entry.reply_markup {
             message["reply_markup"] = markup.clone();
         }
