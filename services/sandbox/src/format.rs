@@ -356,11 +356,12 @@ fn check_url(raw: &str) -> Option<String> {
     let has_scheme = raw
         .split_once(':')
         .is_some_and(|(s, _)| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric()));
-    let parsed = if has_scheme {
-        url::Url::parse(raw).ok()?
+    let full = if has_scheme {
+        raw.to_owned()
     } else {
-        url::Url::parse(&format!("http://{raw}")).ok()?
+        format!("http://{raw}")
     };
+    let parsed = url::Url::parse(&full).ok()?;
     match parsed.scheme() {
         "http" | "https" | "ftp" => {
             let host = parsed.host()?;
@@ -371,11 +372,25 @@ fn check_url(raw: &str) -> Option<String> {
                     return None;
                 }
             }
+            // Telegram keeps the link as written (no percent-encoding), with the scheme in
+            // lower case and a `/` after the host when there is no path.
+            let (scheme, rest) = full.split_once("://")?;
+            let host_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+            let slash = if rest[host_end..].starts_with('/') {
+                ""
+            } else {
+                "/"
+            };
+            Some(format!(
+                "{}://{}{slash}{}",
+                scheme.to_ascii_lowercase(),
+                &rest[..host_end],
+                &rest[host_end..]
+            ))
         }
-        "tg" | "ton" | "tonsite" => {}
-        _ => return None,
+        "tg" | "ton" | "tonsite" => Some(full),
+        _ => None,
     }
-    Some(parsed.to_string())
 }
 
 /// A custom emoji link, `tg://emoji?id=<id>`: the id, or Telegram's error.
@@ -1109,4 +1124,529 @@ fn parse_html(text: &[u8]) -> Result<(Vec<u8>, Vec<Entity>), String> {
         entities[index].kind = Kind::Code;
     }
     Ok((out.bytes, entities))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Parses and returns the text with the entities as Bot API JSON.
+    fn ok(mode: ParseMode, input: &str) -> (String, Vec<Value>) {
+        let f = parse(mode, input).unwrap_or_else(|e| panic!("{input:?} failed: {e}"));
+        let entities = f.entities_json();
+        (f.text, entities)
+    }
+
+    fn err(mode: ParseMode, input: &str) -> String {
+        parse(mode, input).expect_err(input)
+    }
+
+    fn e(kind: &str, offset: usize, length: usize) -> Value {
+        json!({ "type": kind, "offset": offset, "length": length })
+    }
+
+    fn with(mut entity: Value, key: &str, value: Value) -> Value {
+        entity[key] = value;
+        entity
+    }
+
+    use ParseMode::{Html, Markdown, MarkdownV2};
+
+    #[test]
+    fn the_two_examples_of_issue_19() {
+        assert_eq!(
+            ok(Html, "peer <b>check</b> ✓"),
+            ("peer check ✓".into(), vec![e("bold", 5, 5)])
+        );
+        assert_eq!(
+            ok(MarkdownV2, "aiogram *peer*"),
+            ("aiogram peer".into(), vec![e("bold", 8, 4)])
+        );
+    }
+
+    #[test]
+    fn html_documented_examples() {
+        let cases: &[(&str, &str, Vec<Value>)] = &[
+            (
+                "<b>bold</b>, <strong>bold</strong>",
+                "bold, bold",
+                vec![e("bold", 0, 4), e("bold", 6, 4)],
+            ),
+            (
+                "<i>italic</i>, <em>italic</em>",
+                "italic, italic",
+                vec![e("italic", 0, 6), e("italic", 8, 6)],
+            ),
+            (
+                "<u>underline</u>, <ins>underline</ins>",
+                "underline, underline",
+                vec![e("underline", 0, 9), e("underline", 11, 9)],
+            ),
+            (
+                "<s>strikethrough</s>, <strike>strikethrough</strike>, <del>strikethrough</del>",
+                "strikethrough, strikethrough, strikethrough",
+                vec![
+                    e("strikethrough", 0, 13),
+                    e("strikethrough", 15, 13),
+                    e("strikethrough", 30, 13),
+                ],
+            ),
+            (
+                "<span class=\"tg-spoiler\">spoiler</span>, <tg-spoiler>spoiler</tg-spoiler>",
+                "spoiler, spoiler",
+                vec![e("spoiler", 0, 7), e("spoiler", 9, 7)],
+            ),
+            (
+                "<b>bold <i>italic bold <s>italic bold strikethrough <span class=\"tg-spoiler\">italic bold strikethrough spoiler</span></s> <u>underline italic bold</u></i> bold</b>",
+                "bold italic bold italic bold strikethrough italic bold strikethrough spoiler underline italic bold bold",
+                vec![
+                    e("bold", 0, 103),
+                    e("italic", 5, 93),
+                    e("strikethrough", 17, 59),
+                    e("spoiler", 43, 33),
+                    e("underline", 77, 21),
+                ],
+            ),
+            (
+                "<a href=\"http://www.example.com/\">inline URL</a>",
+                "inline URL",
+                vec![with(e("text_link", 0, 10), "url", json!("http://www.example.com/"))],
+            ),
+            (
+                "<a href=\"tg://user?id=123456789\">inline mention of a user</a>",
+                "inline mention of a user",
+                vec![with(
+                    e("text_mention", 0, 24),
+                    "user",
+                    json!({"id": 123456789, "is_bot": false, "first_name": "User"}),
+                )],
+            ),
+            (
+                "<tg-emoji emoji-id=\"5368324170671202286\">👍</tg-emoji>",
+                "👍",
+                vec![with(e("custom_emoji", 0, 2), "custom_emoji_id", json!("5368324170671202286"))],
+            ),
+            (
+                "<code>inline fixed-width code</code>",
+                "inline fixed-width code",
+                vec![e("code", 0, 23)],
+            ),
+            (
+                "<pre>pre-formatted fixed-width code block</pre>",
+                "pre-formatted fixed-width code block",
+                vec![e("pre", 0, 36)],
+            ),
+            (
+                "<pre><code class=\"language-python\">pre-formatted fixed-width code block written in the Python programming language</code></pre>",
+                "pre-formatted fixed-width code block written in the Python programming language",
+                vec![with(e("pre", 0, 79), "language", json!("python"))],
+            ),
+            (
+                "<blockquote>Block quotation started\nBlock quotation continued\nThe last line of the block quotation</blockquote>",
+                "Block quotation started\nBlock quotation continued\nThe last line of the block quotation",
+                vec![e("blockquote", 0, 86)],
+            ),
+            (
+                "<blockquote expandable>Expandable block quotation started\nHidden by default</blockquote>",
+                "Expandable block quotation started\nHidden by default",
+                vec![e("expandable_blockquote", 0, 52)],
+            ),
+        ];
+        for (input, text, entities) in cases {
+            assert_eq!(ok(Html, input), (text.to_string(), entities.clone()), "{input}");
+        }
+    }
+
+    #[test]
+    fn html_character_references() {
+        assert_eq!(
+            ok(Html, "&lt;&gt;&amp;&quot;&laquo;&raquo;&#12345678;").0,
+            "<>&\"&laquo;&raquo;&#12345678;"
+        );
+        assert_eq!(ok(Html, "&#65;&#x42;&#x1F600;&lt").0, "AB😀<");
+        assert_eq!(ok(Html, "a & b").0, "a & b");
+        let surrogate = "Text contains invalid Unicode characters after decoding HTML entities, \
+                         check for unmatched surrogate code units";
+        assert_eq!(err(Html, "&#57311;"), surrogate);
+        assert_eq!(err(Html, "&#xDFDF"), surrogate);
+        // An attribute value is decoded too.
+        assert_eq!(
+            ok(Html, "<a   href=  'telegram.org?&lt;'   > </a>").1,
+            vec![with(e("text_link", 0, 1), "url", json!("http://telegram.org/?<"))]
+        );
+    }
+
+    #[test]
+    fn html_links_code_and_nesting() {
+        assert_eq!(
+            ok(Html, "<a href=telegram.org>x</a>").1,
+            vec![with(e("text_link", 0, 1), "url", json!("http://telegram.org/"))]
+        );
+        // Without href the text is the link; an invalid link is no entity.
+        assert_eq!(
+            ok(Html, "<a>telegram.org</a>").1,
+            vec![with(e("text_link", 0, 12), "url", json!("http://telegram.org/"))]
+        );
+        assert_eq!(ok(Html, "<a href=\"nope\">x</a>").1, Vec::<Value>::new());
+        assert_eq!(ok(Html, "<b></b>x").1, Vec::<Value>::new(), "an empty entity is dropped");
+        // A language on a code outside pre is dropped; pre inside code takes it.
+        assert_eq!(
+            ok(Html, "<code class=\"language-rust\">x</code>").1,
+            vec![e("code", 0, 1)]
+        );
+        assert_eq!(
+            ok(Html, "<code class=\"language-fift\"><pre>x</pre></code>").1,
+            vec![with(e("pre", 0, 1), "language", json!("fift"))]
+        );
+        assert_eq!(ok(Html, "<pre><code>x</code></pre>").1, vec![e("pre", 0, 1)]);
+        assert_eq!(
+            ok(Html, "<I>a</i><B Aba = caba>b</>").1,
+            vec![e("italic", 0, 1), e("bold", 1, 1)],
+            "case-insensitive tags, unquoted attributes, `</>`"
+        );
+    }
+
+    #[test]
+    fn html_errors_have_telegrams_wording() {
+        let cases = [
+            ("🏟 🏟&lt;<abacaba", "Unclosed start tag at byte offset 13"),
+            ("🏟 🏟&lt;<abac aba>", "Unsupported start tag \"abac\" at byte offset 13"),
+            ("a <x> b", "Unsupported start tag \"x\" at byte offset 2"),
+            ("🏟 🏟&lt;<i   =aba>", "Empty attribute name in the tag \"i\" at byte offset 13"),
+            (
+                "🏟 🏟&lt;<i    aba>",
+                "Expected equal sign in declaration of an attribute of the tag \"i\" at byte offset 13",
+            ),
+            ("🏟 🏟&lt;<i    aba  =  ", "Unclosed start tag \"i\" at byte offset 13"),
+            ("🏟 🏟&lt;<i    aba  =  190azAz-.,", "Unexpected end of name token at byte offset 27"),
+            ("🏟 🏟&lt;<i    aba  =  \"&lt;&gt;&quot;>", "Unclosed start tag at byte offset 13"),
+            ("🏟 🏟&lt;</", "Unexpected end tag at byte offset 13"),
+            ("🏟 🏟&lt;<b></b></", "Unexpected end tag at byte offset 20"),
+            ("🏟 🏟&lt;<i>a</i   ", "Unclosed end tag at byte offset 17"),
+            (
+                "🏟 🏟&lt;<i>a</em   >",
+                "Unmatched end tag at byte offset 17, expected \"</i>\", found \"</em>\"",
+            ),
+            ("<b>bold", "Can't find end tag corresponding to start tag \"b\""),
+            ("<span>x</span>", "Tag \"span\" must have class \"tg-spoiler\" at byte offset 0"),
+            ("<tg-emoji emoji-id=\"x\">👍</tg-emoji>", "Invalid custom emoji identifier specified"),
+        ];
+        for (input, message) in cases {
+            assert_eq!(err(Html, input), message, "{input}");
+        }
+    }
+
+    #[test]
+    fn utf16_offsets_count_astral_characters_twice() {
+        // 🏟 is 4 bytes and 2 UTF-16 code units; ➡️ is 2 characters (arrow + VS16), 6 bytes.
+        assert_eq!(
+            ok(Html, "🏟 🏟<i>🏟 &lt🏟</i>"),
+            ("🏟 🏟🏟 <🏟".into(), vec![e("italic", 5, 6)])
+        );
+        assert_eq!(
+            ok(Html, "➡️ ➡️<b>➡️ ➡️</b>"),
+            ("➡️ ➡️➡️ ➡️".into(), vec![e("bold", 5, 5)])
+        );
+        assert_eq!(
+            ok(MarkdownV2, "😀 *é 😀*"),
+            ("😀 é 😀".into(), vec![e("bold", 3, 4)])
+        );
+        assert_eq!(
+            ok(Markdown, "𝄞_x_"),
+            ("𝄞x".into(), vec![e("italic", 2, 1)])
+        );
+    }
+
+    #[test]
+    fn markdown_v2_documented_examples() {
+        let cases: &[(&str, &str, Vec<Value>)] = &[
+            ("*bold \\*text*", "bold *text", vec![e("bold", 0, 10)]),
+            ("_italic \\*text_", "italic *text", vec![e("italic", 0, 12)]),
+            ("__underline__", "underline", vec![e("underline", 0, 9)]),
+            ("~strikethrough~", "strikethrough", vec![e("strikethrough", 0, 13)]),
+            ("||spoiler||", "spoiler", vec![e("spoiler", 0, 7)]),
+            (
+                "*bold _italic bold ~italic bold strikethrough ||italic bold strikethrough spoiler||~ __underline italic bold___ bold*",
+                "bold italic bold italic bold strikethrough italic bold strikethrough spoiler underline italic bold bold",
+                vec![
+                    e("bold", 0, 103),
+                    e("italic", 5, 93),
+                    e("strikethrough", 17, 59),
+                    e("spoiler", 43, 33),
+                    e("underline", 77, 21),
+                ],
+            ),
+            (
+                "[inline URL](http://www.example.com/)",
+                "inline URL",
+                vec![with(e("text_link", 0, 10), "url", json!("http://www.example.com/"))],
+            ),
+            (
+                "[inline mention of a user](tg://user?id=123456789)",
+                "inline mention of a user",
+                vec![with(
+                    e("text_mention", 0, 24),
+                    "user",
+                    json!({"id": 123456789, "is_bot": false, "first_name": "User"}),
+                )],
+            ),
+            (
+                "![👍](tg://emoji?id=5368324170671202286)",
+                "👍",
+                vec![with(e("custom_emoji", 0, 2), "custom_emoji_id", json!("5368324170671202286"))],
+            ),
+            ("`inline fixed-width code`", "inline fixed-width code", vec![e("code", 0, 23)]),
+            (
+                "```\npre-formatted fixed-width code block\n```",
+                "pre-formatted fixed-width code block\n",
+                vec![e("pre", 0, 37)],
+            ),
+            (
+                "```python\npre-formatted fixed-width code block written in the Python programming language\n```",
+                "pre-formatted fixed-width code block written in the Python programming language\n",
+                vec![with(e("pre", 0, 80), "language", json!("python"))],
+            ),
+        ];
+        for (input, text, entities) in cases {
+            assert_eq!(ok(MarkdownV2, input), (text.to_string(), entities.clone()), "{input}");
+        }
+    }
+
+    #[test]
+    fn markdown_v2_block_quotations() {
+        let input = ">Block quotation started\n>Block quotation continued\n>The last line of the block quotation\n**>The expandable block quotation started right after the previous block quotation\n>It is separated from the previous block quotation by an empty bold entity\n>The last line of the expandable block quotation with the expandability mark||";
+        let (text, entities) = ok(MarkdownV2, input);
+        let first = "Block quotation started\nBlock quotation continued\nThe last line of the block quotation";
+        let second = "The expandable block quotation started right after the previous block quotation\nIt is separated from the previous block quotation by an empty bold entity\nThe last line of the expandable block quotation with the expandability mark";
+        assert_eq!(text, format!("{first}\n{second}"));
+        let first_len = utf16_len(first);
+        assert_eq!(
+            entities,
+            vec![
+                e("blockquote", 0, first_len),
+                e("expandable_blockquote", first_len + 1, utf16_len(second)),
+            ]
+        );
+        assert_eq!(
+            ok(MarkdownV2, "say\n>quoted *bold*\nafter"),
+            (
+                "say\nquoted bold\nafter".into(),
+                vec![e("blockquote", 4, 11), e("bold", 11, 4)]
+            )
+        );
+        assert_eq!(
+            err(MarkdownV2, "a > b"),
+            "Character '>' is reserved and must be escaped with the preceding '\\'"
+        );
+    }
+
+    #[test]
+    fn markdown_v2_escaping() {
+        for c in "_*[]()~`>#+-=|{}.!".chars() {
+            let escaped = format!("x\\{c}");
+            assert_eq!(ok(MarkdownV2, &escaped).0, format!("x{c}"), "{escaped}");
+        }
+        for c in "]()#+-={}.!".chars() {
+            assert_eq!(
+                err(MarkdownV2, &format!("x{c}")),
+                format!("Character '{c}' is reserved and must be escaped with the preceding '\\'")
+            );
+        }
+        assert_eq!(
+            err(MarkdownV2, "Version 1.0"),
+            "Character '.' is reserved and must be escaped with the preceding '\\'"
+        );
+        assert_eq!(ok(MarkdownV2, "\\\\").0, "\\");
+        assert_eq!(ok(MarkdownV2, "\\a\\1").0, "a1", "any ASCII character may be escaped");
+        // Inside code only ` and \ are special.
+        assert_eq!(
+            ok(MarkdownV2, "`a_*.\\`b`"),
+            ("a_*.`b".into(), vec![e("code", 0, 6)])
+        );
+        // Inside (...) of a link, ) and \ are escaped.
+        assert_eq!(
+            ok(MarkdownV2, "[t](https://telegram.dog?\\\\\\()").1,
+            vec![with(e("text_link", 0, 1), "url", json!("https://telegram.dog/?\\("))]
+        );
+        // Underline wins over italic, left to right; an empty bold separates them.
+        assert_eq!(
+            ok(MarkdownV2, "___italic underline_**__"),
+            (
+                "italic underline".into(),
+                vec![e("italic", 0, 16), e("underline", 0, 16)]
+            )
+        );
+    }
+
+    #[test]
+    fn markdown_v2_errors_have_telegrams_wording() {
+        let cases = [
+            ("🏟 🏟_abacaba", "Can't find end of Italic entity at byte offset 9"),
+            ("🏟 🏟_abac * asd ", "Can't find end of Bold entity at byte offset 15"),
+            ("🏟 🏟`", "Can't find end of Code entity at byte offset 9"),
+            ("🏟 🏟```", "Can't find end of Pre entity at byte offset 9"),
+            ("🏟 🏟```a ", "Can't find end of PreCode entity at byte offset 9"),
+            ("🏟 🏟__", "Can't find end of Underline entity at byte offset 9"),
+            ("🏟 🏟||test\\|", "Can't find end of Spoiler entity at byte offset 9"),
+            ("[telegram\\.org](asd\\)", "Can't find end of a URL at byte offset 16"),
+            ("🏟 🏟![👍]", "Custom emoji entity must contain a tg://emoji URL"),
+            ("🏟 🏟![👍](t://emoji?id=1234)", "Custom emoji URL must have scheme tg"),
+            ("🏟 🏟![👍](tg:emojis?id=1234)", "Custom emoji URL must have host \"emoji\""),
+            ("🏟 🏟![👍](tg://emoji#test)", "Custom emoji URL must have an emoji identifier"),
+            ("🏟 🏟![👍](tg://emoji?id=025)", "Invalid custom emoji identifier specified"),
+            ("🏟 🏟![👍](tg://emoji?id=1234", "Can't find end of a custom emoji URL at byte offset 17"),
+            ("a!", "Character '!' is reserved and must be escaped with the preceding '\\'"),
+        ];
+        for (input, message) in cases {
+            assert_eq!(err(MarkdownV2, input), message, "{input}");
+        }
+    }
+
+    #[test]
+    fn markdown_v2_more_cases() {
+        assert_eq!(
+            ok(MarkdownV2, "🏟 🏟_🏟 __🏟___"),
+            ("🏟 🏟🏟 🏟".into(), vec![e("italic", 5, 5), e("underline", 8, 2)])
+        );
+        assert_eq!(
+            ok(MarkdownV2, "🏟 🏟```🏟\n🏟```"),
+            ("🏟 🏟🏟".into(), vec![with(e("pre", 5, 2), "language", json!("🏟"))])
+        );
+        assert_eq!(ok(MarkdownV2, "[ ](as)"), (" ".into(), vec![]));
+        assert_eq!(
+            ok(MarkdownV2, "[telegram\\.org]").1,
+            vec![with(e("text_link", 0, 12), "url", json!("http://telegram.org/"))]
+        );
+        assert_eq!(
+            ok(MarkdownV2, "🏟 🏟![👍](TG://EMoJI/?test=1231&id=25#id=32)a"),
+            (
+                "🏟 🏟👍a".into(),
+                vec![with(e("custom_emoji", 5, 2), "custom_emoji_id", json!("25"))]
+            )
+        );
+    }
+
+    #[test]
+    fn markdown_legacy_documented_examples() {
+        let cases: &[(&str, &str, Vec<Value>)] = &[
+            ("*bold text*", "bold text", vec![e("bold", 0, 9)]),
+            ("_italic text_", "italic text", vec![e("italic", 0, 11)]),
+            (
+                "[inline URL](http://www.example.com/)",
+                "inline URL",
+                vec![with(e("text_link", 0, 10), "url", json!("http://www.example.com/"))],
+            ),
+            (
+                "[inline mention of a user](tg://user?id=123456789)",
+                "inline mention of a user",
+                vec![with(
+                    e("text_mention", 0, 24),
+                    "user",
+                    json!({"id": 123456789, "is_bot": false, "first_name": "User"}),
+                )],
+            ),
+            ("`inline fixed-width code`", "inline fixed-width code", vec![e("code", 0, 23)]),
+            (
+                "```\npre-formatted fixed-width code block\n```",
+                "pre-formatted fixed-width code block\n",
+                vec![e("pre", 0, 37)],
+            ),
+            (
+                "```python\nprint(1)\n```",
+                "print(1)\n",
+                vec![with(e("pre", 0, 9), "language", json!("python"))],
+            ),
+            // No nesting; escaping inside entities is not possible (close and reopen).
+            ("*a _b_ c*", "a _b_ c", vec![e("bold", 0, 7)]),
+            (
+                "_snake_\\__case_",
+                "snake_case",
+                vec![e("italic", 0, 5), e("italic", 6, 4)],
+            ),
+            ("*2*\\**2=4*", "2*2=4", vec![e("bold", 0, 1), e("bold", 2, 3)]),
+            ("1.5 + (2) = 3.5!", "1.5 + (2) = 3.5!", vec![]),
+        ];
+        for (input, text, entities) in cases {
+            assert_eq!(ok(Markdown, input), (text.to_string(), entities.clone()), "{input}");
+        }
+        assert_eq!(
+            err(Markdown, "🏟 *bold"),
+            "Can't find end of the entity starting at byte offset 5"
+        );
+        assert_eq!(
+            err(Markdown, "a ```x"),
+            "Can't find end of the entity starting at byte offset 2"
+        );
+    }
+
+    #[test]
+    fn parse_modes_are_case_insensitive() {
+        assert_eq!(ParseMode::parse("html"), Ok(Some(Html)));
+        assert_eq!(ParseMode::parse("MarkdownV2"), Ok(Some(MarkdownV2)));
+        assert_eq!(ParseMode::parse("MARKDOWN"), Ok(Some(Markdown)));
+        assert_eq!(ParseMode::parse(""), Ok(None));
+        assert_eq!(ParseMode::parse("bbcode"), Err(()));
+    }
+
+    #[test]
+    fn trimming_cuts_entities() {
+        let (text, entities) = trim(" \n*a* b \n", vec![e("bold", 0, 5), e("italic", 8, 1)]);
+        assert_eq!(text, "*a* b");
+        assert_eq!(entities, vec![e("bold", 0, 3)]);
+        let f = parse(Html, "<b>hi</b>\n").unwrap();
+        assert_eq!(trim(&f.text, f.entities_json()), ("hi".into(), vec![e("bold", 0, 2)]));
+    }
+
+    #[test]
+    fn explicit_entities_are_checked_against_the_text() {
+        let given = json!([e("italic", 3, 2), e("bold", 0, 2)]);
+        assert_eq!(
+            check_entities("😀 ok", &given).unwrap(),
+            vec![e("bold", 0, 2), e("italic", 3, 2)]
+        );
+        assert!(check_entities("😀 ok", &json!([e("bold", 4, 2)]))
+            .unwrap_err()
+            .contains("beyond the end"));
+        assert!(check_entities("x", &json!([e("blink", 0, 1)]))
+            .unwrap_err()
+            .contains("unsupported entity type"));
+        assert!(check_entities("x", &json!([e("text_link", 0, 1)]))
+            .unwrap_err()
+            .contains("\"url\""));
+        assert!(check_entities("x", &json!({"type": "bold"})).is_err());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn parsing_never_panics_and_entities_fit(input in any::<String>()) {
+            for mode in [Html, MarkdownV2, Markdown] {
+                if let Ok(f) = parse(mode, &input) {
+                    let len = utf16_len(&f.text);
+                    for entity in &f.entities {
+                        prop_assert!(entity.length > 0);
+                        prop_assert!(entity.offset + entity.length <= len);
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn markup_heavy_input_never_panics(
+            input in proptest::string::string_regex(
+                "([<>/&#;=\"' _*`~|\\[\\]()!\\\\\n.a-z0-9🏟é-]|<b>|</b>|<a href=|&lt|&#x|```|\\|\\||\\*\\*>|tg://emoji\\?id=1)*"
+            ).unwrap()
+        ) {
+            for mode in [Html, MarkdownV2, Markdown] {
+                if let Ok(f) = parse(mode, &input) {
+                    let len = utf16_len(&f.text);
+                    for entity in &f.entities {
+                        prop_assert!(entity.offset + entity.length <= len);
+                    }
+                }
+            }
+        }
+    }
 }
