@@ -717,6 +717,121 @@ async fn teloxide_core_understands_the_sandbox() -> Result<(), Box<dyn std::erro
     Ok(())
 }
 
+/// Formatting like Telegram's, seen through teloxide-core: `parse_mode` markup comes back as
+/// plain text plus entities, explicit entities are kept, bad markup is refused with 400, and
+/// the transcript carries the entities.
+#[tokio::test]
+async fn formatting_comes_back_as_entities() -> Result<(), Box<dyn std::error::Error>> {
+    use teloxide_core::payloads::setters::*;
+    use teloxide_core::requests::Requester;
+    use teloxide_core::types::{ChatId, MessageEntity, MessageEntityKind, ParseMode};
+    use teloxide_core::Bot;
+
+    let h = Harness::dev().await;
+    for chat in [91, 92, 93, 94] {
+        h.say(chat, "hello bot").await;
+    }
+    let bot = Bot::new(dev::BOT_TOKEN).set_api_url(url::Url::parse(&h.sandbox.url())?);
+
+    let html = bot
+        .send_message(ChatId(91), "peer <b>check</b> ✓")
+        .parse_mode(ParseMode::Html)
+        .await?;
+    assert_eq!(html.text(), Some("peer check ✓"));
+    assert_eq!(html.entities(), Some(&[MessageEntity::bold(5, 5)][..]));
+
+    let md = bot
+        .send_message(ChatId(92), "aiogram *peer*")
+        .parse_mode(ParseMode::MarkdownV2)
+        .await?;
+    assert_eq!(md.text(), Some("aiogram peer"));
+    assert_eq!(md.entities(), Some(&[MessageEntity::bold(8, 4)][..]));
+
+    #[allow(deprecated)] // the legacy mode, which the sandbox emulates too
+    let legacy = bot
+        .send_message(ChatId(93), "[docs](https://core.telegram.org) 😀 `x`")
+        .parse_mode(ParseMode::Markdown)
+        .await?;
+    assert_eq!(legacy.text(), Some("docs 😀 x"));
+    let entities = legacy.entities().unwrap();
+    assert_eq!(entities.len(), 2);
+    assert!(matches!(&entities[0].kind, MessageEntityKind::TextLink { url }
+        if url.as_str() == "https://core.telegram.org/"));
+    assert_eq!((entities[1].offset, entities[1].length), (8, 1), "UTF-16 offsets");
+    assert_eq!(entities[1].kind, MessageEntityKind::Code);
+
+    let explicit = bot
+        .send_message(ChatId(94), "given as is")
+        .entities(vec![MessageEntity::italic(0, 5), MessageEntity::underline(9, 2)])
+        .await?;
+    assert_eq!(
+        explicit.entities(),
+        Some(&[MessageEntity::italic(0, 5), MessageEntity::underline(9, 2)][..])
+    );
+
+    let edited = bot
+        .edit_message_text(ChatId(91), html.id, "now <i>italic</i>")
+        .parse_mode(ParseMode::Html)
+        .await?;
+    assert_eq!(edited.text(), Some("now italic"));
+    assert_eq!(edited.entities(), Some(&[MessageEntity::italic(4, 6)][..]));
+
+    let err = bot
+        .send_message(ChatId(92), "Version 1.0")
+        .parse_mode(ParseMode::MarkdownV2)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("Character '.' is reserved"),
+        "{err}"
+    );
+
+    // The raw answers, word for word.
+    let (status, body) = h
+        .call(
+            "sendMessage",
+            json!({"chat_id": 93, "text": "a <x> b", "parse_mode": "HTML"}),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        body["description"],
+        "Bad Request: can't parse entities: Unsupported start tag \"x\" at byte offset 2"
+    );
+    let (status, body) = h
+        .call(
+            "sendMessage",
+            json!({"chat_id": 93, "text": "*open", "parse_mode": "MarkdownV2"}),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        body["description"],
+        "Bad Request: can't parse entities: Can't find end of Bold entity at byte offset 0"
+    );
+    let (status, body) = h
+        .call(
+            "sendMessage",
+            json!({"chat_id": 93, "text": "ab", "entities": [{"type": "bold", "offset": 1, "length": 5}]}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+
+    let (_, transcript) = h.transcript(91).await;
+    assert_eq!(transcript[1]["text"], "now italic");
+    assert_eq!(
+        transcript[1]["entities"],
+        json!([{"type": "italic", "offset": 4, "length": 6}])
+    );
+    let (_, transcript) = h.transcript(92).await;
+    assert_eq!(
+        transcript[1]["entities"],
+        json!([{"type": "bold", "offset": 8, "length": 4}])
+    );
+    h.stop().await;
+    Ok(())
+}
+
 impl Harness {
     async fn control(
         &self,
