@@ -51,6 +51,7 @@ async fn web_chat_in_a_real_browser() {
     let child = tokio::process::Command::new("node")
         .arg(dir.join("chat.mjs"))
         .arg(sandbox.url())
+        .arg(courier_common::config::dev::BOT_TOKEN)
         .env("CHROMIUM", &chromium)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -1,4 +1,4 @@
-// Browser test of the sandbox's web chat: node chat.mjs <sandbox url>
+// Browser test of the sandbox's web chat: node chat.mjs <sandbox url> <bot token>
 // The sandbox's webhook must point at an echo bot (services/sandbox/tests/browser.rs sets
 // that up): /start is answered with a welcome and an inline "Help" button, a note with
 // "Saved your note: <note>", a press of Help with "You pressed help".
@@ -8,8 +8,9 @@ import { join } from "node:path";
 import { chromium } from "playwright-core";
 
 const url = process.argv[2];
-if (!url) {
-  console.error("usage: node chat.mjs <sandbox url>");
+const token = process.argv[3];
+if (!url || !token) {
+  console.error("usage: node chat.mjs <sandbox url> <bot token>");
   process.exit(2);
 }
 const userDataDir = mkdtempSync(join(tmpdir(), "courier-chromium-"));
@@ -51,11 +52,45 @@ try {
   await page.locator("#toast", { hasText: "Help is on its way" }).waitFor();
   step("inline button pressed, callback answered");
 
-  // The stats table counts the bot's three messages.
+  // Formatting: the bot sends HTML; the page shows entities as elements, spoilers hidden
+  // until clicked, and markup inside the text as text (never as HTML).
+  const send = () => fetch(`${url}/bot${token}/sendMessage`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({
+      chat_id: chatId,
+      parse_mode: "HTML",
+      text: 'peer <b>check</b> <tg-spoiler>secret</tg-spoiler> &lt;img src=x onerror="window.pwned=1"&gt;',
+    }),
+  }).then((r) => r.json());
+  let sent = await send();
+  // The chat's burst of three is spent: wait as told, like any client.
+  for (let i = 0; i < 5 && sent.error_code === 429; i++) {
+    await new Promise((ok) => setTimeout(ok, (sent.parameters?.retry_after ?? 1) * 1000));
+    sent = await send();
+  }
+  if (!sent.ok) throw new Error(`sendMessage failed: ${JSON.stringify(sent)}`);
+  const bold = page.locator("#log li.bot .text b", { hasText: "check" });
+  await bold.waitFor();
+  const spoiler = page.locator("#log li.bot .text .spoiler", { hasText: "secret" });
+  const hidden = () => spoiler.evaluate((el) => getComputedStyle(el).color === "rgba(0, 0, 0, 0)");
+  if (!(await hidden())) throw new Error("the spoiler is visible before a click");
+  await spoiler.click();
+  if (await hidden()) throw new Error("the spoiler is still hidden after a click");
+  const formatted = page.locator("#log li.bot .text", { hasText: "peer check" });
+  if ((await formatted.locator("img").count()) !== 0) throw new Error("user text became HTML");
+  const shown = await formatted.textContent();
+  if (!shown.includes('<img src=x onerror="window.pwned=1">')) {
+    throw new Error(`escaped markup not shown as text: ${shown}`);
+  }
+  if (await page.evaluate(() => window.pwned)) throw new Error("user text ran as script");
+  step("entities rendered: bold, spoiler revealed on click, markup kept as text");
+
+  // The stats table counts the bot's four messages.
   await page.waitForFunction(() => {
     const row = [...document.querySelectorAll("#stats tr")]
       .find((tr) => tr.children[0].textContent === "messages from bot");
-    return row && Number(row.children[1].textContent) >= 3;
+    return row && Number(row.children[1].textContent) >= 4;
   });
   step("stats visible");
   console.log("browser test passed");
