@@ -278,7 +278,9 @@ pub(crate) fn check_entities(text: &str, entities: &Value) -> Result<Vec<Value>,
         };
         if let Some(field) = required {
             if object.get(field).is_none_or(Value::is_null) {
-                return Err(format!("entity {i} ({kind}) must have the field \"{field}\""));
+                return Err(format!(
+                    "entity {i} ({kind}) must have the field \"{field}\""
+                ));
             }
         }
         if length > 0 {
@@ -340,7 +342,11 @@ fn link_user_id(url: &str) -> Option<i64> {
     for parameter in query.split('&') {
         let (key, value) = parameter.split_once('=').unwrap_or((parameter, ""));
         if key == "id" {
-            return value.parse::<i32>().ok().filter(|&id| id > 0).map(i64::from);
+            return value
+                .parse::<i32>()
+                .ok()
+                .filter(|&id| id > 0)
+                .map(i64::from);
         }
     }
     None
@@ -1254,7 +1260,11 @@ mod tests {
             ),
         ];
         for (input, text, entities) in cases {
-            assert_eq!(ok(Html, input), (text.to_string(), entities.clone()), "{input}");
+            assert_eq!(
+                ok(Html, input),
+                (text.to_string(), entities.clone()),
+                "{input}"
+            );
         }
     }
 
@@ -1273,7 +1283,11 @@ mod tests {
         // An attribute value is decoded too.
         assert_eq!(
             ok(Html, "<a   href=  'telegram.org?&lt;'   > </a>").1,
-            vec![with(e("text_link", 0, 1), "url", json!("http://telegram.org/?<"))]
+            vec![with(
+                e("text_link", 0, 1),
+                "url",
+                json!("http://telegram.org/?<")
+            )]
         );
     }
 
@@ -1281,15 +1295,27 @@ mod tests {
     fn html_links_code_and_nesting() {
         assert_eq!(
             ok(Html, "<a href=telegram.org>x</a>").1,
-            vec![with(e("text_link", 0, 1), "url", json!("http://telegram.org/"))]
+            vec![with(
+                e("text_link", 0, 1),
+                "url",
+                json!("http://telegram.org/")
+            )]
         );
         // Without href the text is the link; an invalid link is no entity.
         assert_eq!(
             ok(Html, "<a>telegram.org</a>").1,
-            vec![with(e("text_link", 0, 12), "url", json!("http://telegram.org/"))]
+            vec![with(
+                e("text_link", 0, 12),
+                "url",
+                json!("http://telegram.org/")
+            )]
         );
         assert_eq!(ok(Html, "<a href=\"nope\">x</a>").1, Vec::<Value>::new());
-        assert_eq!(ok(Html, "<b></b>x").1, Vec::<Value>::new(), "an empty entity is dropped");
+        assert_eq!(
+            ok(Html, "<b></b>x").1,
+            Vec::<Value>::new(),
+            "an empty entity is dropped"
+        );
         // A language on a code outside pre is dropped; pre inside code takes it.
         assert_eq!(
             ok(Html, "<code class=\"language-rust\">x</code>").1,
@@ -1299,7 +1325,10 @@ mod tests {
             ok(Html, "<code class=\"language-fift\"><pre>x</pre></code>").1,
             vec![with(e("pre", 0, 1), "language", json!("fift"))]
         );
-        assert_eq!(ok(Html, "<pre><code>x</code></pre>").1, vec![e("pre", 0, 1)]);
+        assert_eq!(
+            ok(Html, "<pre><code>x</code></pre>").1,
+            vec![e("pre", 0, 1)]
+        );
         assert_eq!(
             ok(Html, "<I>a</i><B Aba = caba>b</>").1,
             vec![e("italic", 0, 1), e("bold", 1, 1)],
@@ -1352,10 +1381,7 @@ mod tests {
             ok(MarkdownV2, "😀 *é 😀*"),
             ("😀 é 😀".into(), vec![e("bold", 3, 4)])
         );
-        assert_eq!(
-            ok(Markdown, "𝄞_x_"),
-            ("𝄞x".into(), vec![e("italic", 2, 1)])
-        );
+        assert_eq!(ok(Markdown, "𝄞_x_"), ("𝄞x".into(), vec![e("italic", 2, 1)]));
     }
 
     #[test]
@@ -1409,7 +1435,11 @@ mod tests {
             ),
         ];
         for (input, text, entities) in cases {
-            assert_eq!(ok(MarkdownV2, input), (text.to_string(), entities.clone()), "{input}");
+            assert_eq!(
+                ok(MarkdownV2, input),
+                (text.to_string(), entities.clone()),
+                "{input}"
+            );
         }
     }
 
@@ -1458,7 +1488,11 @@ mod tests {
             "Character '.' is reserved and must be escaped with the preceding '\\'"
         );
         assert_eq!(ok(MarkdownV2, "\\\\").0, "\\");
-        assert_eq!(ok(MarkdownV2, "\\a\\1").0, "a1", "any ASCII character may be escaped");
+        assert_eq!(
+            ok(MarkdownV2, "\\a\\1").0,
+            "a1",
+            "any ASCII character may be escaped"
+        );
         // Inside code only ` and \ are special.
         assert_eq!(
             ok(MarkdownV2, "`a_*.\\`b`"),
@@ -1467,7 +1501,11 @@ mod tests {
         // Inside (...) of a link, ) and \ are escaped.
         assert_eq!(
             ok(MarkdownV2, "[t](https://telegram.dog?\\\\\\()").1,
-            vec![with(e("text_link", 0, 1), "url", json!("https://telegram.dog/?\\("))]
+            vec![with(
+                e("text_link", 0, 1),
+                "url",
+                json!("https://telegram.dog/?\\(")
+            )]
         );
         // Underline wins over italic, left to right; an empty bold separates them.
         assert_eq!(
@@ -1482,21 +1520,60 @@ mod tests {
     #[test]
     fn markdown_v2_errors_have_telegrams_wording() {
         let cases = [
-            ("🏟 🏟_abacaba", "Can't find end of Italic entity at byte offset 9"),
-            ("🏟 🏟_abac * asd ", "Can't find end of Bold entity at byte offset 15"),
+            (
+                "🏟 🏟_abacaba",
+                "Can't find end of Italic entity at byte offset 9",
+            ),
+            (
+                "🏟 🏟_abac * asd ",
+                "Can't find end of Bold entity at byte offset 15",
+            ),
             ("🏟 🏟`", "Can't find end of Code entity at byte offset 9"),
             ("🏟 🏟```", "Can't find end of Pre entity at byte offset 9"),
-            ("🏟 🏟```a ", "Can't find end of PreCode entity at byte offset 9"),
-            ("🏟 🏟__", "Can't find end of Underline entity at byte offset 9"),
-            ("🏟 🏟||test\\|", "Can't find end of Spoiler entity at byte offset 9"),
-            ("[telegram\\.org](asd\\)", "Can't find end of a URL at byte offset 16"),
-            ("🏟 🏟![👍]", "Custom emoji entity must contain a tg://emoji URL"),
-            ("🏟 🏟![👍](t://emoji?id=1234)", "Custom emoji URL must have scheme tg"),
-            ("🏟 🏟![👍](tg:emojis?id=1234)", "Custom emoji URL must have host \"emoji\""),
-            ("🏟 🏟![👍](tg://emoji#test)", "Custom emoji URL must have an emoji identifier"),
-            ("🏟 🏟![👍](tg://emoji?id=025)", "Invalid custom emoji identifier specified"),
-            ("🏟 🏟![👍](tg://emoji?id=1234", "Can't find end of a custom emoji URL at byte offset 17"),
-            ("a!", "Character '!' is reserved and must be escaped with the preceding '\\'"),
+            (
+                "🏟 🏟```a ",
+                "Can't find end of PreCode entity at byte offset 9",
+            ),
+            (
+                "🏟 🏟__",
+                "Can't find end of Underline entity at byte offset 9",
+            ),
+            (
+                "🏟 🏟||test\\|",
+                "Can't find end of Spoiler entity at byte offset 9",
+            ),
+            (
+                "[telegram\\.org](asd\\)",
+                "Can't find end of a URL at byte offset 16",
+            ),
+            (
+                "🏟 🏟![👍]",
+                "Custom emoji entity must contain a tg://emoji URL",
+            ),
+            (
+                "🏟 🏟![👍](t://emoji?id=1234)",
+                "Custom emoji URL must have scheme tg",
+            ),
+            (
+                "🏟 🏟![👍](tg:emojis?id=1234)",
+                "Custom emoji URL must have host \"emoji\"",
+            ),
+            (
+                "🏟 🏟![👍](tg://emoji#test)",
+                "Custom emoji URL must have an emoji identifier",
+            ),
+            (
+                "🏟 🏟![👍](tg://emoji?id=025)",
+                "Invalid custom emoji identifier specified",
+            ),
+            (
+                "🏟 🏟![👍](tg://emoji?id=1234",
+                "Can't find end of a custom emoji URL at byte offset 17",
+            ),
+            (
+                "a!",
+                "Character '!' is reserved and must be escaped with the preceding '\\'",
+            ),
         ];
         for (input, message) in cases {
             assert_eq!(err(MarkdownV2, input), message, "{input}");
@@ -1507,22 +1584,36 @@ mod tests {
     fn markdown_v2_more_cases() {
         assert_eq!(
             ok(MarkdownV2, "🏟 🏟_🏟 __🏟___"),
-            ("🏟 🏟🏟 🏟".into(), vec![e("italic", 5, 5), e("underline", 8, 2)])
+            (
+                "🏟 🏟🏟 🏟".into(),
+                vec![e("italic", 5, 5), e("underline", 8, 2)]
+            )
         );
         assert_eq!(
             ok(MarkdownV2, "🏟 🏟```🏟\n🏟```"),
-            ("🏟 🏟🏟".into(), vec![with(e("pre", 5, 2), "language", json!("🏟"))])
+            (
+                "🏟 🏟🏟".into(),
+                vec![with(e("pre", 5, 2), "language", json!("🏟"))]
+            )
         );
         assert_eq!(ok(MarkdownV2, "[ ](as)"), (" ".into(), vec![]));
         assert_eq!(
             ok(MarkdownV2, "[telegram\\.org]").1,
-            vec![with(e("text_link", 0, 12), "url", json!("http://telegram.org/"))]
+            vec![with(
+                e("text_link", 0, 12),
+                "url",
+                json!("http://telegram.org/")
+            )]
         );
         assert_eq!(
             ok(MarkdownV2, "🏟 🏟![👍](TG://EMoJI/?test=1231&id=25#id=32)a"),
             (
                 "🏟 🏟👍a".into(),
-                vec![with(e("custom_emoji", 5, 2), "custom_emoji_id", json!("25"))]
+                vec![with(
+                    e("custom_emoji", 5, 2),
+                    "custom_emoji_id",
+                    json!("25")
+                )]
             )
         );
     }
@@ -1535,7 +1626,11 @@ mod tests {
             (
                 "[inline URL](http://www.example.com/)",
                 "inline URL",
-                vec![with(e("text_link", 0, 10), "url", json!("http://www.example.com/"))],
+                vec![with(
+                    e("text_link", 0, 10),
+                    "url",
+                    json!("http://www.example.com/"),
+                )],
             ),
             (
                 "[inline mention of a user](tg://user?id=123456789)",
@@ -1546,7 +1641,11 @@ mod tests {
                     json!({"id": 123456789, "is_bot": false, "first_name": "User"}),
                 )],
             ),
-            ("`inline fixed-width code`", "inline fixed-width code", vec![e("code", 0, 23)]),
+            (
+                "`inline fixed-width code`",
+                "inline fixed-width code",
+                vec![e("code", 0, 23)],
+            ),
             (
                 "```\npre-formatted fixed-width code block\n```",
                 "pre-formatted fixed-width code block\n",
@@ -1564,11 +1663,19 @@ mod tests {
                 "snake_case",
                 vec![e("italic", 0, 5), e("italic", 6, 4)],
             ),
-            ("*2*\\**2=4*", "2*2=4", vec![e("bold", 0, 1), e("bold", 2, 3)]),
+            (
+                "*2*\\**2=4*",
+                "2*2=4",
+                vec![e("bold", 0, 1), e("bold", 2, 3)],
+            ),
             ("1.5 + (2) = 3.5!", "1.5 + (2) = 3.5!", vec![]),
         ];
         for (input, text, entities) in cases {
-            assert_eq!(ok(Markdown, input), (text.to_string(), entities.clone()), "{input}");
+            assert_eq!(
+                ok(Markdown, input),
+                (text.to_string(), entities.clone()),
+                "{input}"
+            );
         }
         assert_eq!(
             err(Markdown, "🏟 *bold"),
@@ -1595,7 +1702,10 @@ mod tests {
         assert_eq!(text, "*a* b");
         assert_eq!(entities, vec![e("bold", 0, 3)]);
         let f = parse(Html, "<b>hi</b>\n").unwrap();
-        assert_eq!(trim(&f.text, f.entities_json()), ("hi".into(), vec![e("bold", 0, 2)]));
+        assert_eq!(
+            trim(&f.text, f.entities_json()),
+            ("hi".into(), vec![e("bold", 0, 2)])
+        );
     }
 
     #[test]

@@ -12,6 +12,10 @@
 //!   `answerCallbackQuery`, `sendChatAction`, `setMyCommands`/`getMyCommands`/
 //!   `deleteMyCommands`. Errors in Telegram's shape (`ok:false`, `error_code`, `description`,
 //!   `parameters.retry_after` / `parameters.migrate_to_chat_id`).
+//! - **Formatting** like Telegram's (module `format`): `parse_mode` `HTML`, `MarkdownV2` and the
+//!   legacy `Markdown` parsed into plain `text` plus `entities` (UTF-16 offsets), bad markup
+//!   refused with Telegram's `400 Bad Request: can't parse entities: …`; explicit `entities`
+//!   checked and kept as given. The web chat renders them.
 //! - **Rate limits** like Telegram's on the sending methods (`sendMessage`,
 //!   `editMessageText`), on by default: 30 calls in any second per bot, 1/s per private chat
 //!   with a burst of 3, 20 per minute per group; past them 429 with `retry_after`.
@@ -31,9 +35,9 @@
 //!   (100 ms doubling to 5 s) before any later update of the chat.
 //! - **Load generator** ([`load`], `courier-sandbox load`).
 //!
-//! The user guide is `docs/SANDBOX.md`. Not emulated: files and media, `parse_mode` markup
-//! parsed into entities (the mode is validated, the text kept as sent), answering a method
-//! in the webhook's response body, inline mode, payments.
+//! The user guide is `docs/SANDBOX.md`. Not emulated: files and media (so no captions or
+//! `caption_entities`), entities Telegram detects by itself (URLs, mentions, hashtags in bot
+//! messages), answering a method in the webhook's response body, inline mode, payments.
 
 mod api;
 mod control;

@@ -755,14 +755,23 @@ async fn formatting_comes_back_as_entities() -> Result<(), Box<dyn std::error::E
     assert_eq!(legacy.text(), Some("docs 😀 x"));
     let entities = legacy.entities().unwrap();
     assert_eq!(entities.len(), 2);
-    assert!(matches!(&entities[0].kind, MessageEntityKind::TextLink { url }
-        if url.as_str() == "https://core.telegram.org/"));
-    assert_eq!((entities[1].offset, entities[1].length), (8, 1), "UTF-16 offsets");
+    assert!(
+        matches!(&entities[0].kind, MessageEntityKind::TextLink { url }
+        if url.as_str() == "https://core.telegram.org/")
+    );
+    assert_eq!(
+        (entities[1].offset, entities[1].length),
+        (8, 1),
+        "UTF-16 offsets"
+    );
     assert_eq!(entities[1].kind, MessageEntityKind::Code);
 
     let explicit = bot
         .send_message(ChatId(94), "given as is")
-        .entities(vec![MessageEntity::italic(0, 5), MessageEntity::underline(9, 2)])
+        .entities(vec![
+            MessageEntity::italic(0, 5),
+            MessageEntity::underline(9, 2),
+        ])
         .await?;
     assert_eq!(
         explicit.entities(),
