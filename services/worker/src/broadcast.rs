@@ -166,8 +166,10 @@ macro_rules! progress_select {
         concat!(
             "SELECT b.id, b.state, b.recipients, b.enqueued, b.text, b.parse_mode, \
                  b.created_at, b.finished_at, \
-                 count(s.outbox_id) FILTER (WHERE s.outcome = 'sent') AS sent, \
-                 count(s.outbox_id) FILTER (WHERE s.outcome <> 'sent') AS failed \
+                 coalesce(b.final_sent, \
+                     count(s.outbox_id) FILTER (WHERE s.outcome = 'sent')) AS sent, \
+                 coalesce(b.final_failed, \
+                     count(s.outbox_id) FILTER (WHERE s.outcome <> 'sent')) AS failed \
              FROM broadcasts b \
              LEFT JOIN outbox o ON o.broadcast_id = b.id \
              LEFT JOIN sent_messages s \
@@ -248,6 +250,9 @@ pub async fn run(
             }
         };
         if !busy {
+            if let Err(e) = freeze(&pool, bot_id).await {
+                tracing::warn!(error = %e, "writing finished broadcasts' counts failed; retrying");
+            }
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(POLL) => {}
@@ -256,6 +261,30 @@ pub async fn run(
             return;
         }
     }
+}
+
+/// Writes the final counts of the finished broadcasts that have none yet (`final_sent`,
+/// `final_failed`), so that [`progress`] still tells them after retention pruned the outbox
+/// and ledger rows they were counted from. Returns how many it wrote.
+pub async fn freeze(pool: &PgPool, bot_id: i64) -> Result<u64, StoreError> {
+    Ok(sqlx::query(
+        "UPDATE broadcasts AS b SET final_sent = c.sent, final_failed = c.failed \
+         FROM ( \
+             SELECT j.id, j.enqueued, \
+                 count(s.outbox_id) FILTER (WHERE s.outcome = 'sent') AS sent, \
+                 count(s.outbox_id) FILTER (WHERE s.outcome <> 'sent') AS failed \
+             FROM broadcasts j \
+             LEFT JOIN outbox o ON o.broadcast_id = j.id \
+             LEFT JOIN sent_messages s \
+                 ON s.bot_id = o.bot_id AND s.outbox_id = o.id AND s.part = 0 \
+             WHERE j.bot_id = $1 AND j.state <> 'running' AND j.final_sent IS NULL \
+             GROUP BY j.id) AS c \
+         WHERE b.id = c.id AND c.sent + c.failed >= c.enqueued",
+    )
+    .bind(bot_id)
+    .execute(pool)
+    .await?
+    .rows_affected())
 }
 
 /// Enqueues and publishes one page; `true` if it did (there may be more at once).

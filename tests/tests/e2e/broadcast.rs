@@ -384,3 +384,55 @@ async fn a_broadcast_call_repeated_with_its_request_id_creates_one_job() -> Resu
     assert_eq!(jobs, 2);
     Ok(())
 }
+
+/// A finished broadcast's counts are written into its row, so they outlive the outbox and
+/// ledger rows they are counted from (which retention prunes after `COURIER_RETENTION`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_broadcasts_counts_outlive_the_rows_they_were_counted_from() -> Result<()> {
+    let stack = courier_tests::Stack::start().await?;
+    let pool = &stack.db;
+    // Users Telegram does not know (no chat in the sandbox): each message is refused for good
+    // ("chat not found") and dead-lettered, so the job finishes with 5 failures.
+    for user in 0..5_i64 {
+        sqlx::query(
+            "INSERT INTO users (bot_id, user_id, chat_id, first_name) VALUES ($1, $2, $2, 'U')",
+        )
+        .bind(stack.bot_id())
+        .bind(8_100_000 + user)
+        .execute(pool)
+        .await?;
+    }
+    let job = courier_worker::broadcast::create(pool, stack.bot_id(), "to nobody", "").await?;
+    let frozen = eventually(
+        "the final counts written",
+        courier_tests::DEADLINE,
+        || async {
+            let row: (Option<i64>, Option<i64>) =
+                sqlx::query_as("SELECT final_sent, final_failed FROM broadcasts WHERE id = $1")
+                    .bind(job.id)
+                    .fetch_one(pool)
+                    .await?;
+            Ok(row.0.is_some().then_some(row))
+        },
+    )
+    .await?;
+    assert_eq!(frozen, (Some(0), Some(5)));
+    // What retention does to the rows they were counted from.
+    sqlx::query(
+        "DELETE FROM sent_messages WHERE outbox_id IN \
+         (SELECT id FROM outbox WHERE broadcast_id = $1)",
+    )
+    .bind(job.id)
+    .execute(pool)
+    .await?;
+    sqlx::query("DELETE FROM outbox WHERE broadcast_id = $1")
+        .bind(job.id)
+        .execute(pool)
+        .await?;
+    let p = courier_worker::broadcast::progress(pool, stack.bot_id(), job.id)
+        .await?
+        .context("the job")?;
+    assert_eq!((p.enqueued, p.sent, p.failed), (5, 0, 5));
+    assert!(p.finished());
+    Ok(())
+}
