@@ -18,7 +18,8 @@
 //!   name and process id, unless given).
 //!
 //! Spans carry ids (bot, update, chat, partition, stream sequence, outbox id) and outcomes,
-//! never message text, tokens or secrets.
+//! never message text, tokens or secrets. `RUST_LOG` decides which spans exist as well as
+//! which lines are logged: keep Courier's targets at `info` (the default) for whole traces.
 
 use std::sync::OnceLock;
 
@@ -111,6 +112,7 @@ pub fn init(service: &'static str) -> Result<Telemetry, TelemetryError> {
         tracing_opentelemetry::layer()
             .with_tracer(p.tracer(service))
             .with_tracked_inactivity(false)
+            .with_context_activation(false)
             .with_threads(false)
             .with_location(false)
             .with_filter(courier_spans())
@@ -119,12 +121,15 @@ pub fn init(service: &'static str) -> Result<Telemetry, TelemetryError> {
         fmt::layer()
             .event_format(WithTraceIds(fmt::format().json().with_target(true)))
             .fmt_fields(format::JsonFields::new())
-            .with_filter(filter())
             .boxed()
     } else {
-        fmt::layer().with_target(true).with_filter(filter()).boxed()
+        fmt::layer().with_target(true).boxed()
     };
+    // `RUST_LOG` filters globally, spans included; a per-layer filter on the log layer beside the
+    // OpenTelemetry layer's own made spans lose their parents (each span its own trace) unless
+    // debug logging was on: test `traces::one_update_is_one_trace_…` runs at `info`.
     let _ = tracing_subscriber::registry()
+        .with(filter())
         .with(otel)
         .with(logs)
         .try_init();
