@@ -115,6 +115,7 @@ pub fn init(service: &'static str) -> Result<Telemetry, TelemetryError> {
             .with_context_activation(false)
             .with_threads(false)
             .with_location(false)
+            .with_target(false)
             .with_filter(courier_spans())
     });
     let logs = if json {
