@@ -1116,18 +1116,10 @@ async fn send(ctx: Arc<Ctx>, held: Held) {
             );
             let calling = std::time::Instant::now();
             let answer = req.send().instrument(call.clone()).await;
-            ctx.metrics.call(
-                "sendMessage",
-                answer.as_ref().map_or_else(telegram::call_result, |_| "ok"),
-                calling.elapsed(),
-            );
-            call.record(
-                "result",
-                match &answer {
-                    Ok(_) => "ok",
-                    Err(err) => telegram::classify(err).kind(),
-                },
-            );
+            // One vocabulary for the span and the metric.
+            let result = answer.as_ref().map_or_else(telegram::call_result, |_| "ok");
+            ctx.metrics.call("sendMessage", result, calling.elapsed());
+            call.record("result", result);
             drop(call);
             // The call has arrived at Telegram by now, if ever: the arrival window counts it.
             drop(grant);

@@ -19,20 +19,6 @@ pub enum Failure {
     MigrateTo(i64),
 }
 
-impl Failure {
-    /// A short name of the kind of failure, for spans: `rate_limited`, `server_error`,
-    /// `permanent`, `blocked`, `migrated`.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Failure::RetryAfter(_) => "rate_limited",
-            Failure::Transient(_) => "server_error",
-            Failure::Permanent(_) => "permanent",
-            Failure::Blocked(_) => "blocked",
-            Failure::MigrateTo(_) => "migrated",
-        }
-    }
-}
-
 /// Classifies a teloxide-core error.
 ///
 /// teloxide-core maps the error's description to [`ApiError`]; every named variant is a
