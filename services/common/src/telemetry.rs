@@ -42,11 +42,6 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
-    /// Whether spans are exported (an OTLP endpoint is configured).
-    pub fn exporting(&self) -> bool {
-        self.provider.is_some()
-    }
-
     /// Exports the spans still buffered and stops the exporter, waiting at most
     /// [`FLUSH_TIMEOUT`] (an unreachable collector must not hold up the process's exit). Call
     /// it when the service has stopped, before the process exits.

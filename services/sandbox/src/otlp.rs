@@ -23,7 +23,6 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use serde::Serialize;
-use tokio::sync::Notify;
 
 /// One span as received.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -76,7 +75,6 @@ pub struct TraceSummary {
 #[derive(Debug, Default)]
 pub struct Spans {
     spans: Mutex<VecDeque<ReceivedSpan>>,
-    added: Notify,
 }
 
 impl Spans {
@@ -91,8 +89,6 @@ impl Spans {
             }
             spans.push_back(s);
         }
-        drop(spans);
-        self.added.notify_waiters();
     }
 
     /// Every span kept.
@@ -117,11 +113,6 @@ impl Spans {
             .collect();
         spans.sort_by_key(|s| (s.start_unix_ns, s.end_unix_ns));
         spans
-    }
-
-    /// Waits until more spans arrive (or `timeout` passes).
-    pub async fn changed(&self, timeout: std::time::Duration) {
-        let _ = tokio::time::timeout(timeout, self.added.notified()).await;
     }
 
     /// The traces kept, newest first, at most `limit`.
