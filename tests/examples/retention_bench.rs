@@ -15,7 +15,7 @@
 
 use std::time::{Duration, Instant};
 
-use courier_bot::{Incoming, Input, UserInfo};
+use courier_notes::{Incoming, Input, UserInfo};
 use courier_common::CancellationToken;
 use courier_worker::retention::{self, Pass};
 use courier_worker::store::{self, Applied, NextOnSubject, StoreError, UpdateRef};

@@ -1,7 +1,7 @@
 //! `GetChat` and `ResetChat`.
 //!
 //! **Reset** sets the chat's `dialogue_states.state` to the bot's start state
-//! (`courier_bot::DialogueState::default()`, `{"state":"Start"}`: the bot waits for `/start`)
+//! (`courier_notes::DialogueState::default()`, `{"state":"Start"}`: the bot waits for `/start`)
 //! in one `UPDATE`, which takes the row lock the worker's transaction takes, so it never
 //! interleaves with an update being applied. Everything else is kept: the order guard
 //! (`last_seq`, `stream_epoch`, `last_update_id`, `updated_at`), the notes, the users (and their
@@ -137,7 +137,7 @@ pub async fn get(ctx: &Ctx, req: pb::GetChatRequest) -> Result<pb::Chat, Status>
 
 /// Sets the chat's dialogue state back to the start (see the module documentation).
 pub async fn reset(ctx: &Ctx, req: pb::ResetChatRequest) -> Result<pb::ResetChatResponse, Status> {
-    let start = serde_json::to_value(courier_bot::DialogueState::default())
+    let start = serde_json::to_value(courier_notes::DialogueState::default())
         .map_err(|e| Status::internal(e.to_string()))?;
     let mut tx = ctx.pool.begin().await.map_err(db)?;
     let previous: Option<serde_json::Value> = sqlx::query_scalar(

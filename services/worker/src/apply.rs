@@ -294,7 +294,7 @@ impl Applier {
         };
         // Read leniently from the raw bytes: only what the bot needs. What it needs and cannot
         // read is dead-lettered with the reason; kinds it does not handle are acked.
-        let incoming = match courier_bot::classify_json(&envelope.update_json) {
+        let incoming = match courier_notes::classify_json(&envelope.update_json) {
             Ok(Some(incoming)) => incoming,
             Ok(None) => {
                 span.record("outcome", "ignored");

@@ -23,7 +23,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use courier_bot::{flood, Context, DialogueState, Effect, Incoming, Pace};
+use courier_notes::{flood, Context, DialogueState, Effect, Incoming, Pace};
 use sqlx::{PgPool, Row};
 use tokio::sync::{mpsc, oneshot};
 
@@ -158,7 +158,7 @@ async fn apply_batch(
         if job.upd.bot_id != jobs[0].upd.bot_id
             || !chats.insert(job.incoming.chat_id)
             || !fresh_sender
-            || courier_bot::reads(&job.incoming).is_some()
+            || courier_notes::reads(&job.incoming).is_some()
         {
             verdicts[i] = Some(Verdict::Alone);
         } else {
@@ -302,7 +302,7 @@ async fn apply_batch(
                 continue;
             }
         }
-        let transition = courier_bot::step(state, &job.incoming, &ctx);
+        let transition = courier_notes::step(state, &job.incoming, &ctx);
         let mut notes = Vec::new();
         let mut replies = Vec::new();
         let mut simple = true;

@@ -8,7 +8,7 @@
 //! per-chat lanes ([`courier_common::lanes`]: one update at a time per chat, many chats at
 //! once), and each update is applied in one PostgreSQL transaction ([`store::apply`]) that
 //! records it in `processed_updates`, checks the chat's order (`last_seq`), runs the pure FSM
-//! ([`courier_bot::step`]), writes its effects, the new dialogue state and the outgoing
+//! ([`courier_notes::step`]), writes its effects, the new dialogue state and the outgoing
 //! messages (the outbox). After commit the outbox rows are published to `COURIER_OUTBOUND`
 //! ([`outbox::publish`]); then the update is acknowledged ([`apply::Applier`]).
 //!

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use courier_bot::{flood, Context, DialogueState, Effect, Incoming, Note, Pace, Read, HISTORY_LEN};
+use courier_notes::{flood, Context, DialogueState, Effect, Incoming, Note, Pace, Read, HISTORY_LEN};
 use courier_common::trace::TraceParent;
 use sqlx::{PgPool, Postgres, Row, Transaction};
 use tracing::Instrument;
@@ -353,7 +353,7 @@ pub async fn apply<'c>(
     }
     let history = ctx.pace == Pace::Within;
     if let (Some(Read::History), Some(user), true) =
-        (courier_bot::reads(incoming), &incoming.from, history)
+        (courier_notes::reads(incoming), &incoming.from, history)
     {
         ctx.history = sqlx::query(
             "SELECT text, sent_at FROM messages WHERE bot_id = $1 AND chat_id = $2 AND user_id = $3 \
@@ -376,7 +376,7 @@ pub async fn apply<'c>(
         .collect::<Result<_, sqlx::Error>>()?;
     }
 
-    let transition = step.in_scope(|| courier_bot::step(state, incoming, &ctx));
+    let transition = step.in_scope(|| courier_notes::step(state, incoming, &ctx));
     // Notes and replies go in the one statement below; the rarer effects here, in order.
     let mut notes = Notes::default();
     let (mut reply_chats, mut reply_texts) = (Vec::new(), Vec::new());

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use chrono::DateTime;
-use courier_bot::{
+use courier_notes::{
     classify_json, step, Context, DialogueState, Effect, Incoming, Input, Note, Pace, UserInfo,
 };
 use proptest::prelude::*;

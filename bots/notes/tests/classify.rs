@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
-use courier_bot::{classify_json, Incoming, Input, UnreadableUpdate, UserInfo};
+use courier_notes::{classify_json, Incoming, Input, UnreadableUpdate, UserInfo};
 use teloxide_core::types::{Update, UpdateKind};
 
 fn fixtures_dir() -> PathBuf {
