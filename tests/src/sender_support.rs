@@ -200,6 +200,7 @@ impl SenderRig {
             action: Some(Action::Send(SendMessage {
                 text: text.to_owned(),
                 parse_mode: String::new(),
+                ..Default::default()
             })),
         };
         self.js
@@ -228,6 +229,7 @@ impl SenderRig {
                 action: Some(Action::Send(SendMessage {
                     text: text.clone(),
                     parse_mode: String::new(),
+                    ..Default::default()
                 })),
             };
             acks.push(

@@ -89,6 +89,7 @@ async fn publish_one(js: &jetstream::Context, bot_id: i64, row: &OutboxRow) -> R
         action: Some(Action::Send(SendMessage {
             text: row.text.clone(),
             parse_mode: row.parse_mode.clone(),
+            ..Default::default()
         })),
     };
     let mut publish = PublishMessage::build();
