@@ -88,6 +88,7 @@ async fn main() -> anyhow::Result<()> {
             action: Some(Action::Send(SendMessage {
                 text: format!("bench {i}"),
                 parse_mode: String::new(),
+                ..Default::default()
             })),
         };
         acks.push(
