@@ -15,8 +15,8 @@
 
 use std::time::{Duration, Instant};
 
-use courier_notes::{Incoming, Input, UserInfo};
 use courier_common::CancellationToken;
+use courier_notes::{Incoming, Input, UserInfo};
 use courier_worker::retention::{self, Pass};
 use courier_worker::store::{self, Applied, NextOnSubject, StoreError, UpdateRef};
 use sqlx::PgPool;
@@ -62,6 +62,7 @@ async fn one_update(pool: &PgPool, chat: i64) -> anyhow::Result<()> {
     };
     let Applied::Applied { publish: rows, .. } = store::apply(
         pool,
+        &courier_notes::NotesBot,
         upd,
         &incoming,
         0,

@@ -64,8 +64,14 @@ pub struct Line {
     pub message_id: i64,
     /// Whether the bot wrote it.
     pub from_bot: bool,
-    /// The text.
+    /// The text (as Telegram shows it: markup parsed into `entities`).
     pub text: String,
+    /// Its entities (bold, italic, ...), as Bot API `MessageEntity` objects.
+    #[serde(default)]
+    pub entities: Vec<serde_json::Value>,
+    /// The inline keyboard of a bot message.
+    #[serde(default)]
+    pub reply_markup: Option<serde_json::Value>,
     /// Unix seconds.
     pub date: i64,
 }
@@ -205,6 +211,7 @@ impl Stack {
     /// The worker configuration of this stack.
     pub fn worker_config(&self) -> courier_worker::Config {
         courier_worker::Config {
+            bot: courier_worker::BotKind::Notes,
             database_url: Some(self.pg.url().to_owned()),
             db_pool_size: 4,
             migrate: true,

@@ -16,18 +16,7 @@ use chrono::{DateTime, Utc};
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 
-/// The sender of a message, as the bot keeps it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UserInfo {
-    /// Telegram user id.
-    pub id: i64,
-    /// First name (empty when the update has none).
-    pub first_name: String,
-    /// Last name, if any.
-    pub last_name: Option<String>,
-    /// Username without `@`, if any.
-    pub username: Option<String>,
-}
+use crate::{Incoming, UnreadableUpdate, UserInfo};
 
 /// What a message asks of the bot.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,36 +38,6 @@ pub enum Input {
     /// The user blocked (`true`) or unblocked (`false`) the bot in a private chat
     /// (`my_chat_member` with status `kicked` / `member`).
     BotBlocked(bool),
-}
-
-/// One message the bot reacts to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Incoming {
-    /// The chat to answer in.
-    pub chat_id: i64,
-    /// The sender, when the message has one.
-    pub from: Option<UserInfo>,
-    /// When it was sent.
-    pub date: DateTime<Utc>,
-    /// What it says.
-    pub input: Input,
-}
-
-/// An update of a kind the bot handles whose fields the bot needs cannot be read. The worker
-/// parks it in the dead-letter stream with this reason.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unreadable update: {reason}")]
-pub struct UnreadableUpdate {
-    /// What could not be read, starting with the field's path (`message.date: ...`).
-    pub reason: String,
-}
-
-impl UnreadableUpdate {
-    fn new(reason: impl Into<String>) -> Self {
-        Self {
-            reason: reason.into(),
-        }
-    }
 }
 
 /// The bot's view of an update, read from its raw JSON.
@@ -242,21 +201,12 @@ fn from_member_update(m: RawMemberUpdate) -> Result<Option<Incoming>, Unreadable
 
 /// Splits `/cmd@bot args` into a command; anything else is text, verbatim.
 pub(crate) fn parse_text(text: &str) -> Input {
-    let Some(rest) = text.strip_prefix('/') else {
-        return Input::Text(text.to_owned());
-    };
-    let (head, args) = rest
-        .split_once(char::is_whitespace)
-        .map(|(h, a)| (h, a.trim()))
-        .unwrap_or((rest, ""));
-    let name = head.split('@').next().unwrap_or_default();
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-        // "/ hello" or "/path/to/file" are not commands.
-        return Input::Text(text.to_owned());
-    }
-    Input::Command {
-        name: name.to_ascii_lowercase(),
-        args: args.to_owned(),
+    match courier_bot_api::parse_command(text) {
+        Some(c) => Input::Command {
+            name: c.name,
+            args: c.args,
+        },
+        None => Input::Text(text.to_owned()),
     }
 }
 

@@ -1,5 +1,7 @@
 //! Everything the bot says, in one place.
 
+use courier_bot_api::escape_html;
+
 use crate::Note;
 
 /// Longest part of a note that `/history` shows, in characters, so five notes always fit in
@@ -44,6 +46,9 @@ pub(crate) fn only_text(kind: &str) -> String {
     )
 }
 
+/// `/history` in HTML: each note escaped (a note is shown as written, never as markup), its
+/// time in italics. Telegram's 4096-character limit counts the text after the markup is
+/// parsed, so five notes of [`HISTORY_NOTE_CHARS`] always fit, however much escaping adds.
 pub(crate) fn history(notes: &[Note]) -> String {
     if notes.is_empty() {
         return "You have no notes yet. After /start, send me any text to save it.".to_owned();
@@ -61,9 +66,10 @@ pub(crate) fn history(notes: &[Note]) -> String {
             ""
         };
         out.push_str(&format!(
-            "\n{}. [{}] {text}{ellipsis}",
+            "\n{}. <i>{}</i> {}{ellipsis}",
             i + 1,
-            note.at.format("%Y-%m-%d %H:%M UTC")
+            note.at.format("%Y-%m-%d %H:%M UTC"),
+            escape_html(&text)
         ));
     }
     out

@@ -6,8 +6,10 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use chrono::DateTime;
+use courier_bot_api::{Outgoing, SendText};
 use courier_notes::{
-    classify_json, step, Context, DialogueState, Effect, Incoming, Input, Note, Pace, UserInfo,
+    classify_json, step, Context, Data, DialogueState, Effect, Incoming, Input, Note, Pace,
+    UserInfo, Write,
 };
 use proptest::prelude::*;
 use serde_json::{Map, Value};
@@ -142,7 +144,9 @@ fn step_everywhere(incoming: &Incoming, history: &[Note]) {
     for state in [DialogueState::Start, DialogueState::ReceiveNote] {
         for pace in [Pace::Within, Pace::SlowDown, Pace::Over] {
             let ctx = Context {
-                history: history.to_vec(),
+                data: Data {
+                    history: history.to_vec(),
+                },
                 pace,
             };
             let t = step(state, incoming, &ctx);
@@ -158,7 +162,7 @@ fn step_everywhere(incoming: &Incoming, history: &[Note]) {
                 match pace {
                     Pace::Within => {}
                     Pace::SlowDown => assert!(
-                        matches!(&t.effects[..], [Effect::Reply { .. }]),
+                        matches!(&t.effects[..], [Effect::Send(Outgoing::Send(_))]),
                         "one reply: {:?}",
                         t.effects
                     ),
@@ -167,11 +171,12 @@ fn step_everywhere(incoming: &Incoming, history: &[Note]) {
             }
             for e in &t.effects {
                 match e {
-                    Effect::Reply { chat_id, text } => {
+                    Effect::Send(Outgoing::Send(SendText { chat_id, text, .. })) => {
                         assert_eq!(*chat_id, incoming.chat_id);
                         assert!(!text.is_empty());
                     }
-                    Effect::SaveNote { chat_id, text, .. } => {
+                    Effect::Send(other) => panic!("the notes bot only sends messages: {other:?}"),
+                    Effect::Write(Write::SaveNote { chat_id, text, .. }) => {
                         assert_eq!(state, DialogueState::ReceiveNote, "notes only after /start");
                         assert_eq!(*chat_id, incoming.chat_id);
                         let sent = match &incoming.input {
@@ -180,7 +185,11 @@ fn step_everywhere(incoming: &Incoming, history: &[Note]) {
                         };
                         assert_eq!(Some(text), sent, "saved verbatim");
                     }
-                    Effect::UpsertUser { chat_id, .. } | Effect::SetBlocked { chat_id, .. } => {
+                    Effect::Write(
+                        Write::UpsertUser { chat_id, .. } | Write::SetUserBlocked { chat_id, .. },
+                    )
+                    | Effect::SetBlocked { chat_id, .. }
+                    | Effect::Subscribe { chat_id, .. } => {
                         assert_eq!(*chat_id, incoming.chat_id)
                     }
                 }

@@ -1,8 +1,8 @@
 //! `GetChat` and `ResetChat`.
 //!
-//! **Reset** sets the chat's `dialogue_states.state` to the bot's start state
-//! (`courier_notes::DialogueState::default()`, `{"state":"Start"}`: the bot waits for `/start`)
-//! in one `UPDATE`, which takes the row lock the worker's transaction takes, so it never
+//! **Reset** sets the chat's `dialogue_states.state` to JSON `null`, which the worker reads as
+//! the bot's start state (`Default` of `Bot::State`, whatever the bot: the notes bot waits for
+//! `/start` again), in one `UPDATE`, which takes the row lock the worker's transaction takes, so it never
 //! interleaves with an update being applied. Everything else is kept: the order guard
 //! (`last_seq`, `stream_epoch`, `last_update_id`, `updated_at`), the notes, the users (and their
 //! blocked mark), `blocked_chats`, `processed_updates`, the outbox and the sender's ledger — a
@@ -137,8 +137,8 @@ pub async fn get(ctx: &Ctx, req: pb::GetChatRequest) -> Result<pb::Chat, Status>
 
 /// Sets the chat's dialogue state back to the start (see the module documentation).
 pub async fn reset(ctx: &Ctx, req: pb::ResetChatRequest) -> Result<pb::ResetChatResponse, Status> {
-    let start = serde_json::to_value(courier_notes::DialogueState::default())
-        .map_err(|e| Status::internal(e.to_string()))?;
+    // The bot's start state, whatever the bot (see the module documentation).
+    let start = serde_json::Value::Null;
     let mut tx = ctx.pool.begin().await.map_err(db)?;
     let previous: Option<serde_json::Value> = sqlx::query_scalar(
         "SELECT state FROM dialogue_states WHERE bot_id = $1 AND chat_id = $2 FOR UPDATE",

@@ -243,7 +243,11 @@ mod tests {
         };
         assert_eq!(sender_or_chat(&m), 7);
         m.from.as_mut().unwrap().id = 1_087_968_824;
-        assert_eq!(sender_or_chat(&m), -100, "anonymous admins count as their chat");
+        assert_eq!(
+            sender_or_chat(&m),
+            -100,
+            "anonymous admins count as their chat"
+        );
         m.from = None;
         assert_eq!(sender_or_chat(&m), -100);
     }

@@ -333,7 +333,10 @@ pub fn chat_reset(chat_id: i64, r: &pb::ResetChatResponse, as_json: bool) -> Out
     if as_json {
         json(r)?;
     } else if r.reset {
-        println!("chat {chat_id} reset: {} -> {}", r.previous_state, r.state);
+        println!(
+            "chat {chat_id} reset: {} -> the bot's start state ({})",
+            r.previous_state, r.state
+        );
     } else {
         println!("chat {chat_id}: no dialogue state, nothing to reset");
     }

@@ -14,9 +14,15 @@ use courier_common::{backoff::Backoff, config::ConfigError, health, Cancellation
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
-/// The embedded migrations. Every service that migrates runs the same set, under sqlx's
-/// advisory lock, so replicas starting together are safe.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
+/// The embedded migrations: Courier's own tables. Every service that migrates runs the same
+/// set, under one advisory lock, so replicas starting together are safe. The worker then runs
+/// its bot's migrations (`courier_bot_api::Bot::migrations`, passed to
+/// [`migrate_with_retry_and`]), which share sqlx's `_sqlx_migrations` table: each set ignores
+/// the other's versions (`ignore_missing`).
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate::Migrator {
+    ignore_missing: true,
+    ..sqlx::migrate!("../../migrations")
+};
 
 /// A pool that connects lazily (a service starts while PostgreSQL is still down and reports
 /// not-ready meanwhile). `url` is `DATABASE_URL`; it is never logged.
@@ -60,9 +66,18 @@ pub async fn migrate_with_retry(
     pool: &PgPool,
     cancel: &CancellationToken,
 ) -> Result<bool, sqlx::migrate::MigrateError> {
+    migrate_with_retry_and(pool, None, cancel).await
+}
+
+/// [`migrate_with_retry`], then `extra` (a bot's own migrations) under the same lock.
+pub async fn migrate_with_retry_and(
+    pool: &PgPool,
+    extra: Option<&sqlx::migrate::Migrator>,
+    cancel: &CancellationToken,
+) -> Result<bool, sqlx::migrate::MigrateError> {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     loop {
-        match migrate_under_lock(pool, cancel).await {
+        match migrate_under_lock(pool, extra, cancel).await {
             Ok(applied) => return Ok(applied.is_some()),
             Err(e) if is_passing(&e) => {
                 tracing::warn!(error = %e, "migrations failed for a passing reason; retrying");
@@ -122,11 +137,13 @@ pub enum MigrateWithinError {
     Failed(sqlx::migrate::MigrateError),
 }
 
-/// Runs the migrations once, for a migrate-only command: like [`migrate_with_retry`] (the same
-/// lock, the same retries while the database cannot be reached), but gives up after `wait`
-/// with the last error, and reports which migrations it applied.
+/// Runs the migrations once (Courier's, then `extra`: a bot's), for a migrate-only command:
+/// like [`migrate_with_retry_and`] (the same lock, the same retries while the database cannot
+/// be reached), but gives up after `wait` with the last error, and reports which migrations
+/// it applied.
 pub async fn migrate_within(
     pool: &PgPool,
+    extra: Option<&sqlx::migrate::Migrator>,
     wait: Duration,
     cancel: &CancellationToken,
 ) -> Result<MigrationReport, MigrateWithinError> {
@@ -142,10 +159,11 @@ pub async fn migrate_within(
     });
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     let outcome = loop {
-        match migrate_under_lock(pool, &bounded).await {
+        match migrate_under_lock(pool, extra, &bounded).await {
             Ok(Some(applied)) => {
                 let version = MIGRATOR
                     .iter()
+                    .chain(extra.into_iter().flat_map(|m| m.iter()))
                     .filter(|m| m.migration_type.is_up_migration())
                     .map(|m| m.version)
                     .max();
@@ -192,6 +210,7 @@ fn migration_lock_id(database: &str) -> i64 {
 /// first; `Ok(None)`: `cancel` fired before the lock was taken.
 async fn migrate_under_lock(
     pool: &PgPool,
+    extra: Option<&sqlx::migrate::Migrator>,
     cancel: &CancellationToken,
 ) -> Result<Option<Vec<i64>>, sqlx::migrate::MigrateError> {
     use sqlx::migrate::MigrateError;
@@ -218,7 +237,7 @@ async fn migrate_under_lock(
             _ = tokio::time::sleep(Duration::from_millis(100)) => {}
         }
     }
-    let result = run_locked(&mut conn).await;
+    let result = run_locked(&mut conn, extra).await;
     // Closing the connection releases the lock in any case; unlock first to be quick.
     let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
         .bind(lock_id)
@@ -228,10 +247,11 @@ async fn migrate_under_lock(
     result.map(Some)
 }
 
-/// Runs the migrations on a connection that holds the migration lock; returns the versions
-/// it applied.
+/// Runs the migrations (Courier's, then `extra`) on a connection that holds the migration
+/// lock; returns the versions it applied.
 async fn run_locked(
     conn: &mut sqlx::PgConnection,
+    extra: Option<&sqlx::migrate::Migrator>,
 ) -> Result<Vec<i64>, sqlx::migrate::MigrateError> {
     use sqlx::migrate::MigrateError;
     let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
@@ -246,11 +266,19 @@ async fn run_locked(
     } else {
         Vec::new()
     };
-    let mut migrator = sqlx::migrate!("../../migrations");
-    migrator.set_locking(false);
-    migrator.run(&mut *conn).await?;
+    // Under our own lock: sqlx's waits inside PostgreSQL (see `migrate_under_lock`).
+    for set in std::iter::once(&MIGRATOR).chain(extra) {
+        let mut migrator = sqlx::migrate::Migrator {
+            migrations: set.migrations.clone(),
+            ..sqlx::migrate::Migrator::DEFAULT
+        };
+        migrator.set_locking(false);
+        migrator.set_ignore_missing(true);
+        migrator.run(&mut *conn).await?;
+    }
     let mut applied: Vec<i64> = MIGRATOR
         .iter()
+        .chain(extra.into_iter().flat_map(|m| m.iter()))
         .filter(|m| m.migration_type.is_up_migration() && !before.contains(&m.version))
         .map(|m| m.version)
         .collect();

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind};
 use bytes::Bytes;
+use courier_bot_api::Bot;
 use courier_common::{backoff::Backoff, topology, trace, trace::TraceParent, CancellationToken};
 use courier_proto::{v1::InboundUpdate, Message as _};
 use sqlx::PgPool;
@@ -52,10 +53,11 @@ pub enum Outcome {
 /// release must not wait for it (JetStream redelivers after the ack wait anyway).
 pub(crate) const HAND_BACK_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Applies updates. A worker builds one, and each partition works with a copy bound to the
-/// partition's own cancellation ([`Applier::for_partition`]).
-#[derive(Clone)]
-pub struct Applier {
+/// Applies updates with the bot `B`. A worker builds one, and each partition works with a
+/// copy bound to the partition's own cancellation ([`Applier::for_partition`]).
+pub struct Applier<B: Bot> {
+    /// The bot that reads the updates and decides what they do.
+    pub(crate) bot: Arc<B>,
     pub(crate) bot_id: i64,
     pub(crate) pool: PgPool,
     pub(crate) js: jetstream::Context,
@@ -65,10 +67,30 @@ pub struct Applier {
     pub(crate) flood: store::FloodBudget,
     pub(crate) marks: Arc<outbox::Marks>,
     /// Group commit (`None`: every update in its own transaction).
-    pub(crate) group: Option<crate::group::Group>,
+    pub(crate) group: Option<crate::group::Group<B>>,
     pub(crate) stats: Arc<Stats>,
     pub(crate) cancel: CancellationToken,
     pub(crate) permits: Arc<Semaphore>,
+}
+
+impl<B: Bot> Clone for Applier<B> {
+    fn clone(&self) -> Self {
+        Self {
+            bot: self.bot.clone(),
+            bot_id: self.bot_id,
+            pool: self.pool.clone(),
+            js: self.js.clone(),
+            updates: self.updates.clone(),
+            epoch: self.epoch.clone(),
+            max_attempts: self.max_attempts,
+            flood: self.flood,
+            marks: self.marks.clone(),
+            group: self.group.clone(),
+            stats: self.stats.clone(),
+            cancel: self.cancel.clone(),
+            permits: self.permits.clone(),
+        }
+    }
 }
 
 /// Naks a message (redelivered at once), giving up after [`HAND_BACK_TIMEOUT`]: without NATS
@@ -124,10 +146,11 @@ impl NextOnSubject for Subject<'_> {
     }
 }
 
-impl Applier {
+impl<B: Bot> Applier<B> {
     /// An applier on its own (tests, tools): the worker builds one per process in `spawn`.
     /// Spawns the background task that marks published outbox rows.
     pub fn new(
+        bot: B,
         bot_id: i64,
         pool: PgPool,
         js: jetstream::Context,
@@ -138,6 +161,7 @@ impl Applier {
         let marks = Arc::new(outbox::Marks::default());
         outbox::spawn_marker(pool.clone(), marks.clone());
         Arc::new(Self {
+            bot: Arc::new(bot),
             bot_id,
             pool,
             js,
@@ -294,7 +318,7 @@ impl Applier {
         };
         // Read leniently from the raw bytes: only what the bot needs. What it needs and cannot
         // read is dead-lettered with the reason; kinds it does not handle are acked.
-        let incoming = match courier_notes::classify_json(&envelope.update_json) {
+        let incoming = match self.bot.classify(&envelope.update_json) {
             Ok(Some(incoming)) => incoming,
             Ok(None) => {
                 span.record("outcome", "ignored");
@@ -349,7 +373,8 @@ impl Applier {
                     let applied = match self.stats.db.acquire(&self.pool).await {
                         Ok(mut conn) => {
                             store::apply(
-                                &mut conn, upd, &incoming, handled, &next, self.flood, &marks,
+                                &mut conn, &*self.bot, upd, &incoming, handled, &next, self.flood,
+                                &marks,
                             )
                             .await
                         }

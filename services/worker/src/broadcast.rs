@@ -1,11 +1,13 @@
-//! Broadcasts: one text to every user who started the bot and has not blocked it, run by the
-//! workers as a persisted job through the outbox.
+//! Broadcasts: one text to every chat of the bot's audience (the platform's `audience` table,
+//! which a bot fills with `Effect::Subscribe`: the notes bot on `/start`) that has not blocked
+//! the bot (`blocked_chats`), run by the workers as a persisted job through the outbox. No
+//! bot's own tables are read.
 //!
 //! [`create`] stores the job (`broadcasts`); every worker runs [`run`], and one of them at a
 //! time (PostgreSQL advisory lock [`LOCK_KEY`], taken per page) enqueues the next page: the
-//! next [`PAGE`] users by `user_id` after the job's `cursor`, one outbox row each, inserted in
+//! next [`PAGE`] chats by `chat_id` after the job's `cursor`, one outbox row each, inserted in
 //! the same transaction that moves the cursor. So:
-//! - **no user gets it twice**: a page's rows and its cursor commit together; a crash before
+//! - **no chat gets it twice**: a page's rows and its cursor commit together; a crash before
 //!   the commit enqueues nothing, after it the next page starts past it. Each row is then sent
 //!   once like any reply (outbox id as `Nats-Msg-Id`, the sender's ledger);
 //! - **nothing is lost**: a row committed but not published (a crash right after the commit)
@@ -17,8 +19,9 @@
 //!
 //! [`cancel`] stops the job: no further page, and its rows not yet published are deleted
 //! (rows already in the outbound stream still go out). Who counts as a recipient is decided
-//! page by page: a user who registers with a `user_id` past the cursor while the job runs gets
-//! it; one who blocks the bot before their page does not (and after, the sender skips them).
+//! page by page: a chat that joins the audience with a `chat_id` past the cursor while the job
+//! runs gets it; one that blocks the bot before its page does not (and after, the sender skips
+//! it).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,7 +36,7 @@ use crate::store::{self, OutboxRow, StoreError};
 
 /// The advisory lock one page is enqueued under (one worker at a time, per database).
 pub const LOCK_KEY: i64 = 0x636f_7572_6965_7202;
-/// Users per page.
+/// Chats per page.
 pub const PAGE: i64 = 100;
 /// Most rows of a job enqueued but not yet done by the sender (sent, skipped or
 /// dead-lettered); the next page waits until fewer are outstanding.
@@ -97,7 +100,8 @@ pub async fn create_once(
 ) -> Result<Progress, StoreError> {
     let created: Option<i64> = sqlx::query_scalar(
         "INSERT INTO broadcasts (bot_id, text, parse_mode, recipients, request_id) \
-         SELECT $1, $2, $3, count(*), $4 FROM users WHERE bot_id = $1 AND blocked_at IS NULL \
+         SELECT $1, $2, $3, count(*), $4 FROM audience a WHERE bot_id = $1 AND NOT EXISTS ( \
+             SELECT 1 FROM blocked_chats b WHERE b.bot_id = $1 AND b.chat_id = a.chat_id) \
          ON CONFLICT (bot_id, request_id) WHERE request_id IS NOT NULL DO NOTHING \
          RETURNING id",
     )
@@ -327,16 +331,17 @@ async fn page(
     // The page's rows and the moved cursor, in one statement of this transaction.
     let row = sqlx::query(
         "WITH page AS ( \
-             SELECT user_id, chat_id FROM users \
-             WHERE bot_id = $1 AND blocked_at IS NULL AND user_id > $2 \
-             ORDER BY user_id LIMIT $3), \
+             SELECT chat_id FROM audience a \
+             WHERE bot_id = $1 AND chat_id > $2 AND NOT EXISTS ( \
+                 SELECT 1 FROM blocked_chats b WHERE b.bot_id = $1 AND b.chat_id = a.chat_id) \
+             ORDER BY chat_id LIMIT $3), \
          ins AS ( \
              INSERT INTO outbox (bot_id, chat_id, origin_update_id, text, parse_mode, broadcast_id) \
-             SELECT $1, chat_id, 0, $4, $5, $6 FROM page ORDER BY user_id \
+             SELECT $1, chat_id, 0, $4, $5, $6 FROM page ORDER BY chat_id \
              RETURNING chat_id), \
          moved AS ( \
              UPDATE broadcasts SET \
-                 cursor = coalesce((SELECT max(user_id) FROM page), cursor), \
+                 cursor = coalesce((SELECT max(chat_id) FROM page), cursor), \
                  enqueued = enqueued + (SELECT count(*) FROM page), \
                  state = CASE WHEN (SELECT count(*) FROM page) < $3 THEN 'enqueued' ELSE state END, \
                  finished_at = CASE WHEN (SELECT count(*) FROM page) < $3 THEN now() END \

@@ -11,8 +11,9 @@
 //! then senders in id order), makes the same order-guard, epoch and flood decisions
 //! (`store::apply` documents them) and runs the same pure FSM. Only the common case is
 //! batched: an update whose guard needs a stream lookup, whose sender is over the flood
-//! budget, that reads history (`/history`), whose effects are not just notes and replies to
-//! its own chat, or whose chat or sender already has an update in the batch, is handed back
+//! budget, for which the bot reads its tables first (`Bot::needs_read`, e.g. `/history`), whose
+//! effects are not just the bot's own writes and calls in its own chat (a platform effect such
+//! as a block), or whose chat or sender already has an update in the batch, is handed back
 //! ([`Verdict::Alone`]) and applied alone by `store::apply`. If anything in the batch goes
 //! wrong (a statement fails, a claim or a state write did not take, as when two workers race
 //! on a new chat) the whole transaction is rolled back and every update in it is applied
@@ -22,8 +23,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
-use courier_notes::{flood, Context, DialogueState, Effect, Incoming, Pace};
+use courier_bot_api::{pace, Bot, Context, Effect, Incoming, Outgoing, Pace, Stored};
 use sqlx::{PgPool, Row};
 use tokio::sync::{mpsc, oneshot};
 
@@ -36,11 +36,11 @@ pub const MAX_BATCH: usize = 128;
 
 /// One update to apply: what `store::apply` takes.
 #[derive(Debug, Clone)]
-pub struct Job {
+pub struct Job<I> {
     /// The update.
     pub upd: UpdateRef,
     /// What the bot read from it.
-    pub incoming: Incoming,
+    pub incoming: Incoming<I>,
     /// Sequences of its chat already dealt with by the caller (see `store::apply`).
     pub handled: u64,
     /// Its `update` span: the batch's phases appear in the update's trace as its children.
@@ -56,20 +56,33 @@ pub enum Verdict {
     Alone,
 }
 
-type Pending = (Job, oneshot::Sender<Verdict>);
+type Pending<I> = (Job<I>, oneshot::Sender<Verdict>);
 
 /// The handle of the group-commit task; clones share it.
-#[derive(Clone)]
-pub struct Group {
-    tx: mpsc::UnboundedSender<Pending>,
+pub struct Group<B: Bot> {
+    tx: mpsc::UnboundedSender<Pending<B::Input>>,
 }
 
-impl Group {
+impl<B: Bot> Clone for Group<B> {
+    fn clone(&self) -> Self {
+        Self {
+            tx: self.tx.clone(),
+        }
+    }
+}
+
+impl<B: Bot> Group<B> {
     /// Starts the task. It ends when every handle is dropped.
-    pub fn spawn(pool: PgPool, budget: FloodBudget, marks: Arc<Marks>, stats: Arc<Stats>) -> Self {
-        let (tx, mut rx) = mpsc::unbounded_channel::<Pending>();
+    pub fn spawn(
+        bot: Arc<B>,
+        pool: PgPool,
+        budget: FloodBudget,
+        marks: Arc<Marks>,
+        stats: Arc<Stats>,
+    ) -> Self {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Pending<B::Input>>();
         tokio::spawn(async move {
-            let mut batch: Vec<Pending> = Vec::new();
+            let mut batch: Vec<Pending<B::Input>> = Vec::new();
             while let Some(first) = rx.recv().await {
                 batch.push(first);
                 while batch.len() < MAX_BATCH {
@@ -84,10 +97,10 @@ impl Group {
                     let _ = reply.send(Verdict::Alone);
                     continue;
                 }
-                let (jobs, replies): (Vec<Job>, Vec<_>) = batch.drain(..).unzip();
+                let (jobs, replies): (Vec<Job<B::Input>>, Vec<_>) = batch.drain(..).unzip();
                 let taken = marks.take();
                 let batch = match stats.db.acquire(&pool).await {
-                    Ok(mut conn) => apply_batch(&mut conn, &jobs, budget, &taken).await,
+                    Ok(mut conn) => apply_batch(&*bot, &mut conn, &jobs, budget, &taken).await,
                     Err(e) => Err(e.into()),
                 };
                 let verdicts = match batch {
@@ -114,7 +127,7 @@ impl Group {
     }
 
     /// Applies `job` in the next batch, or says to apply it alone.
-    pub async fn apply(&self, job: Job) -> Verdict {
+    pub async fn apply(&self, job: Job<B::Input>) -> Verdict {
         let (reply, done) = oneshot::channel();
         if self.tx.send((job, reply)).is_err() {
             return Verdict::Alone;
@@ -124,13 +137,13 @@ impl Group {
 }
 
 /// What the batch writes for one update.
-struct Write {
+struct Write<B: Bot> {
     job: usize,
-    state: DialogueState,
+    state: B::State,
     out_of_order: bool,
     flood_sender: Option<i64>,
-    notes: Vec<(i64, i64, String, DateTime<Utc>)>,
-    replies: Vec<String>,
+    writes: Vec<B::Write>,
+    calls: Vec<Outgoing>,
 }
 
 /// The chat row as locked by the batch.
@@ -142,9 +155,10 @@ struct ChatRow {
 }
 
 /// Applies a batch; the verdicts in job order, and whether a transaction committed.
-async fn apply_batch(
+async fn apply_batch<B: Bot>(
+    bot: &B,
     conn: &mut sqlx::PgConnection,
-    jobs: &[Job],
+    jobs: &[Job<B::Input>],
     budget: FloodBudget,
     marks: &[i64],
 ) -> Result<(Vec<Verdict>, bool), StoreError> {
@@ -153,12 +167,12 @@ async fn apply_batch(
     let (mut chats, mut senders) = (HashSet::new(), HashSet::new());
     let mut candidates = Vec::new();
     for (i, job) in jobs.iter().enumerate() {
-        let sender = flood::counted_as(&job.incoming).filter(|_| budget.limit > 0);
+        let sender = bot.counted_as(&job.incoming).filter(|_| budget.limit > 0);
         let fresh_sender = sender.is_none_or(|s| senders.insert(s));
         if job.upd.bot_id != jobs[0].upd.bot_id
             || !chats.insert(job.incoming.chat_id)
             || !fresh_sender
-            || courier_notes::reads(&job.incoming).is_some()
+            || bot.needs_read(&job.incoming)
         {
             verdicts[i] = Some(Verdict::Alone);
         } else {
@@ -246,7 +260,7 @@ async fn apply_batch(
 
     drop(guard);
     let step = phases(jobs, &candidate_jobs, Phase::FsmStep);
-    let mut writes = Vec::new();
+    let mut writes: Vec<Write<B>> = Vec::new();
     for &(i, sender) in &candidates {
         let job = &jobs[i];
         let upd = job.upd;
@@ -257,12 +271,12 @@ async fn apply_batch(
         let row = chat_rows.get(&job.incoming.chat_id);
         let (state, mut last_seq, epoch, recent) = match row {
             Some(r) => (
-                serde_json::from_value::<DialogueState>(r.state.clone())?,
+                store::decode_state::<B::State>(r.state.clone())?,
                 r.last_seq,
                 r.epoch,
                 r.recent_update_id,
             ),
-            None => (DialogueState::default(), 0, upd.epoch, None),
+            None => (B::State::default(), 0, upd.epoch, None),
         };
         if epoch != upd.epoch && epoch != LEGACY_EPOCH {
             // The guard restarts in a new stream: rare, and logged by the path alone.
@@ -290,33 +304,26 @@ async fn apply_batch(
             verdicts[i] = Some(Verdict::Alone);
             continue;
         }
-        let mut ctx = Context::default();
+        let mut ctx = Context::<B::Data>::default();
         if let Some(sender) = sender {
             let count = match flood_rows.get(&sender) {
                 None | Some((true, _)) => 1,
                 Some((false, n)) => n.saturating_add(1).max(1) as u64,
             };
-            ctx.pace = flood::pace(count, budget.limit);
+            ctx.pace = pace(count, budget.limit);
             if ctx.pace != Pace::Within {
                 verdicts[i] = Some(Verdict::Alone);
                 continue;
             }
         }
-        let transition = courier_notes::step(state, &job.incoming, &ctx);
-        let mut notes = Vec::new();
-        let mut replies = Vec::new();
+        let transition = bot.step(&state, &job.incoming, &ctx);
+        let mut own = Vec::new();
+        let mut calls = Vec::new();
         let mut simple = true;
         for effect in transition.effects {
             match effect {
-                Effect::SaveNote {
-                    chat_id,
-                    user_id,
-                    text,
-                    at,
-                } => notes.push((chat_id, user_id, text, at)),
-                Effect::Reply { chat_id, text } if chat_id == job.incoming.chat_id => {
-                    replies.push(text)
-                }
+                Effect::Write(w) => own.push(w),
+                Effect::Send(call) if call.chat_id() == job.incoming.chat_id => calls.push(call),
                 _ => simple = false,
             }
         }
@@ -329,8 +336,8 @@ async fn apply_batch(
             state: transition.state,
             out_of_order: recent.is_some_and(|last| upd.update_id < last),
             flood_sender: sender,
-            notes,
-            replies,
+            writes: own,
+            calls,
         });
     }
     drop(step);
@@ -348,8 +355,9 @@ async fn apply_batch(
     // Columns of the multi-row statement.
     let mut claim = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut floods = Vec::new();
-    let mut note = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut reply = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut stored = Vec::new();
+    let mut outbox = crate::effects::Outbox::default();
+    let mut reply = (Vec::new(), Vec::new(), Vec::new());
     let mut state = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for w in &writes {
         let job = &jobs[w.job];
@@ -358,23 +366,20 @@ async fn apply_batch(
         claim.2.push(job.upd.chat_id);
         claim.3.push(job.upd.seq as i64);
         floods.extend(w.flood_sender);
-        for (chat, user, text, at) in &w.notes {
-            note.0.push(*chat);
-            note.1.push(*user);
-            note.2.push(job.upd.update_id);
-            note.3.push(text.clone());
-            note.4.push(*at);
-        }
+        stored.extend(w.writes.iter().map(|write| Stored {
+            bot_id,
+            update_id: job.upd.update_id,
+            write,
+        }));
         let (traceparent, received_at) = job.upd.reply_columns();
-        for text in &w.replies {
-            reply.0.push(job.incoming.chat_id);
-            reply.1.push(job.upd.update_id);
-            reply.2.push(text.clone());
-            reply.3.push(traceparent.clone());
-            reply.4.push(received_at);
+        for call in &w.calls {
+            outbox.push(call);
+            reply.0.push(job.upd.update_id);
+            reply.1.push(traceparent.clone());
+            reply.2.push(received_at);
         }
         state.0.push(job.incoming.chat_id);
-        state.1.push(serde_json::to_value(w.state)?);
+        state.1.push(serde_json::to_value(&w.state)?);
         state.2.push(job.upd.update_id);
         state.3.push(job.upd.seq as i64);
     }
@@ -385,6 +390,10 @@ async fn apply_batch(
             verdicts[w.job] = Some(Verdict::Alone);
         }
         return Ok((finish(verdicts), false));
+    }
+    if !stored.is_empty() {
+        // The bot's own writes, all of the batch's in one call (one statement per kind).
+        bot.write(&mut tx, &stored).await?;
     }
     let n = writes.len() as i64;
     let out = sqlx::query(concat!(
@@ -399,35 +408,31 @@ async fn apply_batch(
              SELECT $1, s, now(), 1 FROM unnest($6::bigint[]) AS s ",
         store::flood_conflict!("$7"),
         "), \
-         note AS ( \
-             INSERT INTO messages (bot_id, chat_id, user_id, update_id, text, sent_at) \
-             SELECT $1, c, u, i, t, a \
-             FROM unnest($8::bigint[], $9::bigint[], $10::bigint[], $11::text[], \
-                         $12::timestamptz[]) AS n(c, u, i, t, a)), \
          reply AS ( \
-             INSERT INTO outbox \
-             (bot_id, chat_id, origin_update_id, text, traceparent, origin_received_at) \
-             SELECT $1, c, i, t, tp, ra \
-             FROM unnest($13::bigint[], $14::bigint[], $15::text[], $23::text[], \
-                         $24::timestamptz[]) WITH ORDINALITY AS r(c, i, t, tp, ra, o) \
+             INSERT INTO outbox (bot_id, chat_id, origin_update_id, text, parse_mode, action, \
+                 traceparent, origin_received_at) \
+             SELECT $1, c, i, t, pm, a, tp, ra \
+             FROM unnest($8::bigint[], $9::bigint[], $10::text[], $11::text[], $12::bytea[], \
+                         $13::text[], $14::timestamptz[]) \
+                 WITH ORDINALITY AS r(c, i, t, pm, a, tp, ra, o) \
              ORDER BY o \
              RETURNING ", store::outbox_columns!(), "), \
          state AS ( \
              INSERT INTO dialogue_states \
              (bot_id, chat_id, state, last_update_id, last_seq, stream_epoch) \
-             SELECT $1, c, s, i, q, $20 \
-             FROM unnest($16::bigint[], $17::jsonb[], $18::bigint[], $19::bigint[]) AS t(c, s, i, q) ",
+             SELECT $1, c, s, i, q, $19 \
+             FROM unnest($15::bigint[], $16::jsonb[], $17::bigint[], $18::bigint[]) AS t(c, s, i, q) ",
         store::state_conflict!(),
         "RETURNING 1), \
          marked AS ( \
              UPDATE outbox SET published_at = now() \
-             WHERE id = ANY($21) AND published_at IS NULL), \
+             WHERE id = ANY($20) AND published_at IS NULL), \
          publish AS ( \
              SELECT ", store::outbox_columns!(), " FROM outbox \
-             WHERE published_at IS NULL AND bot_id = $1 AND chat_id = ANY($13) \
-             AND id <> ALL($21) \
+             WHERE published_at IS NULL AND bot_id = $1 AND chat_id = ANY($8) \
+             AND id <> ALL($20) \
              UNION ALL SELECT ", store::outbox_columns!(), " FROM reply \
-             ORDER BY id LIMIT $22) \
+             ORDER BY id LIMIT $21) \
          SELECT (SELECT count(*) FROM claim) AS claimed, (SELECT count(*) FROM state) AS written, \
              p.* \
          FROM (SELECT 1) AS one LEFT JOIN publish AS p ON true ORDER BY p.id",
@@ -439,12 +444,11 @@ async fn apply_batch(
     .bind(&claim.3)
     .bind(&floods)
     .bind(budget.window.as_secs_f64())
-    .bind(&note.0)
-    .bind(&note.1)
-    .bind(&note.2)
-    .bind(&note.3)
-    .bind(&note.4)
+    .bind(&outbox.chats)
     .bind(&reply.0)
+    .bind(&outbox.texts)
+    .bind(&outbox.parse_modes)
+    .bind(&outbox.actions)
     .bind(&reply.1)
     .bind(&reply.2)
     .bind(&state.0)
@@ -454,8 +458,6 @@ async fn apply_batch(
     .bind(epoch)
     .bind(marks)
     .bind(store::CHAT_BACKLOG_LIMIT * n)
-    .bind(&reply.3)
-    .bind(&reply.4)
     .fetch_all(&mut *tx)
     .await?;
     let first = out
@@ -498,7 +500,7 @@ enum Phase {
 }
 
 /// One span per update of `of`, child of its `update` span, open until dropped.
-fn phases(jobs: &[Job], of: &[usize], phase: Phase) -> Vec<tracing::Span> {
+fn phases<I>(jobs: &[Job<I>], of: &[usize], phase: Phase) -> Vec<tracing::Span> {
     let batch = jobs.len();
     of.iter()
         .map(|&i| {

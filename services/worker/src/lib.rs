@@ -21,8 +21,10 @@
 
 pub mod apply;
 pub mod assign;
+pub mod bots;
 pub mod broadcast;
 pub mod deliveries;
+mod effects;
 pub mod epoch;
 pub mod group;
 pub mod membership;
@@ -46,6 +48,8 @@ use courier_common::{
 use tokio::task::JoinHandle;
 
 use crate::apply::Applier;
+pub use crate::bots::BotKind;
+use courier_bot_api::Bot;
 
 /// The embedded migrations (`migrations/` at the repository root).
 pub use courier_db::MIGRATOR;
@@ -53,6 +57,9 @@ pub use courier_db::MIGRATOR;
 /// Configuration of `courier-worker migrate`, which runs the migrations and exits.
 #[derive(Debug, Clone, clap::Args)]
 pub struct MigrateArgs {
+    /// The bot whose tables are migrated after Courier's own.
+    #[arg(long = "bot", env = "COURIER_BOT", value_enum, default_value_t = BotKind::Notes)]
+    pub bot: BotKind,
     /// PostgreSQL URL (may contain a password; never logged).
     #[arg(long = "database-url", env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
@@ -65,6 +72,9 @@ pub struct MigrateArgs {
 /// Worker configuration (environment variables or the matching flags).
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
+    /// The bot this deployment runs (`docs/BOTS.md`).
+    #[arg(long = "bot", env = "COURIER_BOT", value_enum, default_value_t = BotKind::Notes)]
+    pub bot: BotKind,
     /// PostgreSQL URL (may contain a password; never logged).
     #[arg(long = "database-url", env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
@@ -286,8 +296,18 @@ fn default_worker_id() -> String {
     )
 }
 
-/// Validates the configuration, connects, migrates, joins the membership and starts consuming.
+/// Validates the configuration, connects, migrates, joins the membership and starts consuming,
+/// with the bot `config.bot` names.
 pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Worker, Error> {
+    config.bot.spawn(config, shutdown).await
+}
+
+/// [`spawn`] with a given bot.
+pub async fn spawn_with<B: Bot>(
+    bot: B,
+    config: Config,
+    shutdown: CancellationToken,
+) -> Result<Worker, Error> {
     let token = config.secrets.bot_token()?;
     let bot_id = token.bot_id();
     let pool = courier_db::lazy_pool(config.database_url.as_deref(), config.db_pool_size)?;
@@ -347,7 +367,9 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Worker
     let js = jetstream::new(nats.clone());
     topology::ensure_streams(&js, config.nats.partitions).await?;
 
-    if config.migrate && !courier_db::migrate_with_retry(&pool, &shutdown).await? {
+    if config.migrate
+        && !courier_db::migrate_with_retry_and(&pool, bot.migrations(), &shutdown).await?
+    {
         return Err(Error::JetStream("cancelled during start-up".into()));
     }
 
@@ -440,7 +462,10 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Worker
         limit: config.flood_limit,
         window: config.flood_window,
     };
+    let bot = Arc::new(bot);
+    tracing::info!(bot = bot.name(), "running bot");
     let applier = Arc::new(Applier {
+        bot: bot.clone(),
         bot_id,
         pool: pool.clone(),
         js,
@@ -448,9 +473,15 @@ pub async fn spawn(config: Config, shutdown: CancellationToken) -> Result<Worker
         updates,
         max_attempts: config.max_attempts.max(1),
         flood: flood_budget,
-        group: config
-            .group_commit
-            .then(|| group::Group::spawn(pool.clone(), flood_budget, marks.clone(), stats.clone())),
+        group: config.group_commit.then(|| {
+            group::Group::spawn(
+                bot,
+                pool.clone(),
+                flood_budget,
+                marks.clone(),
+                stats.clone(),
+            )
+        }),
         marks,
         stats: stats.clone(),
         cancel: shutdown.clone(),

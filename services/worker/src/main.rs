@@ -56,7 +56,7 @@ async fn migrate(
     shutdown: &courier_common::CancellationToken,
 ) -> anyhow::Result<()> {
     let pool = courier_db::lazy_pool(args.database_url.as_deref(), 1)?;
-    let report = courier_db::migrate_within(&pool, args.wait, shutdown)
+    let report = courier_db::migrate_within(&pool, args.bot.migrations(), args.wait, shutdown)
         .await
         .context("migrations")?;
     let version = report

@@ -23,10 +23,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, message::PublishMessage};
 use courier_common::{topology, trace, trace::TraceParent, CancellationToken};
-use courier_proto::{
-    v1::{outbound_message::Action, OutboundMessage, SendMessage},
-    Message as _,
-};
+use courier_proto::{v1::OutboundMessage, Message as _};
 use futures::future::join_all;
 use sqlx::PgPool;
 use tracing::Instrument;
@@ -86,11 +83,10 @@ async fn publish_one(js: &jetstream::Context, bot_id: i64, row: &OutboxRow) -> R
         origin_update_id: row.origin_update_id,
         created_at_unix_ms: row.created_at.timestamp_millis(),
         origin_received_at_unix_ms: row.origin_received_at.map_or(0, |t| t.timestamp_millis()),
-        action: Some(Action::Send(SendMessage {
-            text: row.text.clone(),
-            parse_mode: row.parse_mode.clone(),
-            ..Default::default()
-        })),
+        action: Some(
+            crate::effects::action_of(&row.text, &row.parse_mode, row.action.as_deref())
+                .map_err(|e| format!("outbox row {} has an undecodable action: {e}", row.id))?,
+        ),
     };
     let mut publish = PublishMessage::build();
     // This span's context; or, when this process does not trace, the row's own, passed on

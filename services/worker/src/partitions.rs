@@ -74,8 +74,8 @@ struct Puller {
 /// own cancellation token (a child of `cancel`) that its handlers watch, and a release waits
 /// at most [`Settings::handover_timeout`] for them. A partition gained back while its release
 /// still runs starts pulling when the release is over.
-pub async fn run(
-    applier: Arc<Applier>,
+pub async fn run<B: courier_bot_api::Bot>(
+    applier: Arc<Applier<B>>,
     membership: Membership,
     settings: Settings,
     owned: Owned,
@@ -200,8 +200,8 @@ pub fn consumer_config(bot_id: i64, partition: u32, settings: &Settings) -> pull
     }
 }
 
-async fn pull_partition(
-    applier: Arc<Applier>,
+async fn pull_partition<B: courier_bot_api::Bot>(
+    applier: Arc<Applier<B>>,
     partition: u32,
     settings: Settings,
     cancel: CancellationToken,

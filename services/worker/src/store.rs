@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use courier_notes::{flood, Context, DialogueState, Effect, Incoming, Note, Pace, Read, HISTORY_LEN};
+use courier_bot_api::{pace, Bot, Context, Incoming, Pace, Stored};
 use courier_common::trace::TraceParent;
 use sqlx::{PgPool, Postgres, Row, Transaction};
 use tracing::Instrument;
@@ -82,7 +82,7 @@ pub(crate) use state_conflict;
 macro_rules! outbox_columns {
     () => {
         "id, chat_id, origin_update_id, text, created_at, traceparent, origin_received_at, \
-         parse_mode"
+         parse_mode, action"
     };
 }
 pub(crate) use outbox_columns;
@@ -106,6 +106,9 @@ pub struct OutboxRow {
     pub origin_received_at: Option<DateTime<Utc>>,
     /// `parse_mode` to send it with (empty: plain text).
     pub parse_mode: String,
+    /// The encoded `OutboundMessage` holding its action, for anything but a `sendMessage` of
+    /// `text` with `parse_mode` (`crate::effects`).
+    pub action: Option<Vec<u8>>,
 }
 
 /// What happened to an update.
@@ -240,10 +243,12 @@ impl Default for FloodBudget {
 /// so the budget holds across chats and workers and a rolled-back update does not count; an
 /// update over the budget is recorded as `throttled` and runs the FSM with its [`Pace`] (one
 /// reply, then nothing: no note is stored).
-pub async fn apply<'c>(
+#[allow(clippy::too_many_arguments)]
+pub async fn apply<'c, B: Bot>(
     db: impl sqlx::Acquire<'c, Database = sqlx::Postgres>,
+    bot: &B,
     upd: UpdateRef,
-    incoming: &Incoming,
+    incoming: &Incoming<B::Input>,
     handled: u64,
     next: &impl NextOnSubject,
     budget: FloodBudget,
@@ -254,7 +259,7 @@ pub async fn apply<'c>(
     let mut tx = db.begin().instrument(guard.clone()).await?;
     // One round trip: claim the update, lock and read the chat's row, and count the update
     // against its sender's flood budget. (A rollback below undoes the claim and the count.)
-    let flood_sender = flood::counted_as(incoming).filter(|_| budget.limit > 0);
+    let flood_sender = bot.counted_as(incoming).filter(|_| budget.limit > 0);
     let row = sqlx::query(concat!(
         "WITH claim AS ( \
              INSERT INTO processed_updates \
@@ -296,12 +301,12 @@ pub async fn apply<'c>(
     let (state, mut last_seq, epoch, recent_update_id) =
         match row.try_get::<Option<serde_json::Value>, _>("state")? {
             Some(state) => (
-                serde_json::from_value::<DialogueState>(state)?,
+                decode_state::<B::State>(state)?,
                 row.try_get::<i64, _>("last_seq")?,
                 row.try_get::<i64, _>("stream_epoch")?,
                 row.try_get::<Option<i64>, _>("recent_update_id")?,
             ),
-            None => (DialogueState::default(), 0, upd.epoch, None),
+            None => (B::State::default(), 0, upd.epoch, None),
         };
     let out_of_order = recent_update_id.is_some_and(|last| upd.update_id < last);
     if epoch != upd.epoch && epoch != LEGACY_EPOCH {
@@ -337,9 +342,9 @@ pub async fn apply<'c>(
     }
     drop(guard);
     let step = tracing::info_span!("fsm_step");
-    let mut ctx = Context::default();
+    let mut ctx = Context::<B::Data>::default();
     if let (Some(sender), Some(count)) = (flood_sender, flood_count) {
-        ctx.pace = flood::pace(count.max(1) as u64, budget.limit);
+        ctx.pace = pace(count.max(1) as u64, budget.limit);
         if ctx.pace != Pace::Within {
             set_outcome(&mut tx, upd, "throttled").await?;
             if ctx.pace == Pace::SlowDown {
@@ -351,93 +356,34 @@ pub async fn apply<'c>(
             }
         }
     }
-    let history = ctx.pace == Pace::Within;
-    if let (Some(Read::History), Some(user), true) =
-        (courier_notes::reads(incoming), &incoming.from, history)
-    {
-        ctx.history = sqlx::query(
-            "SELECT text, sent_at FROM messages WHERE bot_id = $1 AND chat_id = $2 AND user_id = $3 \
-             ORDER BY id DESC LIMIT $4",
-        )
-        .bind(upd.bot_id)
-        .bind(incoming.chat_id)
-        .bind(user.id)
-        .bind(HISTORY_LEN as i64)
-        .fetch_all(&mut *tx)
+    if ctx.pace == Pace::Within && bot.needs_read(incoming) {
+        ctx.data = bot
+            .read(&mut tx, upd.bot_id, incoming)
+            .instrument(step.clone())
+            .await?;
+    }
+    let transition = step.in_scope(|| bot.step(&state, incoming, &ctx));
+    let effects = crate::effects::sort(transition.effects);
+    crate::effects::apply_platform(&mut tx, upd.bot_id, &effects.platform)
         .instrument(step.clone())
-        .await?
-        .into_iter()
-        .map(|r| {
-            Ok(Note {
-                text: r.try_get("text")?,
-                at: r.try_get("sent_at")?,
+        .await?;
+    if !effects.writes.is_empty() {
+        let stored: Vec<Stored<'_, B::Write>> = effects
+            .writes
+            .iter()
+            .map(|write| Stored {
+                bot_id: upd.bot_id,
+                update_id: upd.update_id,
+                write,
             })
-        })
-        .collect::<Result<_, sqlx::Error>>()?;
+            .collect();
+        bot.write(&mut tx, &stored).instrument(step.clone()).await?;
     }
-
-    let transition = step.in_scope(|| courier_notes::step(state, incoming, &ctx));
-    // Notes and replies go in the one statement below; the rarer effects here, in order.
-    let mut notes = Notes::default();
-    let (mut reply_chats, mut reply_texts) = (Vec::new(), Vec::new());
-    for effect in transition.effects {
-        match effect {
-            Effect::UpsertUser { user, chat_id } => {
-                sqlx::query(
-                    "INSERT INTO users (bot_id, user_id, chat_id, first_name, last_name, username) \
-                     VALUES ($1, $2, $3, $4, $5, $6) \
-                     ON CONFLICT (bot_id, user_id) DO UPDATE SET chat_id = EXCLUDED.chat_id, \
-                     first_name = EXCLUDED.first_name, last_name = EXCLUDED.last_name, \
-                     username = EXCLUDED.username, updated_at = now()",
-                )
-                .bind(upd.bot_id)
-                .bind(user.id)
-                .bind(chat_id)
-                .bind(&user.first_name)
-                .bind(&user.last_name)
-                .bind(&user.username)
-                .execute(&mut *tx)
-                .instrument(step.clone())
-                .await?;
-            }
-            Effect::SaveNote {
-                chat_id,
-                user_id,
-                text,
-                at,
-            } => {
-                notes.chats.push(chat_id);
-                notes.users.push(user_id);
-                notes.texts.push(text);
-                notes.ats.push(at);
-            }
-            Effect::SetBlocked { chat_id, blocked } => {
-                // The sender skips chats in `blocked_chats`; Telegram tells us both ways.
-                let sql = if blocked {
-                    "WITH b AS (INSERT INTO blocked_chats (bot_id, chat_id, reason) \
-                     VALUES ($1, $2, 'my_chat_member: kicked') ON CONFLICT DO NOTHING) \
-                     UPDATE users SET blocked_at = now() WHERE bot_id = $1 AND chat_id = $2"
-                } else {
-                    "WITH b AS (DELETE FROM blocked_chats WHERE bot_id = $1 AND chat_id = $2) \
-                     UPDATE users SET blocked_at = NULL WHERE bot_id = $1 AND chat_id = $2"
-                };
-                sqlx::query(sql)
-                    .bind(upd.bot_id)
-                    .bind(chat_id)
-                    .execute(&mut *tx)
-                    .instrument(step.clone())
-                    .await?;
-            }
-            Effect::Reply { chat_id, text } => {
-                reply_chats.push(chat_id);
-                reply_texts.push(text);
-            }
-        }
-    }
+    let outbox = effects.outbox;
     drop(step);
     let commit = tracing::info_span!("commit");
     let (traceparent, received_at) = upd.reply_columns();
-    // One round trip for the rest: the notes, the replies (ids drawn in the effects' order),
+    // One round trip for the rest: the calls (ids drawn in the effects' order),
     // the new state, and what to publish. The state's upsert has a WHERE that makes a
     // concurrent first update of a new chat (no row to lock yet) safe: if a later update got
     // there first, nothing is written for this one (`written` = 0) and it is rolled back. (A
@@ -452,16 +398,12 @@ pub async fn apply<'c>(
     // `marks`: rows published since other transactions committed (`outbox::Marks`), marked
     // here so that they cost no transaction of their own, and not published again.
     let rows = sqlx::query(concat!(
-        "WITH note AS ( \
-             INSERT INTO messages (bot_id, chat_id, user_id, update_id, text, sent_at) \
-             SELECT $1, n.chat_id, n.user_id, $2, n.text, n.at \
-             FROM unnest($3::bigint[], $4::bigint[], $5::text[], $6::timestamptz[]) \
-                 AS n(chat_id, user_id, text, at)), \
-         reply AS ( \
-             INSERT INTO outbox \
-             (bot_id, chat_id, origin_update_id, text, traceparent, origin_received_at) \
-             SELECT $1, r.chat_id, $2, r.text, $15, $16 \
-             FROM unnest($7::bigint[], $8::text[]) WITH ORDINALITY AS r(chat_id, text, n) \
+        "WITH reply AS ( \
+             INSERT INTO outbox (bot_id, chat_id, origin_update_id, text, parse_mode, action, \
+                 traceparent, origin_received_at) \
+             SELECT $1, r.chat_id, $2, r.text, r.parse_mode, r.action, $13, $14 \
+             FROM unnest($5::bigint[], $6::text[], $3::text[], $4::bytea[]) \
+                 WITH ORDINALITY AS r(chat_id, text, parse_mode, action, n) \
              ORDER BY r.n \
              RETURNING ",
         outbox_columns!(),
@@ -469,35 +411,33 @@ pub async fn apply<'c>(
          state AS ( \
              INSERT INTO dialogue_states \
              (bot_id, chat_id, state, last_update_id, last_seq, stream_epoch) \
-             VALUES ($1, $9, $10, $2, $11, $12) ",
+             VALUES ($1, $7, $8, $2, $9, $10) ",
         state_conflict!(),
         "RETURNING 1), \
          marked AS ( \
              UPDATE outbox SET published_at = now() \
-             WHERE id = ANY($14) AND published_at IS NULL), \
+             WHERE id = ANY($12) AND published_at IS NULL), \
          publish AS ( \
              SELECT ",
         outbox_columns!(),
         " FROM outbox \
-             WHERE published_at IS NULL AND bot_id = $1 AND chat_id = ANY($7) \
-             AND id <> ALL($14) \
+             WHERE published_at IS NULL AND bot_id = $1 AND chat_id = ANY($5) \
+             AND id <> ALL($12) \
              UNION ALL SELECT ",
         outbox_columns!(),
         " FROM reply \
-             ORDER BY id LIMIT $13) \
+             ORDER BY id LIMIT $11) \
          SELECT (SELECT count(*) FROM state) AS written, p.* \
          FROM (SELECT 1) AS one LEFT JOIN publish AS p ON true ORDER BY p.id",
     ))
     .bind(upd.bot_id)
     .bind(upd.update_id)
-    .bind(&notes.chats)
-    .bind(&notes.users)
-    .bind(&notes.texts)
-    .bind(&notes.ats)
-    .bind(&reply_chats)
-    .bind(&reply_texts)
+    .bind(&outbox.parse_modes)
+    .bind(&outbox.actions)
+    .bind(&outbox.chats)
+    .bind(&outbox.texts)
     .bind(incoming.chat_id)
-    .bind(serde_json::to_value(transition.state)?)
+    .bind(serde_json::to_value(&transition.state)?)
     .bind(upd.seq as i64)
     .bind(upd.epoch)
     .bind(CHAT_BACKLOG_LIMIT)
@@ -528,13 +468,15 @@ pub async fn apply<'c>(
     })
 }
 
-/// The notes an update saves, as the columns of one multi-row insert.
-#[derive(Default)]
-struct Notes {
-    chats: Vec<i64>,
-    users: Vec<i64>,
-    texts: Vec<String>,
-    ats: Vec<DateTime<Utc>>,
+/// A chat's stored state: JSON of the bot's state; `null` (a chat reset by the admin API,
+/// which does not know the bot's types) is the bot's default.
+pub(crate) fn decode_state<S: Default + serde::de::DeserializeOwned>(
+    state: serde_json::Value,
+) -> Result<S, serde_json::Error> {
+    if state.is_null() {
+        return Ok(S::default());
+    }
+    serde_json::from_value(state)
 }
 
 /// Most rows of one chat an update publishes at once; the rest (after a long outage) go with
@@ -551,6 +493,7 @@ pub(crate) fn outbox_row(r: &sqlx::postgres::PgRow) -> Result<OutboxRow, StoreEr
         traceparent: r.try_get("traceparent")?,
         origin_received_at: r.try_get("origin_received_at")?,
         parse_mode: r.try_get("parse_mode")?,
+        action: r.try_get("action")?,
     })
 }
 
@@ -635,7 +578,7 @@ pub async fn begin_dead_letter(
     )
     .bind(upd.bot_id)
     .bind(upd.chat_id)
-    .bind(serde_json::to_value(DialogueState::default())?)
+    .bind(serde_json::Value::Null)
     .bind(upd.update_id)
     .bind(upd.seq as i64)
     .bind(upd.epoch)

@@ -105,7 +105,7 @@ async fn a_broadcast_from_courierctl_reaches_every_user_once_while_admin_sender_
     .await?;
     let pool = sqlx::PgPool::connect(stack.pg.url()).await?;
     let blocked = FIRST + USERS - 1;
-    sqlx::query("UPDATE users SET blocked_at = now() WHERE bot_id = $1 AND user_id = $2")
+    sqlx::query("INSERT INTO blocked_chats (bot_id, chat_id, reason) VALUES ($1, $2, 'test')")
         .bind(BOT)
         .bind(blocked)
         .execute(&pool)
@@ -233,16 +233,14 @@ async fn a_cancelled_broadcast_enqueues_no_more_and_its_watch_ends_with_exit_7()
     let stack = courier_tests::Stack::start().await?;
     let mut admin = AdminProcess::start(&stack, &[]).await?;
     let pool = &stack.db;
-    // Recipients without a chat in the sandbox: whether Telegram takes their messages does
+    // Recipients (the platform's audience) without a chat in the sandbox: whether Telegram takes their messages does
     // not matter here, only what the job enqueues.
     for user in 0..(PAGE * 5) {
-        sqlx::query(
-            "INSERT INTO users (bot_id, user_id, chat_id, first_name) VALUES ($1, $2, $2, 'U')",
-        )
-        .bind(stack.bot_id())
-        .bind(8_000_000 + user)
-        .execute(pool)
-        .await?;
+        sqlx::query("INSERT INTO audience (bot_id, chat_id) VALUES ($1, $2)")
+            .bind(stack.bot_id())
+            .bind(8_000_000 + user)
+            .execute(pool)
+            .await?;
     }
     // Paused, the sender finishes nothing: the job stops at MAX_OUTSTANDING enqueued.
     let out = admin.ctl(&["pause", "--reason", "broadcast test"]).await?;
@@ -394,13 +392,11 @@ async fn a_finished_broadcasts_counts_outlive_the_rows_they_were_counted_from() 
     // Users Telegram does not know (no chat in the sandbox): each message is refused for good
     // ("chat not found") and dead-lettered, so the job finishes with 5 failures.
     for user in 0..5_i64 {
-        sqlx::query(
-            "INSERT INTO users (bot_id, user_id, chat_id, first_name) VALUES ($1, $2, $2, 'U')",
-        )
-        .bind(stack.bot_id())
-        .bind(8_100_000 + user)
-        .execute(pool)
-        .await?;
+        sqlx::query("INSERT INTO audience (bot_id, chat_id) VALUES ($1, $2)")
+            .bind(stack.bot_id())
+            .bind(8_100_000 + user)
+            .execute(pool)
+            .await?;
     }
     let job = courier_worker::broadcast::create(pool, stack.bot_id(), "to nobody", "").await?;
     let frozen = eventually(

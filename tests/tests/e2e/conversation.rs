@@ -31,13 +31,34 @@ async fn seed_conversation_end_to_end() -> anyhow::Result<()> {
     stack.say(ada, "Ada", "/history").await?;
     let r = stack.bot_replies(ada, 5).await?;
     let history = &r[4];
-    let (bob, milk) = (history.find("] call Bob"), history.find("] buy milk"));
+    let (bob, milk) = (history.find(" UTC call Bob"), history.find(" UTC buy milk"));
     assert!(
         bob.is_some() && milk.is_some(),
-        "both notes listed: {history}"
+        "both notes listed with their times: {history}"
     );
     assert!(bob < milk, "newest first: {history}");
-    assert!(history.contains(" UTC]"), "with times: {history}");
+    // The times in italics (HTML through the sandbox, which parses it as Telegram does).
+    let line = stack.transcript(ada).await?.remove(9);
+    let italic: Vec<String> = line
+        .entities
+        .iter()
+        .filter(|e| e["type"] == "italic")
+        .map(|e| {
+            let (at, len) = (
+                e["offset"].as_u64().unwrap() as usize,
+                e["length"].as_u64().unwrap() as usize,
+            );
+            // ASCII text here: UTF-16 offsets are char offsets.
+            line.text.chars().skip(at).take(len).collect()
+        })
+        .collect();
+    assert_eq!(italic.len(), 2, "{line:?}");
+    assert!(
+        italic
+            .iter()
+            .all(|t| t.ends_with(" UTC") && t.len() == "2026-12-02 03:35 UTC".len()),
+        "{italic:?}"
+    );
 
     stack.say(ada, "Ada", "/help").await?;
     let r = stack.bot_replies(ada, 6).await?;
@@ -115,12 +136,26 @@ async fn user_text_is_stored_verbatim() -> anyhow::Result<()> {
         "  leading and trailing spaces  ",
         "multi\nline\n\ttabbed",
         "🦀 ünïcödé 日本語 \u{200d}",
+        "<b>not bold</b> & 1 < 2 &amp;",
     ];
     for (i, n) in notes.iter().enumerate() {
         stack.say(user, "Eve", n).await?;
         stack.bot_replies(user, i + 2).await?;
     }
     assert_eq!(stack.notes(user).await?, notes);
+    // /history is HTML: a note that looks like markup is shown as written, not formatted.
+    stack.say(user, "Eve", "/history").await?;
+    let r = stack.bot_replies(user, notes.len() + 2).await?;
+    let history = r.last().unwrap();
+    assert!(
+        history.contains(" UTC <b>not bold</b> & 1 < 2 &amp;\n"),
+        "{history}"
+    );
+    let line = stack.transcript(user).await?.pop().unwrap();
+    assert!(
+        line.entities.iter().all(|e| e["type"] == "italic"),
+        "only the times are formatted: {line:?}"
+    );
     Ok(())
 }
 

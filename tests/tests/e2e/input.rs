@@ -217,6 +217,7 @@ async fn an_unreadable_update_delivered_before_an_earlier_one_is_dead_lettered_a
     }
     let stats = std::sync::Arc::new(courier_worker::Stats::default());
     let applier = Applier::new(
+        courier_notes::NotesBot,
         bot,
         stack.db.clone(),
         js.clone(),

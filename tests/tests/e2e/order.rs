@@ -184,6 +184,7 @@ async fn two_bots_sharing_nats_do_not_drop_each_others_replies() -> Result<()> {
         traceparent: None,
         origin_received_at: None,
         parse_mode: String::new(),
+        action: None,
     };
     for bot in [1001, 1002] {
         let acked = courier_worker::outbox::publish(&js, bot, std::slice::from_ref(&row)).await;

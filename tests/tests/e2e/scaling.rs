@@ -202,6 +202,7 @@ async fn a_redelivered_older_update_is_applied_first_never_after() -> anyhow::Re
     let updates = js.get_stream(topology::UPDATES_STREAM).await?;
     let stats = std::sync::Arc::new(courier_worker::Stats::default());
     let applier = courier_worker::apply::Applier::new(
+        courier_notes::NotesBot,
         bot,
         stack.db.clone(),
         js.clone(),

@@ -171,6 +171,7 @@ async fn updates_are_judged_by_the_stream_that_holds_them() -> anyhow::Result<()
     };
     let applier = |stream, stats| {
         Applier::new(
+            courier_notes::NotesBot,
             bot,
             stack.db.clone(),
             js.clone(),

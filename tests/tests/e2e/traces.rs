@@ -190,6 +190,7 @@ async fn a_reply_published_after_a_crash_carries_its_updates_trace_context() -> 
         traceparent: Some(traceparent.into()),
         origin_received_at: Some(received),
         parse_mode: String::new(),
+        action: None,
     };
     let acked = courier_worker::outbox::publish(&js, 1001, std::slice::from_ref(&row)).await;
     assert_eq!(acked, [41]);
