@@ -106,6 +106,7 @@ pub struct Stack {
     ingress_addr: SocketAddr,
     worker: Option<Running<courier_worker::Worker>>,
     sender: Option<Running<courier_sender::Sender>>,
+    bot: courier_worker::BotKind,
 }
 
 fn secrets() -> SecretArgs {
@@ -133,6 +134,11 @@ impl Stack {
 
     /// Starts NATS, a fresh database, the sandbox, ingress, and the services `which` says.
     pub async fn start_with(which: Services) -> Result<Self> {
+        Self::start_bot(which, courier_worker::BotKind::Notes).await
+    }
+
+    /// [`Stack::start_with`], the workers running `bot`.
+    pub async fn start_bot(which: Services, bot: courier_worker::BotKind) -> Result<Self> {
         // Logs only when asked, so test output stays readable: COURIER_TEST_LOG=1.
         if std::env::var_os("COURIER_TEST_LOG").is_some() {
             let _ = courier_common::telemetry::init("courier-tests");
@@ -156,6 +162,7 @@ impl Stack {
             ingress_addr,
             worker: None,
             sender: None,
+            bot,
         };
         stack.start_ingress().await?;
         if which == Services::All {
@@ -211,7 +218,7 @@ impl Stack {
     /// The worker configuration of this stack.
     pub fn worker_config(&self) -> courier_worker::Config {
         courier_worker::Config {
-            bot: courier_worker::BotKind::Notes,
+            bot: self.bot,
             database_url: Some(self.pg.url().to_owned()),
             db_pool_size: 4,
             migrate: true,
