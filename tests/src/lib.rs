@@ -404,6 +404,32 @@ impl Stack {
             .context("update_id in sandbox answer")
     }
 
+    /// The user presses the inline button with `data` under the bot's message `message_id`
+    /// (the sandbox creates the `callback_query` update); returns the callback query's id.
+    pub async fn press(
+        &self,
+        chat_id: i64,
+        user_id: i64,
+        message_id: i64,
+        data: &str,
+    ) -> Result<String> {
+        let resp: serde_json::Value = self
+            .http
+            .post(format!("{}/sandbox/callbacks", self.sandbox_url()))
+            .json(&serde_json::json!({
+                "chat_id": chat_id, "user_id": user_id, "message_id": message_id, "data": data
+            }))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        resp["callback_query_id"]
+            .as_str()
+            .map(str::to_owned)
+            .context("callback_query_id in sandbox answer")
+    }
+
     /// The chat's transcript in the sandbox.
     pub async fn transcript(&self, chat_id: i64) -> Result<Vec<Line>> {
         let resp = self
