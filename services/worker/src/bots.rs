@@ -68,7 +68,12 @@ mod tests {
     fn each_bot_is_selected_by_its_own_name() {
         for kind in BotKind::ALL {
             let value = kind.to_possible_value().expect("a value");
-            assert_eq!(value.get_name(), kind.name(), "COURIER_BOT={}", value.get_name());
+            assert_eq!(
+                value.get_name(),
+                kind.name(),
+                "COURIER_BOT={}",
+                value.get_name()
+            );
             assert_eq!(BotKind::from_str(kind.name(), false), Ok(*kind));
         }
     }
