@@ -47,12 +47,12 @@ mod texts;
 use chrono::{DateTime, Utc};
 use courier_bot_api::{
     AnswerCallback, Button, ChatAction, EditText, Effect, InlineKeyboard, MessageRef, Outgoing,
-    Pace, ParseMode, SendText, UserInfo, SHARED_SENDERS,
+    Pace, ParseMode, SendText, SHARED_SENDERS,
 };
 use serde::{Deserialize, Serialize};
 
 pub use bot::QuizBot;
-pub use courier_bot_api::{Command, Incoming, UnreadableUpdate};
+pub use courier_bot_api::{Command, Incoming, UnreadableUpdate, UserInfo};
 pub use input::{classify_json, Input};
 use questions::{Question, BANK};
 
@@ -198,7 +198,11 @@ fn parse_button(data: &str) -> Option<(u32, u32, usize)> {
     ) else {
         return None;
     };
-    Some((round.parse().ok()?, question.parse().ok()?, option.parse().ok()?))
+    Some((
+        round.parse().ok()?,
+        question.parse().ok()?,
+        option.parse().ok()?,
+    ))
 }
 
 /// The bot: `(state, update, context) -> (new state, effects)`. Pure.
@@ -358,10 +362,7 @@ fn press(
     if next.is_valid() {
         let text = texts::question(&next, next.current(), Some(verdict));
         return Transition {
-            effects: vec![
-                respond(Some(&toast)),
-                edit(text, Some(keyboard(&next))),
-            ],
+            effects: vec![respond(Some(&toast)), edit(text, Some(keyboard(&next)))],
             state: QuizState::InQuiz(next),
         };
     }
@@ -397,7 +398,12 @@ fn keyboard(quiz: &Quiz) -> InlineKeyboard {
             .options
             .iter()
             .enumerate()
-            .map(|(i, label)| vec![Button::callback(*label, button_data(quiz.round, quiz.question, i))])
+            .map(|(i, label)| {
+                vec![Button::callback(
+                    *label,
+                    button_data(quiz.round, quiz.question, i),
+                )]
+            })
             .collect(),
     }
 }

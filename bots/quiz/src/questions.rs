@@ -59,7 +59,12 @@ pub const BANK: &[Question] = &[
     ),
     q(
         "Who wrote \"Romeo and Juliet\"?",
-        &["William Shakespeare", "Charles Dickens", "Jane Austen", "Leo Tolstoy"],
+        &[
+            "William Shakespeare",
+            "Charles Dickens",
+            "Jane Austen",
+            "Leo Tolstoy",
+        ],
         0,
     ),
     q(
@@ -67,7 +72,11 @@ pub const BANK: &[Question] = &[
         &["Sydney", "Melbourne", "Perth", "Canberra"],
         3,
     ),
-    q("How many sides does a hexagon have?", &["5", "6", "7", "8"], 1),
+    q(
+        "How many sides does a hexagon have?",
+        &["5", "6", "7", "8"],
+        1,
+    ),
     q(
         "Which is the largest mammal?",
         &["African elephant", "Giraffe", "Blue whale", "Orca"],
@@ -135,7 +144,11 @@ mod tests {
 
     #[test]
     fn a_round_picks_distinct_questions_the_same_way_every_time() {
-        for (chat, round, at) in [(7, 1, 1_764_133_380), (-100, 9, 0), (i64::MIN, u32::MAX, -1)] {
+        for (chat, round, at) in [
+            (7, 1, 1_764_133_380),
+            (-100, 9, 0),
+            (i64::MIN, u32::MAX, -1),
+        ] {
             let order = pick(chat, round, at);
             assert_eq!(order.len(), QUESTIONS_PER_ROUND);
             assert_eq!(order.iter().collect::<BTreeSet<_>>().len(), order.len());

@@ -277,7 +277,10 @@ fn a_right_answer_is_answered_and_edits_the_message_to_the_next_question() {
         edit.text
     );
     let data = callback_data(edit.keyboard.as_ref().expect("the next question's buttons"));
-    assert!(data.iter().flatten().all(|d| d.starts_with("q:3:2:")), "{data:?}");
+    assert!(
+        data.iter().flatten().all(|d| d.starts_with("q:3:2:")),
+        "{data:?}"
+    );
 }
 
 #[test]
@@ -292,7 +295,10 @@ fn a_wrong_answer_names_the_right_one() {
     let Effect::Send(Outgoing::Edit(edit)) = &t.effects[1] else {
         panic!("{:?}", t.effects)
     };
-    let line = format!("❌ It was <b>{}</b>.\n\n", escape_html(asked.right_option()));
+    let line = format!(
+        "❌ It was <b>{}</b>.\n\n",
+        escape_html(asked.right_option())
+    );
     assert!(edit.text.starts_with(&line), "{}", edit.text);
 }
 
@@ -446,7 +452,11 @@ fn stop_during_a_quiz_deletes_the_question_by_its_key_and_confirms() {
     );
     let r = replies(&t);
     assert_eq!(r.len(), 1);
-    assert!(r[0].contains("after 2 of 5") && r[0].contains("/quiz"), "{}", r[0]);
+    assert!(
+        r[0].contains("after 2 of 5") && r[0].contains("/quiz"),
+        "{}",
+        r[0]
+    );
     assert!(!t.effects.iter().any(|e| matches!(e, Effect::Write(_))));
     // The stopped quiz's buttons are stale now.
     let t = step(&t.state, &press_data(&button_data(3, 2, 0)), &ctx());
@@ -536,7 +546,10 @@ fn unknown_commands_and_other_messages_get_fallbacks() {
         let t = step(&state, &msg("/frobnicate now"), &ctx());
         assert_eq!(t.state, state);
         let r = replies(&t);
-        assert!(r[0].contains("/frobnicate") && r[0].contains("/help"), "{r:?}");
+        assert!(
+            r[0].contains("/frobnicate") && r[0].contains("/help"),
+            "{r:?}"
+        );
     }
     let t = step(&idle(0), &msg("hello"), &ctx());
     assert_eq!(replies(&t), vec![texts::NOT_IN_QUIZ]);
@@ -622,7 +635,9 @@ fn state_is_tagged_json_and_a_quiz_the_bank_cannot_continue_counts_as_none() {
     let t = step(&broken, &msg("/quiz"), &ctx());
     assert_eq!(quiz(&t.state).round, 4, "the round count goes on");
     assert!(
-        !sends(&t).iter().any(|o| matches!(o, Outgoing::Delete { .. })),
+        !sends(&t)
+            .iter()
+            .any(|o| matches!(o, Outgoing::Delete { .. })),
         "nothing to delete"
     );
 }

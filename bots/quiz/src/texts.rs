@@ -17,8 +17,7 @@ is right.\n\n\
 pub(crate) const SLOW_DOWN: &str =
     "You're sending too fast; please wait a few seconds. What you send meanwhile is ignored.";
 
-pub(crate) const NOTHING_TO_STOP: &str =
-    "There's no quiz to stop. Send /quiz to start one.";
+pub(crate) const NOTHING_TO_STOP: &str = "There's no quiz to stop. Send /quiz to start one.";
 
 pub(crate) const ANONYMOUS_SCORE: &str =
     "I keep scores for users, and this message has no user I could look up. See /help.";
@@ -83,7 +82,11 @@ fn verdict_line((asked, right): (&Question, bool)) -> String {
 }
 
 /// The question message (HTML): the previous answer's verdict, if any, then the question.
-pub(crate) fn question(quiz: &Quiz, asked: &Question, previous: Option<(&Question, bool)>) -> String {
+pub(crate) fn question(
+    quiz: &Quiz,
+    asked: &Question,
+    previous: Option<(&Question, bool)>,
+) -> String {
     let mut out = String::new();
     if let Some(v) = previous {
         out.push_str(&verdict_line(v));
