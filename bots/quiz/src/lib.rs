@@ -16,9 +16,9 @@
 //! | any      | `/help`                             | the command list                                          | unchanged  |
 //! | `Idle`   | `/quiz`                             | typing…, question 1 with its buttons (key `question`)     | `InQuiz`   |
 //! | `InQuiz` | `/quiz`                             | delete the old question, then as above (a new round)      | `InQuiz`   |
-//! | `InQuiz` | right button of the current question| answer the press, edit the message to the next question   | `InQuiz`   |
-//! | `InQuiz` | … of the last question              | answer the press, edit to the final score, record it      | `Idle`     |
-//! | any      | any other button                    | answer the press saying why it does nothing               | unchanged  |
+//! | `InQuiz` | an answer to the current question   | answer the press, edit the message to the next question   | `InQuiz`   |
+//! | `InQuiz` | … to the last question              | answer the press, edit to the final score, record it      | `Idle`     |
+//! | any      | any other press (a stale button)    | answer the press saying why it does nothing               | unchanged  |
 //! | `InQuiz` | `/stop`                             | delete the question message, confirm                      | `Idle`     |
 //! | `Idle`   | `/stop`                             | say there is nothing to stop                              | `Idle`     |
 //! | any      | `/score`                            | the user's last and best results (read from the table)    | unchanged  |
@@ -26,11 +26,11 @@
 //! | any      | other message (private chats)       | fallback: `/quiz`, or "use the buttons" during a quiz     | unchanged  |
 //! | any      | bot (un)blocked                     | record it (no reply)                                      | unchanged  |
 //!
-//! A press is "the right button" when its data names the running round, the question being
-//! asked and an option of it, and it comes from the player who sent `/quiz` (in a group,
-//! the other members' presses are answered with whose quiz it is). Every press is answered
-//! (`answerCallbackQuery`) exactly once, whatever else happens: a client shows a spinner until
-//! it is.
+//! A press is an answer to the current question when its data names the running round, the
+//! question being asked and one of its options, and it comes from the player who sent `/quiz`
+//! (in a group, the other members' presses are answered with "someone else's quiz"). Every
+//! press is answered (`answerCallbackQuery`) exactly once, whatever else happens: a client
+//! shows a spinner until it is.
 //!
 //! Before all of that, flood control: the first update over the sender's budget gets one
 //! "slow down" (as the press's answer, for a button), later ones nothing — except a button,

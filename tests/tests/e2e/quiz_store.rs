@@ -71,7 +71,11 @@ async fn quiz_results_are_written_once_per_update_and_read_back_for_score() -> a
         .run(&mut conn)
         .await?;
 
-    assert_eq!(scores(&mut conn, BOT, 7).await?, Scores::default(), "none yet");
+    assert_eq!(
+        scores(&mut conn, BOT, 7).await?,
+        Scores::default(),
+        "none yet"
+    );
 
     // A batch of several updates' results (as the worker's group commit hands them over),
     // then a later one, then a redelivery of the first batch.
@@ -92,7 +96,11 @@ async fn quiz_results_are_written_once_per_update_and_read_back_for_score() -> a
     assert_eq!(rows, 5, "a redelivered update adds nothing");
 
     let ada = scores(&mut conn, BOT, 7).await?;
-    assert_eq!(score_and_total(ada.last), Some((3, 5)), "the latest: {ada:?}");
+    assert_eq!(
+        score_and_total(ada.last),
+        Some((3, 5)),
+        "the latest: {ada:?}"
+    );
     assert_eq!(score_and_total(ada.best), Some((4, 5)), "the best: {ada:?}");
     assert_eq!(ada.finished, 3);
     let (last, best) = (ada.last.unwrap(), ada.best.unwrap());
@@ -115,7 +123,11 @@ async fn quiz_results_are_written_once_per_update_and_read_back_for_score() -> a
 async fn the_quiz_table_refuses_impossible_scores() -> anyhow::Result<()> {
     let pg = courier_tests::Postgres::fresh().await?;
     let mut conn = PgConnection::connect(pg.url()).await?;
-    QuizBot.migrations().expect("migrations").run(&mut conn).await?;
+    QuizBot
+        .migrations()
+        .expect("migrations")
+        .run(&mut conn)
+        .await?;
     let bad = Write::Finished {
         chat_id: 7,
         user_id: 7,
@@ -127,6 +139,10 @@ async fn the_quiz_table_refuses_impossible_scores() -> anyhow::Result<()> {
         .downcast_ref::<sqlx::Error>()
         .and_then(|e| e.as_database_error())
         .expect("a database error");
-    assert_eq!(db.code().as_deref(), Some("23514"), "a CHECK violation: {db}");
+    assert_eq!(
+        db.code().as_deref(),
+        Some("23514"),
+        "a CHECK violation: {db}"
+    );
     Ok(())
 }
