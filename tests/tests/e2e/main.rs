@@ -16,6 +16,7 @@ mod metrics;
 mod migrate;
 mod order;
 mod outages;
+mod quiz_store;
 mod retention;
 mod scaling;
 mod secrets;
