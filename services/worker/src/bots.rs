@@ -56,6 +56,8 @@ bots! {
     /// The notes bot of the original tutorial (`bots/notes`).
     #[default]
     Notes => courier_notes::NotesBot,
+    /// A quiz with inline buttons, edits and callback answers (`bots/quiz`).
+    Quiz => courier_quiz::QuizBot,
 }
 
 #[cfg(test)]
