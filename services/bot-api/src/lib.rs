@@ -43,7 +43,9 @@ pub enum Pace {
     /// The first update over the budget in this window: the bot may answer once ("slow
     /// down"); it should not write anything.
     SlowDown,
-    /// A later update over the budget in this window: the bot should do nothing.
+    /// A later update over the budget in this window: the bot should do nothing — except
+    /// answer a button press (an empty `AnswerCallback`), since a client shows a spinner until
+    /// every press is answered.
     Over,
 }
 
