@@ -1,6 +1,7 @@
 //! End-to-end tests: the whole pipeline with a real nats-server and PostgreSQL, the sandbox
 //! standing in for Telegram. One binary for all modules (faster to link).
 
+mod actions;
 mod admin;
 mod arrival;
 mod broadcast;
