@@ -72,6 +72,9 @@ fn edit(message: Option<MessageRef>, text: &str) -> Action {
     })
 }
 
+/// A `sent_messages` row: outbox id, part, key, Telegram's message id, outcome.
+type LedgerRow = (i64, i32, Option<String>, Option<i64>, String);
+
 /// The calls the sandbox accepted, as (method, message id).
 fn accepted(calls: &[Call]) -> Vec<(&str, Option<i64>)> {
     calls
@@ -177,7 +180,7 @@ async fn keyboards_replies_edits_and_deletes_by_key_or_id_reach_the_chat() -> an
         ),
         long.trim_end()
     );
-    let rows: Vec<(i64, i32, Option<String>, Option<i64>, String)> = sqlx::query_as(
+    let rows: Vec<LedgerRow> = sqlx::query_as(
         "SELECT outbox_id, part, msg_key, telegram_message_id, outcome FROM sent_messages
          ORDER BY outbox_id, part",
     )
