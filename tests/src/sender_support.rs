@@ -20,10 +20,11 @@ use serde::Deserialize;
 
 use crate::{NatsServer, Postgres, TOKEN};
 
-/// One sending call the sandbox saw (`GET /sandbox/calls`).
+/// One call to a chat the sandbox saw (`GET /sandbox/calls`).
 #[derive(Debug, Clone, Deserialize)]
 pub struct Call {
-    /// `sendMessage`, …
+    /// `sendMessage`, `editMessageText`, `deleteMessage`, `answerCallbackQuery`,
+    /// `sendChatAction`.
     pub method: String,
     /// The chat.
     pub chat_id: i64,
@@ -34,6 +35,15 @@ pub struct Call {
     /// The text.
     #[serde(default)]
     pub text: Option<String>,
+    /// The message sent, edited or deleted (whose button was pressed, for a callback answer).
+    #[serde(default)]
+    pub message_id: Option<i64>,
+    /// `sendChatAction`'s action.
+    #[serde(default)]
+    pub action: Option<String>,
+    /// `answerCallbackQuery`'s query id.
+    #[serde(default)]
+    pub callback_query_id: Option<String>,
 }
 
 /// A running sender and its stop switch.
@@ -215,6 +225,47 @@ impl SenderRig {
         Ok(())
     }
 
+    /// Publishes an outbound message with `action` as the worker would
+    /// (`Nats-Msg-Id = out:<bot>:<outbox_id>`).
+    pub async fn publish_action(&self, chat: i64, outbox_id: i64, action: Action) -> Result<()> {
+        let msg_id = topology::outbound_msg_id(self.bot_id(), outbox_id);
+        self.publish_action_as(chat, outbox_id, action, &msg_id)
+            .await
+    }
+
+    /// Publishes an outbound message with `action` under the `Nats-Msg-Id` given: with
+    /// another id than an earlier copy, the stream keeps both (as after the duplicate window,
+    /// or the relay republishing a row a crashed worker never marked).
+    pub async fn publish_action_as(
+        &self,
+        chat: i64,
+        outbox_id: i64,
+        action: Action,
+        msg_id: &str,
+    ) -> Result<()> {
+        let msg = OutboundMessage {
+            outbox_id,
+            bot_id: self.bot_id(),
+            chat_id: chat,
+            origin_update_id: 0,
+            created_at_unix_ms: 0,
+            origin_received_at_unix_ms: 0,
+            action: Some(action),
+        };
+        let ack = self
+            .js
+            .send_publish(
+                topology::outbound_subject(self.bot_id(), chat),
+                PublishMessage::build()
+                    .message_id(msg_id)
+                    .payload(msg.encode_to_vec().into()),
+            )
+            .await?
+            .await?;
+        anyhow::ensure!(!ack.duplicate, "{msg_id} was taken for a duplicate");
+        Ok(())
+    }
+
     /// Publishes many messages (in the given order), pipelining the acks.
     pub async fn publish_all(&self, msgs: &[(i64, i64, String)]) -> Result<()> {
         let mut acks = Vec::with_capacity(msgs.len());
@@ -328,6 +379,82 @@ impl SenderRig {
             .filter(|l| l.from_bot)
             .map(|l| l.text)
             .collect())
+    }
+
+    /// The chat's transcript as the sandbox shows it (deleted messages left out), each
+    /// message as the sandbox's JSON (`message_id`, `text`, `reply_markup`,
+    /// `reply_to_message_id`, `edit_date`, …).
+    pub async fn transcript(&self, chat: i64) -> Result<Vec<serde_json::Value>> {
+        Ok(self
+            .http
+            .get(format!(
+                "{}/sandbox/chats/{chat}/messages",
+                self.sandbox_url()
+            ))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?)
+    }
+
+    /// The user of a private chat presses the inline button with `data` under `message_id`;
+    /// returns the callback query's id.
+    pub async fn press(&self, chat: i64, message_id: i64, data: &str) -> Result<String> {
+        let pressed: serde_json::Value = self
+            .http
+            .post(format!("{}/sandbox/callbacks", self.sandbox_url()))
+            .json(&serde_json::json!({
+                "chat_id": chat, "message_id": message_id, "user_id": chat.abs(), "data": data,
+            }))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        pressed["callback_query_id"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow::anyhow!("no callback query id in {pressed}"))
+    }
+
+    /// A callback query and, once the bot answered it, its `answer` (`GET
+    /// /sandbox/callbacks/{id}`).
+    pub async fn callback(&self, id: &str) -> Result<serde_json::Value> {
+        Ok(self
+            .http
+            .get(format!("{}/sandbox/callbacks/{id}", self.sandbox_url()))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?)
+    }
+
+    /// The dead letters of the outbound stage, oldest first: each one's reason
+    /// (`Courier-Dlq-Reason`) and the message.
+    pub async fn dead_letter_messages(&self) -> Result<Vec<(String, OutboundMessage)>> {
+        let mut stream = self.js.get_stream(topology::DLQ_STREAM).await?;
+        let (messages, first, last) = {
+            let state = &stream.info().await?.state;
+            (state.messages, state.first_sequence, state.last_sequence)
+        };
+        let mut out = Vec::new();
+        if messages == 0 {
+            return Ok(out);
+        }
+        for seq in first..=last {
+            let Ok(m) = stream.get_raw_message(seq).await else {
+                continue;
+            };
+            let reason = m
+                .headers
+                .get(topology::DLQ_REASON_HEADER)
+                .map(|v| v.as_str().to_owned())
+                .unwrap_or_default();
+            out.push((reason, OutboundMessage::decode(m.payload)?));
+        }
+        Ok(out)
     }
 
     /// Messages in the dead-letter stream.

@@ -17,8 +17,8 @@ use tokio::time::Instant;
 use crate::faults::Injected;
 use crate::format::{self, ParseMode};
 use crate::state::{
-    now_unix_ms, utf16_len, CallRecord, Inner, Shared, Webhook, BOT_FIRST_NAME, BOT_USERNAME,
-    MAX_TEXT_LEN,
+    now_unix_ms, utf16_len, CallRecord, CallbackAnswer, ChatType, Inner, Shared, Webhook,
+    BOT_FIRST_NAME, BOT_USERNAME, MAX_TEXT_LEN,
 };
 
 /// Telegram's default and bounds of `max_connections`.
@@ -310,7 +310,7 @@ async fn answer(
     }
     let result = match lower.as_str() {
         "getupdates" => get_updates(shared, &params).await,
-        "sendmessage" | "editmessagetext" => match sending_call(shared, &lower, &params) {
+        m if chat_method(m).is_some() => match sending_call(shared, &lower, &params) {
             Sent::Done(result) => result,
             Sent::Dropped => {
                 // Never answered: held until the client gives up (hyper then drops this
@@ -327,7 +327,7 @@ async fn answer(
     match result {
         Ok(response) => response,
         Err(e) => {
-            if e.code == 429 && !matches!(lower.as_str(), "sendmessage" | "editmessagetext") {
+            if e.code == 429 && chat_method(&lower).is_none() {
                 shared.lock().stats.responses_429 += 1;
             }
             tracing::debug!(%method, code = e.code, description = %e.description, "Bot API error");
@@ -341,49 +341,88 @@ pub(crate) async fn not_found() -> ApiError {
     ApiError::not_found()
 }
 
+/// The methods that act on a chat, as Telegram spells them: fault injection, the rate limits
+/// and the call log apply to them (`sendMessage`, `editMessageText`, `deleteMessage`,
+/// `answerCallbackQuery`, `sendChatAction`). `None` for any other method.
+fn chat_method(lower: &str) -> Option<&'static str> {
+    match lower {
+        "sendmessage" => Some("sendMessage"),
+        "editmessagetext" => Some("editMessageText"),
+        "deletemessage" => Some("deleteMessage"),
+        "answercallbackquery" => Some("answerCallbackQuery"),
+        "sendchataction" => Some("sendChatAction"),
+        _ => None,
+    }
+}
+
 /// The outcome of a sending call.
 enum Sent {
     Done(Result<Response, ApiError>),
     Dropped,
 }
 
-/// A sending method (`sendMessage`, `editMessageText`): injected faults, then the method with
-/// its rate limits, all under one lock so the call log is in decision order.
+/// A method that acts on a chat ([`chat_method`]): injected faults, then the method with its
+/// rate limits, all under one lock so the call log is in decision order.
 fn sending_call(shared: &Shared, method: &str, params: &Params) -> Sent {
     let mut inner = shared.lock();
-    let name = if method == "sendmessage" {
-        "sendMessage"
-    } else {
-        "editMessageText"
-    };
-    let chat_id = params
-        .str("chat_id")
+    let name = chat_method(method).expect("a chat method");
+    let callback_query_id = params
+        .str("callback_query_id")
         .ok()
         .flatten()
-        .and_then(|s| s.trim().parse::<i64>().ok())
-        .unwrap_or(0);
+        .filter(|_| name == "answerCallbackQuery");
+    let callback = callback_query_id
+        .as_ref()
+        .and_then(|id| inner.callbacks.get(id))
+        .map(|c| (c.chat_id, c.message_id));
+    let chat_id = match callback {
+        Some((chat, _)) => chat,
+        None => params
+            .str("chat_id")
+            .ok()
+            .flatten()
+            .and_then(|s| s.trim().parse::<i64>().ok())
+            .unwrap_or(0),
+    };
     let text = params.str("text").ok().flatten();
+    let action = params
+        .str("action")
+        .ok()
+        .flatten()
+        .filter(|_| name == "sendChatAction");
     let injected = inner.faults.decide(rand::random::<f64>);
-    let (outcome, status) = match injected {
+    let (outcome, status, message_id) = match injected {
         Some(fault) => {
             inner.stats.faults_injected += 1;
             match fault {
                 Injected::Drop => {
                     inner.stats.calls_dropped += 1;
-                    (Sent::Dropped, 0)
+                    (Sent::Dropped, 0, None)
                 }
-                Injected::RetryAfter(n) => (Sent::Done(Err(ApiError::too_many_requests(n))), 429),
-                Injected::Error(code) => (Sent::Done(Err(ApiError::injected(code))), code),
+                Injected::RetryAfter(n) => {
+                    (Sent::Done(Err(ApiError::too_many_requests(n))), 429, None)
+                }
+                Injected::Error(code) => (Sent::Done(Err(ApiError::injected(code))), code, None),
             }
         }
         None => {
-            let result = if method == "sendmessage" {
-                send_message(shared, &mut inner, params)
-            } else {
-                edit_message_text(shared, &mut inner, params)
+            let result = match name {
+                "sendMessage" => send_message(shared, &mut inner, params),
+                "editMessageText" => edit_message_text(shared, &mut inner, params),
+                "deleteMessage" => delete_message(shared, &mut inner, params),
+                "answerCallbackQuery" => answer_callback_query(shared, &mut inner, params),
+                _ => send_chat_action(shared, &mut inner, params),
             };
             let status = result.as_ref().map_or_else(|e| e.code, |_| 200);
-            (Sent::Done(result.map(ok)), status)
+            // The message the call went to: the one it sent or edited, the one it deleted,
+            // the one whose button was pressed.
+            let message_id = match &result {
+                Ok(v) if v.is_object() => v["message_id"].as_i64(),
+                Ok(_) if name == "deleteMessage" => params.i64("message_id").ok().flatten(),
+                Ok(_) => callback.map(|(_, m)| m),
+                Err(_) => None,
+            };
+            (Sent::Done(result.map(ok)), status, message_id)
         }
     };
     if status == 429 {
@@ -395,6 +434,9 @@ fn sending_call(shared: &Shared, method: &str, params: &Params) -> Sent {
         at_unix_ms: now_unix_ms(),
         status,
         text,
+        message_id,
+        action,
+        callback_query_id,
     });
     outcome
 }
@@ -406,8 +448,6 @@ fn call(shared: &Shared, method: &str, params: &Params) -> Result<Response, ApiE
         "setwebhook" => set_webhook(shared, params),
         "deletewebhook" => delete_webhook(shared, params),
         "getwebhookinfo" => Ok(ok(webhook_info(shared))),
-        "sendchataction" => send_chat_action(shared, params).map(ok),
-        "answercallbackquery" => answer_callback_query(shared, params).map(ok),
         "setmycommands" => set_my_commands(shared, params).map(ok),
         "getmycommands" => get_my_commands(shared, params).map(ok),
         "deletemycommands" => delete_my_commands(shared, params).map(ok),
@@ -784,12 +824,10 @@ fn send_message(shared: &Shared, inner: &mut Inner, params: &Params) -> Result<V
         .map_err(|_| ApiError::chat_not_found())?;
     target_chat(inner, chat_id)?;
     let chat = &inner.chats[&chat_id];
-    let replied = match reply_to {
-        Some(id) => match chat.message(id) {
-            Some(entry) => Some(chat.message_object(entry, &shared.bot_user())),
-            None if allow_without => None,
-            None => return Err(ApiError::bad_request("message to be replied not found")),
-        },
+    let reply_to = match reply_to {
+        Some(id) if chat.message(id).is_some() => Some(id),
+        Some(_) if allow_without => None,
+        Some(_) => return Err(ApiError::bad_request("message to be replied not found")),
         None => None,
     };
     inner
@@ -798,12 +836,9 @@ fn send_message(shared: &Shared, inner: &mut Inner, params: &Params) -> Result<V
         .map_err(ApiError::too_many_requests)?;
     let bot = shared.bot_user();
     let chat = inner.chats.get_mut(&chat_id).expect("checked above");
-    let (entry, duplicate) = chat.append_bot(&text, entities, reply_markup);
+    let (entry, duplicate) = chat.append_bot(&text, entities, reply_markup, reply_to);
     let entry = entry.clone();
-    let mut message = chat.message_object(&entry, &bot);
-    if let Some(replied) = replied {
-        message["reply_to_message"] = replied;
-    }
+    let message = chat.message_object(&entry, &bot);
     inner.stats.messages_from_bot += 1;
     if duplicate {
         inner.stats.duplicate_replies += 1;
@@ -876,33 +911,94 @@ const CHAT_ACTIONS: &[&str] = &[
     "upload_video_note",
 ];
 
-fn send_chat_action(shared: &Shared, params: &Params) -> Result<Value, ApiError> {
+fn send_chat_action(
+    shared: &Shared,
+    inner: &mut Inner,
+    params: &Params,
+) -> Result<Value, ApiError> {
     let chat_id = chat_id_param(params)?;
     let action = params.str("action")?.unwrap_or_default();
     if !CHAT_ACTIONS.contains(&action.as_str()) {
         return Err(ApiError::bad_request("wrong parameter action in request"));
     }
-    target_chat(&shared.lock(), chat_id)?;
+    target_chat(inner, chat_id)?;
+    inner
+        .limiter
+        .acquire_bot(Instant::now())
+        .map_err(ApiError::too_many_requests)?;
+    inner.stats.chat_actions += 1;
     shared.emit(json!({ "type": "chat_action", "chat_id": chat_id, "action": action }));
     Ok(json!(true))
 }
 
-fn answer_callback_query(shared: &Shared, params: &Params) -> Result<Value, ApiError> {
+/// The error of an unknown, or already answered, callback query (Telegram's words).
+fn query_invalid() -> ApiError {
+    ApiError::bad_request("query is too old and response timeout expired or query ID is invalid")
+}
+
+fn answer_callback_query(
+    shared: &Shared,
+    inner: &mut Inner,
+    params: &Params,
+) -> Result<Value, ApiError> {
     let id = params.str("callback_query_id")?.unwrap_or_default();
     let text = params.str("text")?.unwrap_or_default();
     if text.chars().count() > 200 {
         return Err(ApiError::bad_request("MESSAGE_TOO_LONG"));
     }
     let show_alert = params.bool("show_alert")?.unwrap_or(false);
-    let pending = shared.lock().callbacks.remove(&id).ok_or_else(|| {
-        ApiError::bad_request(
-            "query is too old and response timeout expired or query ID is invalid",
-        )
-    })?;
+    let callback = inner
+        .callbacks
+        .get(&id)
+        .filter(|c| c.answer.is_none())
+        .ok_or_else(query_invalid)?;
+    let (chat_id, message_id) = (callback.chat_id, callback.message_id);
+    inner
+        .limiter
+        .acquire_bot(Instant::now())
+        .map_err(ApiError::too_many_requests)?;
+    if let Some(callback) = inner.callbacks.get_mut(&id) {
+        callback.answer = Some(CallbackAnswer {
+            text: text.clone(),
+            show_alert,
+            at_unix_ms: now_unix_ms(),
+        });
+    }
+    inner.stats.callbacks_answered += 1;
     shared.emit(json!({
-        "type": "callback_answer", "chat_id": pending.chat_id,
-        "message_id": pending.message_id, "text": text, "show_alert": show_alert,
+        "type": "callback_answer", "chat_id": chat_id,
+        "message_id": message_id, "text": text, "show_alert": show_alert,
     }));
+    Ok(json!(true))
+}
+
+/// How long after it was sent a message can still be deleted (Telegram's 48 hours).
+const DELETE_WINDOW_SECS: i64 = 48 * 3600;
+
+/// `deleteMessage`: the bot's own messages, and the users' in a private chat, within 48
+/// hours; the message disappears from the transcript and from every method.
+fn delete_message(shared: &Shared, inner: &mut Inner, params: &Params) -> Result<Value, ApiError> {
+    let chat_id = chat_id_param(params)?;
+    let message_id = params
+        .i64("message_id")?
+        .ok_or_else(|| ApiError::bad_request("message identifier is not specified"))?;
+    target_chat(inner, chat_id)?;
+    let chat = &inner.chats[&chat_id];
+    let entry = chat
+        .message(message_id)
+        .ok_or_else(|| ApiError::bad_request("message to delete not found"))?;
+    let too_old = chrono::Utc::now().timestamp() - entry.date > DELETE_WINDOW_SECS;
+    if too_old || (!entry.from_bot && chat.kind != ChatType::Private) {
+        return Err(ApiError::bad_request("message can't be deleted"));
+    }
+    inner
+        .limiter
+        .acquire(chat_id, Instant::now())
+        .map_err(ApiError::too_many_requests)?;
+    let chat = inner.chats.get_mut(&chat_id).expect("checked above");
+    chat.message_mut(message_id).expect("checked above").deleted = true;
+    inner.stats.messages_deleted += 1;
+    shared.emit(json!({ "type": "delete", "chat_id": chat_id, "message_id": message_id }));
     Ok(json!(true))
 }
 

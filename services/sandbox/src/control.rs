@@ -138,7 +138,8 @@ fn create_message(shared: &Shared, body: &[u8]) -> Result<Value, ApiError> {
     Ok(json!({ "update_id": update_id, "message_id": entry.message_id }))
 }
 
-/// `GET /sandbox/chats/{chat_id}/messages`: the chat's transcript, oldest first.
+/// `GET /sandbox/chats/{chat_id}/messages`: the chat's transcript, oldest first (deleted
+/// messages left out).
 pub(crate) async fn transcript(
     State(shared): State<Arc<Shared>>,
     Path(chat_id): Path<String>,
@@ -148,7 +149,7 @@ pub(crate) async fn transcript(
     };
     let inner = shared.lock();
     match inner.chats.get(&chat_id) {
-        Some(chat) => Json(&chat.transcript).into_response(),
+        Some(chat) => Json(chat.visible().collect::<Vec<_>>()).into_response(),
         None => ApiError::new(404, "Not Found: chat not found").into_response(),
     }
 }
@@ -215,9 +216,13 @@ fn create_callback(shared: &Shared, body: &[u8]) -> Result<Value, ApiError> {
     let id = inner.next_callback_id();
     inner.callbacks.insert(
         id.clone(),
-        crate::state::PendingCallback {
+        crate::state::Callback {
+            id: id.clone(),
             chat_id: p.chat_id,
             message_id: p.message_id,
+            user_id: p.user_id,
+            data: p.data.clone(),
+            answer: None,
         },
     );
     let update_id = inner.next_update_id();
@@ -236,6 +241,18 @@ fn create_callback(shared: &Shared, body: &[u8]) -> Result<Value, ApiError> {
     drop(inner);
     shared.updates_queued();
     Ok(json!({ "update_id": update_id, "callback_query_id": id }))
+}
+
+/// `GET /sandbox/callbacks/{id}`: a callback query created by a press, with the bot's
+/// answer once it answered (`answer`: `text`, `show_alert`, `at_unix_ms`; `null` before).
+pub(crate) async fn get_callback(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+) -> Response {
+    match shared.lock().callbacks.get(&id) {
+        Some(callback) => Json(callback).into_response(),
+        None => ApiError::new(404, "Not Found: callback query not found").into_response(),
+    }
 }
 
 /// `POST /sandbox/chats/{chat_id}/migrate`: a group is upgraded to a supergroup; sending to
@@ -365,7 +382,7 @@ pub(crate) async fn chats(State(shared): State<Arc<Shared>>) -> Response {
         .values()
         .map(|c| {
             let mut o = c.object.clone();
-            o["messages"] = json!(c.transcript.len());
+            o["messages"] = json!(c.visible().count());
             o
         })
         .collect();
@@ -374,8 +391,8 @@ pub(crate) async fn chats(State(shared): State<Arc<Shared>>) -> Response {
     Json(list).into_response()
 }
 
-/// `GET /sandbox/events`: server-sent events for the page: `message`, `edit`, `chat_action`
-/// and `callback_answer`, each a JSON object with a `type` and a `chat_id`.
+/// `GET /sandbox/events`: server-sent events for the page: `message`, `edit`, `delete`,
+/// `chat_action` and `callback_answer`, each a JSON object with a `type` and a `chat_id`.
 pub(crate) async fn events(
     State(shared): State<Arc<Shared>>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {

@@ -9,22 +9,24 @@
 //!   form or multipart body; method names case-insensitive): `getMe`, `setWebhook`,
 //!   `deleteWebhook`, `getWebhookInfo`, `getUpdates` (long polling; 409 while a webhook is
 //!   set), `sendMessage` (inline keyboards, `reply_parameters`), `editMessageText`,
-//!   `answerCallbackQuery`, `sendChatAction`, `setMyCommands`/`getMyCommands`/
-//!   `deleteMyCommands`. Errors in Telegram's shape (`ok:false`, `error_code`, `description`,
+//!   `deleteMessage`, `answerCallbackQuery`, `sendChatAction`, `setMyCommands`/
+//!   `getMyCommands`/`deleteMyCommands`. Errors in Telegram's shape (`ok:false`, `error_code`, `description`,
 //!   `parameters.retry_after` / `parameters.migrate_to_chat_id`).
 //! - **Formatting** like Telegram's (module `format`): `parse_mode` `HTML`, `MarkdownV2` and the
 //!   legacy `Markdown` parsed into plain `text` plus `entities` (UTF-16 offsets), bad markup
 //!   refused with Telegram's `400 Bad Request: can't parse entities: …`; explicit `entities`
 //!   checked and kept as given. The web chat renders them.
-//! - **Rate limits** like Telegram's on the sending methods (`sendMessage`,
-//!   `editMessageText`), on by default: 30 calls in any second per bot, 1/s per private chat
-//!   with a burst of 3, 20 per minute per group; past them 429 with `retry_after`.
+//! - **Rate limits** like Telegram's on the methods that act on a chat, on by default: 30
+//!   calls in any second per bot (all five), 1/s per private chat with a burst of 3 and 20 per
+//!   minute per group (`sendMessage`, `editMessageText`, `deleteMessage`); past them 429 with
+//!   `retry_after`.
 //! - **Fault injection** (`/sandbox/faults`, `--fault-*`): shares of 5xx, 429 and dropped
 //!   calls, a delay, a burst of 429s, users who blocked the bot.
 //! - **Control API** (JSON): `POST /sandbox/messages` (a user sends a message),
-//!   `POST /sandbox/callbacks` (a user presses an inline button),
+//!   `POST /sandbox/callbacks` (a user presses an inline button), `GET /sandbox/callbacks/{id}`
+//!   (the press and the bot's answer),
 //!   `GET /sandbox/chats/{chat_id}/messages` (the transcript), `GET /sandbox/chats`,
-//!   `POST /sandbox/chats/{chat_id}/migrate`, `GET|DELETE /sandbox/calls` (the sending calls),
+//!   `POST /sandbox/chats/{chat_id}/migrate`, `GET|DELETE /sandbox/calls` (the calls to chats),
 //!   `GET /sandbox/latency` (each user message's replies and latency),
 //!   `GET /sandbox/stats` (see [`Stats`]), `GET /sandbox/events` (server-sent events),
 //!   `GET /` (the web chat), `/healthz` and `/readyz`.
@@ -96,7 +98,7 @@ pub struct Config {
     #[arg(long = "webhook-timeout", env = "COURIER_SANDBOX_WEBHOOK_TIMEOUT", default_value = "10s",
           value_parser = parse_duration)]
     pub webhook_timeout: Duration,
-    /// Enforce Telegram's rate limits on sendMessage/editMessageText (429 past them).
+    /// Enforce Telegram's rate limits on the methods that act on a chat (429 past them).
     #[arg(long = "rate-limits", env = "COURIER_SANDBOX_RATE_LIMITS", default_value_t = true,
           action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
     pub rate_limits: bool,
@@ -357,6 +359,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/sandbox/chats/{chat_id}/migrate", post(control::migrate))
         .route("/sandbox/chats", get(control::chats))
         .route("/sandbox/callbacks", post(control::post_callback))
+        .route("/sandbox/callbacks/{id}", get(control::get_callback))
         .route(
             "/sandbox/faults",
             get(control::get_faults)

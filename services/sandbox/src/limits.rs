@@ -1,4 +1,8 @@
-//! Telegram's rate limits on the sending methods (`sendMessage`, `editMessageText`):
+//! Telegram's rate limits on the methods that act on a chat. Telegram documents limits on
+//! sending messages; the sandbox reads them as strictly as is plausible, so that a client
+//! that keeps them is safe with Telegram whatever it counts: `sendMessage`, `editMessageText`
+//! and `deleteMessage` count against the bot's and the chat's limits ([`Limiter::acquire`]),
+//! `answerCallbackQuery` and `sendChatAction` against the bot's ([`Limiter::acquire_bot`]).
 //!
 //! - **bot-wide**: at most `bot_rate_per_sec` accepted calls in any 1-second window (a sliding
 //!   window: a burst of at most that many, and never more than that many per second);
@@ -94,6 +98,20 @@ impl Limiter {
             private: HashMap::new(),
             groups: HashMap::new(),
         }
+    }
+
+    /// Accepts a call that counts against the bot's limit only (and counts it), or refuses
+    /// it with the `retry_after` in whole seconds (≥ 1).
+    pub(crate) fn acquire_bot(&mut self, now: Instant) -> Result<(), u32> {
+        let c = self.config;
+        if !c.enabled || c.bot_per_sec == 0 {
+            return Ok(());
+        }
+        self.bot
+            .check(now, c.bot_per_sec, Duration::from_secs(1))
+            .map_err(retry_after_secs)?;
+        self.bot.take(now);
+        Ok(())
     }
 
     /// Accepts a sending call to `chat_id` at `now` (and counts it), or refuses it with the
@@ -223,6 +241,24 @@ mod tests {
             "about 30/s for 3 s: {}",
             accepted.len()
         );
+    }
+
+    #[test]
+    fn bot_only_calls_share_the_bots_window_and_leave_the_chats_alone() {
+        let mut l = limiter();
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            assert_eq!(l.acquire(7, t0), Ok(()));
+        }
+        // The chat's burst is spent; a bot-only call to it still passes.
+        assert_eq!(l.acquire(7, t0), Err(1));
+        for _ in 0..27 {
+            assert_eq!(l.acquire_bot(t0), Ok(()));
+        }
+        // 30 in this second: the bot's window is full for both kinds.
+        assert_eq!(l.acquire_bot(t0), Err(1));
+        assert_eq!(l.acquire(8, t0), Err(1));
+        assert_eq!(l.acquire_bot(t0 + Duration::from_secs(1)), Ok(()));
     }
 
     #[test]

@@ -54,8 +54,14 @@ pub struct Stats {
     pub calls_dropped: u64,
     /// Messages the bot edited (`editMessageText` successes).
     pub messages_edited: u64,
+    /// Messages the bot deleted (`deleteMessage` successes).
+    pub messages_deleted: u64,
     /// Callback queries created by pressing inline buttons.
     pub callback_queries: u64,
+    /// Callback queries the bot answered (`answerCallbackQuery` successes).
+    pub callbacks_answered: u64,
+    /// Chat actions the bot sent (`sendChatAction` successes).
+    pub chat_actions: u64,
     /// Bot replies correlated with a user message that already had one (see
     /// `GET /sandbox/latency`).
     pub duplicate_replies: u64,
@@ -128,6 +134,14 @@ pub(crate) struct TranscriptEntry {
     /// Unix time of the last edit (bot messages).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub edit_date: Option<i64>,
+    /// The message this one replies to, as Telegram's `reply_to_message` says
+    /// (`reply_parameters` of a bot message).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reply_to_message_id: Option<i64>,
+    /// Deleted (`deleteMessage`): gone from the transcript and from every method; kept here
+    /// so that message ids stay the transcript's positions.
+    #[serde(skip)]
+    pub deleted: bool,
     #[serde(skip)]
     created: Option<Instant>,
 }
@@ -179,6 +193,8 @@ impl Chat {
             replies: None,
             latency_ms: None,
             edit_date: None,
+            reply_to_message_id: None,
+            deleted: false,
             created: None,
         });
         self.transcript.last_mut().expect("just pushed")
@@ -195,14 +211,16 @@ impl Chat {
         &self.transcript[index]
     }
 
-    /// Appends a bot message and counts it as the reply to the chat's oldest unanswered user
-    /// message (the bot answers a chat in order); returns it and whether it was a duplicate
-    /// (every user message already had its reply).
+    /// Appends a bot message (replying to `reply_to_message_id`, if given) and counts it as
+    /// the reply to the chat's oldest unanswered user message (the bot answers a chat in
+    /// order); returns it and whether it was a duplicate (every user message already had its
+    /// reply).
     pub(crate) fn append_bot(
         &mut self,
         text: &str,
         entities: Vec<Value>,
         reply_markup: Option<Value>,
+        reply_to_message_id: Option<i64>,
     ) -> (&TranscriptEntry, bool) {
         let now = Instant::now();
         let (target, duplicate) = match self.unanswered.pop_front() {
@@ -224,25 +242,43 @@ impl Chat {
         entry.entities = entities;
         entry.reply_markup = reply_markup;
         entry.reply_to = reply_to;
+        entry.reply_to_message_id = reply_to_message_id;
         (entry, duplicate)
     }
 
-    /// A message of the chat by id.
+    /// A message of the chat by id (not a deleted one).
     pub(crate) fn message(&self, message_id: i64) -> Option<&TranscriptEntry> {
         usize::try_from(message_id.checked_sub(1)?)
             .ok()
             .and_then(|i| self.transcript.get(i))
+            .filter(|e| !e.deleted)
     }
 
-    /// A message of the chat by id, to change it.
+    /// A message of the chat by id (not a deleted one), to change it.
     pub(crate) fn message_mut(&mut self, message_id: i64) -> Option<&mut TranscriptEntry> {
         usize::try_from(message_id.checked_sub(1)?)
             .ok()
             .and_then(|i| self.transcript.get_mut(i))
+            .filter(|e| !e.deleted)
     }
 
-    /// A message as a Telegram `Message` object; `bot` is the bot's `User`.
+    /// The messages not deleted, oldest first: the transcript as the chat shows it.
+    pub(crate) fn visible(&self) -> impl Iterator<Item = &TranscriptEntry> {
+        self.transcript.iter().filter(|e| !e.deleted)
+    }
+
+    /// A message as a Telegram `Message` object; `bot` is the bot's `User`. A reply carries
+    /// the message it replies to as `reply_to_message` (while that one is not deleted), which,
+    /// as Telegram does, carries no `reply_to_message` of its own.
     pub(crate) fn message_object(&self, entry: &TranscriptEntry, bot: &Value) -> Value {
+        let mut message = self.message_object_alone(entry, bot);
+        if let Some(replied) = entry.reply_to_message_id.and_then(|id| self.message(id)) {
+            message["reply_to_message"] = self.message_object_alone(replied, bot);
+        }
+        message
+    }
+
+    fn message_object_alone(&self, entry: &TranscriptEntry, bot: &Value) -> Value {
         let from = if entry.from_bot {
             bot.clone()
         } else {
@@ -276,27 +312,54 @@ impl Chat {
     }
 }
 
-/// One Bot API sending call, as `GET /sandbox/calls` lists it.
+/// One Bot API call to a chat, as `GET /sandbox/calls` lists it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CallRecord {
-    /// The method, as Telegram spells it (`sendMessage`, `editMessageText`).
+    /// The method, as Telegram spells it (`sendMessage`, `editMessageText`, `deleteMessage`,
+    /// `answerCallbackQuery`, `sendChatAction`).
     pub method: String,
-    /// The `chat_id` parameter (0 when missing or not a number).
+    /// The `chat_id` parameter (0 when missing or not a number); for `answerCallbackQuery`,
+    /// the chat of the message whose button was pressed (0 for an unknown query).
     pub chat_id: i64,
     /// When the sandbox decided the call (after any injected delay), Unix milliseconds.
     pub at_unix_ms: i64,
     /// The HTTP status answered; 0 for a call dropped by fault injection.
     pub status: u16,
-    /// The `text` parameter.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// The `text` parameter (the notification of `answerCallbackQuery`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
+    /// The message the call sent, edited or deleted (`answerCallbackQuery`: whose button was
+    /// pressed), when it went through.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<i64>,
+    /// `sendChatAction`'s `action`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    /// `answerCallbackQuery`'s `callback_query_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_query_id: Option<String>,
 }
 
-/// A callback query the bot has not answered yet.
-#[derive(Debug, Clone)]
-pub(crate) struct PendingCallback {
+/// A callback query created by pressing an inline button, as
+/// `GET /sandbox/callbacks/{id}` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Callback {
+    pub id: String,
     pub chat_id: i64,
     pub message_id: i64,
+    pub user_id: i64,
+    pub data: String,
+    /// The bot's answer, once it answered (`answerCallbackQuery`).
+    pub answer: Option<CallbackAnswer>,
+}
+
+/// The bot's answer to a callback query.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct CallbackAnswer {
+    /// The notification (empty: none).
+    pub text: String,
+    pub show_alert: bool,
+    pub at_unix_ms: i64,
 }
 
 /// Where updates go.
@@ -370,8 +433,8 @@ pub(crate) struct Inner {
     pub calls: VecDeque<CallRecord>,
     /// Bot commands by scope and language (`setMyCommands`).
     pub commands: HashMap<String, Value>,
-    /// Callback queries not answered yet, by id.
-    pub callbacks: HashMap<String, PendingCallback>,
+    /// Callback queries, answered or not, by id.
+    pub callbacks: HashMap<String, Callback>,
     last_callback_id: u64,
 }
 

@@ -1481,3 +1481,367 @@ async fn replies_are_correlated_for_latency() {
     assert_eq!(h.stats().await.duplicate_replies, 1);
     h.stop().await;
 }
+
+/// `deleteMessage` as Telegram answers it: `true`, then the message is gone from the
+/// transcript and from every method; an unknown or deleted id, a user's message in a group,
+/// a missing id are refused with Telegram's words. The call log and the stats see it.
+#[tokio::test]
+async fn delete_message_removes_the_message_everywhere_and_refuses_like_telegram() {
+    // Many calls to one chat: the limits (checked elsewhere) would refuse some.
+    let mut config = Config::dev();
+    config.rate_limits = false;
+    let h = Harness::start(config).await;
+    h.say(42, "hello").await;
+    let markup = json!({"inline_keyboard": [[{"text": "Go", "callback_data": "go"}]]});
+    let (status, sent) = h
+        .call(
+            "sendMessage",
+            json!({"chat_id": 42, "text": "to delete", "reply_markup": markup}),
+        )
+        .await;
+    assert_eq!(status, 200, "{sent}");
+    let id = sent["result"]["message_id"].as_i64().unwrap();
+    let (status, kept) = h
+        .call("sendMessage", json!({"chat_id": 42, "text": "kept"}))
+        .await;
+    assert_eq!(status, 200, "{kept}");
+
+    let (status, body) = h
+        .call("deleteMessage", json!({"chat_id": 42, "message_id": id}))
+        .await;
+    assert_eq!((status, body), (200, json!({"ok": true, "result": true})));
+    let (_, transcript) = h.transcript(42).await;
+    let texts: Vec<&str> = transcript
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, vec!["hello", "kept"], "the deleted message is gone");
+    // Message ids stay: the next message gets a new one.
+    let (_, next) = h
+        .call("sendMessage", json!({"chat_id": 42, "text": "next"}))
+        .await;
+    assert_eq!(next["result"]["message_id"], id + 2);
+
+    // Gone for every method.
+    assert_error(
+        h.call("deleteMessage", json!({"chat_id": 42, "message_id": id}))
+            .await,
+        400,
+        "Bad Request: message to delete not found",
+    );
+    assert_error(
+        h.call("deleteMessage", json!({"chat_id": 42, "message_id": 999}))
+            .await,
+        400,
+        "Bad Request: message to delete not found",
+    );
+    assert_error(
+        h.call(
+            "editMessageText",
+            json!({"chat_id": 42, "message_id": id, "text": "x"}),
+        )
+        .await,
+        400,
+        "Bad Request: message to edit not found",
+    );
+    assert_error(
+        h.call(
+            "sendMessage",
+            json!({"chat_id": 42, "text": "x", "reply_parameters": {"message_id": id}}),
+        )
+        .await,
+        400,
+        "Bad Request: message to be replied not found",
+    );
+    let (status, _) = h
+        .control(
+            reqwest::Method::POST,
+            "/sandbox/callbacks",
+            Some(json!({"chat_id": 42, "message_id": id, "user_id": 42, "data": "go"})),
+        )
+        .await;
+    assert_eq!(status, 400, "no button on a deleted message");
+    assert_error(
+        h.call("deleteMessage", json!({"chat_id": 42})).await,
+        400,
+        "Bad Request: message identifier is not specified",
+    );
+    assert_error(
+        h.call("deleteMessage", json!({"chat_id": 5, "message_id": 1}))
+            .await,
+        400,
+        "Bad Request: chat not found",
+    );
+    // A user's message: in a private chat the bot may delete it, in a group it may not.
+    let (status, _) = h
+        .call("deleteMessage", json!({"chat_id": 42, "message_id": 1}))
+        .await;
+    assert_eq!(status, 200);
+    h.say(-9, "group hello").await;
+    assert_error(
+        h.call("deleteMessage", json!({"chat_id": -9, "message_id": 1}))
+            .await,
+        400,
+        "Bad Request: message can't be deleted",
+    );
+
+    let stats = h.stats().await;
+    assert_eq!(stats.messages_deleted, 2);
+    let deletes: Vec<(i64, u16, Option<i64>)> = h
+        .calls()
+        .await
+        .into_iter()
+        .filter(|c| c.method == "deleteMessage")
+        .map(|c| (c.chat_id, c.status, c.message_id))
+        .collect();
+    assert_eq!(
+        deletes,
+        vec![
+            (42, 200, Some(id)),
+            (42, 400, None),
+            (42, 400, None),
+            (42, 400, None),
+            (5, 400, None),
+            (42, 200, Some(1)),
+            (-9, 400, None),
+        ]
+    );
+    h.stop().await;
+}
+
+/// A reply carries `reply_to_message` in the answer, in later updates (a button pressed on
+/// it) and in the transcript; the press and the bot's answer are visible at
+/// `/sandbox/callbacks/{id}` and in the call log; chat actions are logged and counted.
+#[tokio::test]
+async fn replies_callback_answers_and_chat_actions_are_observable() {
+    let h = Harness::dev().await;
+    h.say(43, "question").await;
+    let markup = json!({"inline_keyboard": [[{"text": "Yes", "callback_data": "yes"}]]});
+    let (status, sent) = h
+        .call(
+            "sendMessage",
+            json!({"chat_id": 43, "text": "answer", "reply_markup": markup,
+                   "reply_parameters": {"message_id": 1}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{sent}");
+    assert_eq!(sent["result"]["reply_to_message"]["message_id"], 1);
+    assert_eq!(sent["result"]["reply_to_message"]["text"], "question");
+    let (_, transcript) = h.transcript(43).await;
+    assert_eq!(transcript[1]["reply_to_message_id"], 1);
+    assert!(transcript[0].get("reply_to_message_id").is_none());
+
+    let (_, pressed) = h
+        .control(
+            reqwest::Method::POST,
+            "/sandbox/callbacks",
+            Some(json!({"chat_id": 43, "message_id": 2, "user_id": 43, "data": "yes"})),
+        )
+        .await;
+    let id = pressed["callback_query_id"].as_str().unwrap().to_owned();
+    let (_, updates) = h.call("getUpdates", json!({"offset": 2})).await;
+    let message = &updates["result"][0]["callback_query"]["message"];
+    assert_eq!(message["reply_to_message"]["text"], "question");
+    assert!(
+        message["reply_to_message"]
+            .get("reply_to_message")
+            .is_none(),
+        "one level, as Telegram"
+    );
+    let path = format!("/sandbox/callbacks/{id}");
+    let (status, before) = h.control(reqwest::Method::GET, &path, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (
+            &before["chat_id"],
+            &before["message_id"],
+            &before["data"],
+            &before["answer"]
+        ),
+        (&json!(43), &json!(2), &json!("yes"), &Value::Null)
+    );
+    let (status, _) = h
+        .call(
+            "answerCallbackQuery",
+            json!({"callback_query_id": id, "text": "Noted", "show_alert": true}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (_, after) = h.control(reqwest::Method::GET, &path, None).await;
+    assert_eq!(after["answer"]["text"], "Noted");
+    assert_eq!(after["answer"]["show_alert"], true);
+    let (status, _) = h
+        .control(reqwest::Method::GET, "/sandbox/callbacks/nope", None)
+        .await;
+    assert_eq!(status, 404);
+
+    let (status, _) = h
+        .call(
+            "sendChatAction",
+            json!({"chat_id": 43, "action": "upload_photo"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let stats = h.stats().await;
+    assert_eq!((stats.callbacks_answered, stats.chat_actions), (1, 1));
+    let calls: Vec<_> = h
+        .calls()
+        .await
+        .into_iter()
+        .map(|c| {
+            (
+                c.method,
+                c.chat_id,
+                c.status,
+                c.text,
+                c.message_id,
+                c.action,
+                c.callback_query_id,
+            )
+        })
+        .collect();
+    assert_eq!(
+        calls,
+        vec![
+            (
+                "sendMessage".into(),
+                43,
+                200,
+                Some("answer".into()),
+                Some(2),
+                None,
+                None
+            ),
+            (
+                "answerCallbackQuery".into(),
+                43,
+                200,
+                Some("Noted".into()),
+                Some(2),
+                None,
+                Some(id.clone())
+            ),
+            (
+                "sendChatAction".into(),
+                43,
+                200,
+                None,
+                None,
+                Some("upload_photo".into()),
+                None
+            ),
+        ]
+    );
+    h.stop().await;
+}
+
+/// Callback answers and chat actions count against the bot's 30 calls a second, never
+/// against the chat's own limit: a chat whose burst is spent still gets them.
+#[tokio::test]
+async fn callback_answers_and_chat_actions_take_only_the_bots_limit() {
+    let h = Harness::dev().await;
+    h.say(44, "hi").await;
+    for i in 0..3 {
+        let (status, _) = h
+            .call(
+                "sendMessage",
+                json!({"chat_id": 44, "text": format!("m{i}")}),
+            )
+            .await;
+        assert_eq!(status, 200);
+    }
+    assert_429(
+        &h.call("sendMessage", json!({"chat_id": 44, "text": "m3"}))
+            .await,
+        1,
+    );
+    assert_429(
+        &h.call("deleteMessage", json!({"chat_id": 44, "message_id": 2}))
+            .await,
+        1,
+    );
+    let mut statuses = Vec::new();
+    for _ in 0..40 {
+        statuses.push(
+            h.call("sendChatAction", json!({"chat_id": 44, "action": "typing"}))
+                .await
+                .0,
+        );
+    }
+    // 3 sendMessage + at most 27 chat actions in the bot's second (a slow machine spreads
+    // them over more than a second: then more pass, never 31 in one second).
+    assert!(statuses[..27].iter().all(|s| *s == 200), "{statuses:?}");
+    assert!(statuses.iter().all(|s| *s == 200 || *s == 429));
+    let accepted: Vec<i64> = h
+        .calls()
+        .await
+        .iter()
+        .filter(|c| c.status == 200)
+        .map(|c| c.at_unix_ms)
+        .collect();
+    for (i, t) in accepted.iter().enumerate() {
+        assert!(accepted[i..].iter().take_while(|u| **u < t + 1000).count() <= 30);
+    }
+    h.stop().await;
+}
+
+/// The wire format of the calls beyond plain text, through teloxide-core as the sender makes
+/// them: a keyboard and a reply, an edit, a chat action, a delete; and the refusals teloxide
+/// knows by Telegram's exact words (not modified, nothing to delete).
+#[tokio::test]
+async fn teloxide_core_reads_keyboards_replies_edits_and_deletes(
+) -> Result<(), Box<dyn std::error::Error>> {
+    use teloxide_core::payloads::setters::*;
+    use teloxide_core::requests::Requester;
+    use teloxide_core::types::{
+        ChatAction, ChatId, InlineKeyboardButton, InlineKeyboardMarkup, ReplyParameters,
+    };
+    use teloxide_core::{ApiError, Bot, RequestError};
+
+    let mut config = Config::dev();
+    config.rate_limits = false;
+    let h = Harness::start(config).await;
+    h.say(78, "question").await;
+    let bot = Bot::new(dev::BOT_TOKEN).set_api_url(url::Url::parse(&h.sandbox.url())?);
+    let keyboard = InlineKeyboardMarkup::new([[InlineKeyboardButton::callback("Yes", "y")]]);
+    let sent = bot
+        .send_message(ChatId(78), "Sure?")
+        .reply_markup(keyboard.clone())
+        .reply_parameters(ReplyParameters::new(teloxide_core::types::MessageId(1)))
+        .await?;
+    assert_eq!(sent.reply_markup(), Some(&keyboard));
+    assert_eq!(
+        sent.reply_to_message().and_then(|m| m.text()),
+        Some("question")
+    );
+    let edited = bot.edit_message_text(ChatId(78), sent.id, "Sure.").await?;
+    assert_eq!(edited.text(), Some("Sure."));
+    assert_eq!(edited.reply_markup(), None, "no keyboard given: none kept");
+    let again = bot
+        .edit_message_text(ChatId(78), sent.id, "Sure.")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(again, RequestError::Api(ApiError::MessageNotModified)),
+        "{again:?}"
+    );
+    bot.send_chat_action(ChatId(78), ChatAction::Typing).await?;
+    bot.delete_message(ChatId(78), sent.id).await?;
+    let gone = bot.delete_message(ChatId(78), sent.id).await.unwrap_err();
+    assert!(
+        matches!(gone, RequestError::Api(ApiError::MessageToDeleteNotFound)),
+        "{gone:?}"
+    );
+    let lost = bot
+        .edit_message_text(ChatId(78), sent.id, "x")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(lost, RequestError::Api(ApiError::MessageToEditNotFound)),
+        "{lost:?}"
+    );
+    h.stop().await;
+    Ok(())
+}

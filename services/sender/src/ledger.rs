@@ -1,6 +1,9 @@
-//! The sender's PostgreSQL bookkeeping: the sent ledger, blocked chats, chat migrations.
+//! The sender's PostgreSQL bookkeeping: the sent ledger (with the bots' message keys),
+//! blocked chats, chat migrations.
 //!
-//! Tables from `migrations/20261126000003_sender.up.sql`.
+//! Tables from `migrations/20261126000003_sender.up.sql` (`sent_messages.msg_key`:
+//! `20261203000001_bot_platform`). The sender writes no other table: a bot's own tables are
+//! its own.
 
 use courier_db::group::{BatchError, Batcher};
 use courier_db::metrics::PoolMetrics;
@@ -11,6 +14,9 @@ use sqlx::{PgConnection, PgPool};
 pub struct Before {
     /// Parts already done (sent, parked or skipped), from the ledger.
     pub done_parts: Vec<i32>,
+    /// The message was parked or skipped (a part of it is recorded `dead_lettered` or
+    /// `skipped_blocked`): it is finished, whatever its other parts.
+    pub settled: bool,
     /// The chat's user blocked the bot.
     pub blocked: bool,
     /// The chat migrated to this supergroup id.
@@ -44,14 +50,19 @@ async fn look_up(
     let bots: Vec<i64> = keys.iter().map(|k| k.0).collect();
     let outbox_ids: Vec<i64> = keys.iter().map(|k| k.1).collect();
     let chats: Vec<i64> = keys.iter().map(|k| k.2).collect();
-    let rows: Vec<(Option<i64>, bool, Vec<i32>)> = sqlx::query_as(
+    let rows: Vec<(Option<i64>, bool, Vec<i32>, bool)> = sqlx::query_as(
         "SELECT
             (SELECT to_chat_id FROM chat_migrations WHERE bot_id = k.bot AND from_chat_id = k.chat),
             EXISTS (SELECT 1 FROM blocked_chats WHERE bot_id = k.bot AND chat_id = k.chat),
-            COALESCE((SELECT array_agg(part) FROM sent_messages
-                      WHERE bot_id = k.bot AND outbox_id = k.outbox AND k.outbox <> 0), '{}')
+            COALESCE(l.parts, '{}'),
+            COALESCE(l.settled, false)
          FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) WITH ORDINALITY
              AS k(bot, outbox, chat, n)
+         LEFT JOIN LATERAL (
+             SELECT array_agg(part) AS parts, bool_or(outcome <> 'sent') AS settled
+             FROM sent_messages
+             WHERE bot_id = k.bot AND outbox_id = k.outbox AND k.outbox <> 0
+         ) l ON true
          ORDER BY k.n",
     )
     .bind(bots)
@@ -61,8 +72,9 @@ async fn look_up(
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(migrated_to, blocked, done_parts)| Before {
+        .map(|(migrated_to, blocked, done_parts, settled)| Before {
             done_parts,
+            settled,
             blocked,
             migrated_to,
         })
@@ -93,8 +105,10 @@ pub struct Record {
     pub chat_id: i64,
     /// `sent`, `dead_lettered` or `skipped_blocked`.
     pub outcome: &'static str,
-    /// Telegram's id of the sent message.
+    /// Telegram's id of the sent message (of the edited or deleted one, for those calls).
     pub telegram_message_id: Option<i64>,
+    /// The bot's name for the message (`SendMessage.key`), on the row of its last part.
+    pub msg_key: Option<String>,
 }
 
 /// Most ledger rows written in one statement.
@@ -129,6 +143,7 @@ async fn insert_records(conn: &mut PgConnection, rows: &[Record]) -> Result<(), 
     let mut chats = Vec::with_capacity(rows.len());
     let mut outcomes = Vec::with_capacity(rows.len());
     let mut message_ids = Vec::with_capacity(rows.len());
+    let mut keys = Vec::with_capacity(rows.len());
     for r in rows {
         bots.push(r.bot_id);
         outbox_ids.push(r.outbox_id);
@@ -136,12 +151,14 @@ async fn insert_records(conn: &mut PgConnection, rows: &[Record]) -> Result<(), 
         chats.push(r.chat_id);
         outcomes.push(r.outcome);
         message_ids.push(r.telegram_message_id);
+        keys.push(r.msg_key.as_deref());
     }
     // ON CONFLICT DO NOTHING also skips a second row of the same key within the batch.
     sqlx::query(
-        "INSERT INTO sent_messages (bot_id, outbox_id, part, chat_id, outcome, telegram_message_id)
+        "INSERT INTO sent_messages
+             (bot_id, outbox_id, part, chat_id, outcome, telegram_message_id, msg_key)
          SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::int[], $4::bigint[], $5::text[],
-                              $6::bigint[])
+                              $6::bigint[], $7::text[])
          ON CONFLICT DO NOTHING",
     )
     .bind(bots)
@@ -150,46 +167,55 @@ async fn insert_records(conn: &mut PgConnection, rows: &[Record]) -> Result<(), 
     .bind(chats)
     .bind(outcomes)
     .bind(message_ids)
+    .bind(keys)
     .execute(conn)
     .await?;
     Ok(())
 }
 
-/// Records that `part` of `outbox_id` is done with `outcome` (`sent`, `dead_lettered`,
-/// `skipped_blocked`), and returns once that is committed. Idempotent. Messages without an
+/// Records a ledger row (`part` of `outbox_id` done with `outcome`: `sent`, `dead_lettered`,
+/// `skipped_blocked`), and returns once it is committed. Idempotent. Messages without an
 /// outbox id (0) are not recorded.
-pub async fn record(
-    recorder: &Recorder,
-    bot_id: i64,
-    outbox_id: i64,
-    part: i32,
-    chat_id: i64,
-    outcome: &'static str,
-    telegram_message_id: Option<i64>,
-) -> Result<(), BatchError> {
-    if outbox_id == 0 {
+pub async fn record(recorder: &Recorder, row: Record) -> Result<(), BatchError> {
+    if row.outbox_id == 0 {
         return Ok(());
     }
-    recorder
-        .submit(Record {
-            bot_id,
-            outbox_id,
-            part,
-            chat_id,
-            outcome,
-            telegram_message_id,
-        })
-        .await
+    recorder.submit(row).await
 }
 
-/// Marks the chat blocked, and its user (`users.blocked_at`; private chat id = user id).
+/// Telegram's id of the latest message the bot sent to `chat_id` with `key`
+/// (`SendMessage.key`, resolving a `MessageRef.key`): the row with that key of the highest
+/// outbox id among those sent. `None` when no message with that key was sent to the chat
+/// (never, refused, or skipped because the chat blocked the bot), or its row was pruned
+/// (`COURIER_RETENTION`).
+pub async fn resolve_key(
+    pool: &PgPool,
+    bot_id: i64,
+    chat_id: i64,
+    key: &str,
+) -> Result<Option<i64>, sqlx::Error> {
+    let id: Option<Option<i64>> = sqlx::query_scalar(
+        "SELECT telegram_message_id FROM sent_messages
+         WHERE bot_id = $1 AND chat_id = $2 AND msg_key = $3 AND outcome = 'sent'
+         ORDER BY outbox_id DESC
+         LIMIT 1",
+    )
+    .bind(bot_id)
+    .bind(chat_id)
+    .bind(key)
+    .fetch_optional(pool)
+    .await?;
+    Ok(id.flatten())
+}
+
+/// Marks the chat blocked (`blocked_chats`, the one place the platform records blocks: the
+/// broadcasts leave it out, the sender skips its messages).
 pub async fn mark_blocked(
     pool: &PgPool,
     bot_id: i64,
     chat_id: i64,
     reason: &str,
 ) -> Result<(), sqlx::Error> {
-    let mut tx = pool.begin().await?;
     sqlx::query(
         "INSERT INTO blocked_chats (bot_id, chat_id, reason) VALUES ($1, $2, $3)
          ON CONFLICT (bot_id, chat_id) DO UPDATE SET reason = EXCLUDED.reason",
@@ -197,14 +223,9 @@ pub async fn mark_blocked(
     .bind(bot_id)
     .bind(chat_id)
     .bind(reason)
-    .execute(&mut *tx)
+    .execute(pool)
     .await?;
-    sqlx::query("UPDATE users SET blocked_at = now() WHERE bot_id = $1 AND user_id = $2 AND blocked_at IS NULL")
-        .bind(bot_id)
-        .bind(chat_id)
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await
+    Ok(())
 }
 
 /// Records that `from` became the supergroup `to`.

@@ -2,19 +2,24 @@
 //!
 //! The sender pulls `courier.outbound.<bot>.>` from JetStream (durable consumer
 //! `courier-sender-<bot>`), keeps each chat's messages in order with per-chat lanes
-//! ([`courier_common::lanes`]), and calls `sendMessage` through teloxide-core against a
-//! configurable base URL (the sandbox locally, Telegram in production). Design and reasoning:
-//! `docs/SENDER.md`. In short:
+//! ([`courier_common::lanes`]), and makes each message's Bot API calls through teloxide-core
+//! against a configurable base URL (the sandbox locally, Telegram in production):
+//! `sendMessage` (with inline keyboards and replies), `editMessageText`,
+//! `answerCallbackQuery`, `sendChatAction`, `deleteMessage` ([`actions`], [`deliver`]).
+//! Design and reasoning: `docs/SENDER.md`. In short:
 //!
 //! - **Limits** ([`limits`]): governor GCRA budgets for the bot (30/s), each private chat (1/s)
-//!   and each group (20/min); a chat waiting for its slot never holds up the others.
+//!   and each group (20/min); a chat waiting for its slot never holds up the others; a button's
+//!   answer and a chat action take the bot's budget only.
 //! - **Answers** ([`telegram::classify`]): 429 pauses the bot for `retry_after`, then the
 //!   message is resent; 5xx, timeouts and connection errors back off with jitter and feed a
 //!   circuit breaker ([`breaker`]) that stops pulling while Telegram is down; 400/403 park the
 //!   message in `COURIER_DLQ`; "bot was blocked by the user" also marks the chat blocked, and
-//!   later messages to it are skipped and counted; `migrate_to_chat_id` re-targets.
+//!   later messages to it are skipped and counted; `migrate_to_chat_id` re-targets; an edit
+//!   that changes nothing and a delete of a message already gone count as done.
 //! - **Long texts** are split ([`split`]) into ordered parts of at most 4096 characters.
-//! - **Sent ledger** ([`ledger`]): a part already in `sent_messages` is never sent again.
+//! - **Sent ledger** ([`ledger`]): a part already in `sent_messages` is never sent again; it
+//!   also resolves a message's key (`MessageRef.key`) to Telegram's message id.
 //! - **One active sender per bot** ([`lease`]): replicas are hot standbys.
 //! - **Pause** ([`pause`]): while an operator has paused the bot (`courierctl pause`), no Bot
 //!   API call starts; held messages wait, kept alive.
@@ -24,7 +29,9 @@
 //! skipped); until then it is kept alive with in-progress acks, however long it waits.
 #![deny(missing_docs)]
 
+pub mod actions;
 pub mod breaker;
+mod deliver;
 pub mod lease;
 pub mod ledger;
 pub mod limits;
@@ -44,29 +51,16 @@ use async_nats::Subject;
 use courier_common::{
     backoff::Backoff,
     config::{parse_duration, ConfigError, NatsArgs, SecretArgs},
-    health, lanes, pull, topology, trace, CancellationToken,
-};
-use courier_proto::{
-    v1::{outbound_message::Action, OutboundMessage},
-    Message as _,
+    health, lanes, pull, topology, CancellationToken,
 };
 use futures::StreamExt;
 use sqlx::PgPool;
-use teloxide_core::{
-    payloads::SendMessageSetters,
-    prelude::Requester,
-    requests::Request as _,
-    types::{ChatId, ParseMode},
-    Bot,
-};
+use teloxide_core::{prelude::Requester, Bot};
 use tokio::task::JoinHandle;
-use tracing::Instrument;
 
 use crate::breaker::Breaker;
 use crate::lease::Lease;
 use crate::limits::{Limits, Rates};
-use crate::metrics::MessageOutcome;
-use crate::telegram::Failure;
 
 /// The embedded migrations (`migrations/` at the repository root); the sender runs them at
 /// start-up when `COURIER_SENDER_MIGRATE` is on (under sqlx's advisory lock, so running them
@@ -265,9 +259,12 @@ pub enum Error {
 /// Counters of what the sender did.
 #[derive(Debug, Default)]
 pub struct Stats {
-    /// Bot API calls Telegram accepted (one per part of a message).
+    /// Bot API calls Telegram accepted (one per part of a message, one per other action).
     pub sent: AtomicU64,
-    /// Outbound messages finished (all parts sent).
+    /// Bot API calls Telegram refused because what they ask for holds already (an edit that
+    /// changes nothing, a delete of a message already gone): counted as done.
+    pub already_done: AtomicU64,
+    /// Outbound messages finished (all their calls done).
     pub messages_sent: AtomicU64,
     /// Retries after 429, 5xx or network errors.
     pub retries: AtomicU64,
@@ -814,7 +811,7 @@ async fn supervise(
             input,
             settings.max_lanes,
             run_token.clone(),
-            move |_chat, held| handle(handler_ctx.clone(), held),
+            move |_chat, held| deliver::handle(handler_ctx.clone(), held),
         )
         .await;
         run_token.cancel();
@@ -938,356 +935,4 @@ fn pull_held(
         }
     });
     (rx, task)
-}
-
-/// Retries a database call until it succeeds; `None` when cancelled meanwhile.
-async fn db_retry<T, E, F, Fut>(ctx: &Ctx, what: &str, mut f: F) -> Option<T>
-where
-    E: std::fmt::Display,
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, E>>,
-{
-    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
-    loop {
-        match f().await {
-            Ok(v) => return Some(v),
-            Err(e) => tracing::warn!(error = %e, what, "database call failed; retrying"),
-        }
-        tokio::select! {
-            _ = ctx.cancel.cancelled() => return None,
-            _ = tokio::time::sleep(backoff.next_delay()) => {}
-        }
-    }
-}
-
-fn parse_mode(raw: &str) -> Option<ParseMode> {
-    match raw {
-        "MarkdownV2" => Some(ParseMode::MarkdownV2),
-        "HTML" | "Html" => Some(ParseMode::Html),
-        #[allow(deprecated)]
-        "Markdown" => Some(ParseMode::Markdown),
-        _ => None,
-    }
-}
-
-/// Sends one outbound message under its span (`send`), which continues the trace of the
-/// update that caused it (the `traceparent` header the worker's publish wrote).
-async fn handle(ctx: Arc<Ctx>, held: Held) {
-    let span = tracing::info_span!(
-        "send",
-        otel.kind = "consumer",
-        bot_id = ctx.bot_id,
-        chat_id = tracing::field::Empty,
-        outbox_id = tracing::field::Empty,
-        update_id = tracing::field::Empty,
-        stream_seq = held.msg.info().map(|i| i.stream_sequence).ok(),
-        outcome = tracing::field::Empty,
-    );
-    trace::follow(&span, held.msg.headers.as_ref());
-    send(ctx, held).instrument(span).await
-}
-
-/// Sends one outbound message (all its parts), then acknowledges it. Returning without
-/// settling hands it back (nak) when the sender stops.
-async fn send(ctx: Arc<Ctx>, held: Held) {
-    if ctx.cancel.is_cancelled() {
-        return;
-    }
-    let span = tracing::Span::current();
-    let out = match OutboundMessage::decode(held.msg.payload.clone()) {
-        Ok(out) => out,
-        Err(e) => {
-            dead_letter(&ctx, held, &format!("undecodable outbound message: {e}")).await;
-            return;
-        }
-    };
-    let Some(Action::Send(send)) = out.action.clone() else {
-        dead_letter(
-            &ctx,
-            held,
-            "outbound message without an action this sender knows",
-        )
-        .await;
-        return;
-    };
-    span.record("chat_id", out.chat_id);
-    span.record("outbox_id", out.outbox_id);
-    span.record("update_id", out.origin_update_id);
-    let bot_id = ctx.bot_id;
-    let Some(before) = db_retry(&ctx, "ledger lookup", || {
-        ledger::before(&ctx.lookups, bot_id, out.outbox_id, out.chat_id)
-    })
-    .await
-    else {
-        return;
-    };
-    if before.blocked {
-        ctx.stats.skipped_blocked.fetch_add(1, Ordering::Relaxed);
-        ctx.metrics.message(MessageOutcome::SkippedBlocked);
-        tracing::info!(
-            outbox_id = out.outbox_id,
-            chat_id = out.chat_id,
-            "chat blocked the bot; skipped"
-        );
-        let recorded = db_retry(&ctx, "ledger record", || {
-            ledger::record(
-                &ctx.ledger,
-                bot_id,
-                out.outbox_id,
-                0,
-                out.chat_id,
-                "skipped_blocked",
-                None,
-            )
-        })
-        .await;
-        if recorded.is_some() {
-            span.record("outcome", "skipped_blocked");
-            held.ack().await;
-        }
-        return;
-    }
-    let parts = split::split_text(&send.text, split::MAX_MESSAGE_LEN);
-    if parts
-        .iter()
-        .enumerate()
-        .all(|(i, _)| before.done_parts.contains(&(i as i32)))
-    {
-        ctx.stats.duplicates_skipped.fetch_add(1, Ordering::Relaxed);
-        ctx.metrics.message(MessageOutcome::Duplicate);
-        tracing::info!(outbox_id = out.outbox_id, "already sent (ledger); skipped");
-        span.record("outcome", "duplicate");
-        held.ack().await;
-        return;
-    }
-    let mut target = before.migrated_to.unwrap_or(out.chat_id);
-    if before.migrated_to.is_some() {
-        ctx.stats.migrated.fetch_add(1, Ordering::Relaxed);
-    }
-    let mode = parse_mode(&send.parse_mode);
-    for (i, part) in parts.iter().enumerate() {
-        let part_no = i as i32;
-        if before.done_parts.contains(&part_no) {
-            continue;
-        }
-        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
-        loop {
-            // The pause gate first: no budget is taken while paused.
-            let Some(call_guard) = ctx.gate.enter(&ctx.cancel).await else {
-                return;
-            };
-            // Wait for the breaker and the budgets, unless the sender stops meanwhile.
-            let admitted = tokio::select! {
-                _ = ctx.cancel.cancelled() => None,
-                a = async {
-                    let permit = ctx.breaker.admit().await;
-                    let grant = ctx.limits.acquire(target).await;
-                    (permit, grant)
-                }.instrument(tracing::info_span!("limit_wait")) => Some(a),
-            };
-            let Some((_permit, grant)) = admitted else {
-                return;
-            };
-            if ctx.gate.is_paused() {
-                // Paused while waiting for the budget: wait at the gate again.
-                drop(grant);
-                drop(call_guard);
-                continue;
-            }
-            ctx.metrics.waited(target, grant.waited());
-            if !ctx.lease.is_valid() {
-                // Returning unsettled while the term goes on would let this chat's next
-                // message overtake this one: end the term, so everything held is handed
-                // back in stream order (and the lease is taken again or by a standby).
-                tracing::warn!("lease no longer valid: ending this term");
-                ctx.cancel.cancel();
-                return;
-            }
-            let mut req = ctx.bot.send_message(ChatId(target), part.to_string());
-            if let Some(m) = mode {
-                req = req.parse_mode(m);
-            }
-            let call = tracing::info_span!(
-                "bot_api_call",
-                otel.kind = "client",
-                method = "sendMessage",
-                part = part_no,
-                result = tracing::field::Empty,
-            );
-            let calling = std::time::Instant::now();
-            let answer = req.send().instrument(call.clone()).await;
-            // One vocabulary for the span and the metric.
-            let result = answer.as_ref().map_or_else(telegram::call_result, |_| "ok");
-            ctx.metrics.call("sendMessage", result, calling.elapsed());
-            call.record("result", result);
-            drop(call);
-            // The call has arrived at Telegram by now, if ever: the arrival window counts it.
-            drop(grant);
-            drop(call_guard);
-            let wait = match answer {
-                Ok(sent) => {
-                    let answered = std::time::Instant::now();
-                    ctx.breaker.success();
-                    ctx.stats.sent.fetch_add(1, Ordering::Relaxed);
-                    let recorded = db_retry(&ctx, "ledger record", || {
-                        ledger::record(
-                            &ctx.ledger,
-                            bot_id,
-                            out.outbox_id,
-                            part_no,
-                            target,
-                            "sent",
-                            Some(sent.id.0.into()),
-                        )
-                    })
-                    .await;
-                    let us = answered.elapsed().as_micros() as u64;
-                    ctx.stats
-                        .ledger_window_total_us
-                        .fetch_add(us, Ordering::Relaxed);
-                    ctx.stats
-                        .ledger_window_max_us
-                        .fetch_max(us, Ordering::Relaxed);
-                    if recorded.is_none() {
-                        return;
-                    }
-                    tracing::debug!(
-                        outbox_id = out.outbox_id,
-                        part = part_no,
-                        message_id = sent.id.0,
-                        "sent"
-                    );
-                    break;
-                }
-                Err(err) => match telegram::classify(&err) {
-                    Failure::RetryAfter(d) => {
-                        ctx.breaker.success();
-                        ctx.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(outbox_id = out.outbox_id, chat_id = target, retry_after = ?d, "429 from Telegram: pausing the bot");
-                        ctx.limits.pause_bot(d);
-                        Duration::ZERO
-                    }
-                    Failure::Transient(reason) => {
-                        ctx.breaker.failure();
-                        let d = backoff.next_delay();
-                        tracing::warn!(outbox_id = out.outbox_id, %reason, delay = ?d, "Bot API call failed; retrying");
-                        d
-                    }
-                    Failure::MigrateTo(to) => {
-                        ctx.breaker.success();
-                        tracing::info!(
-                            from = target,
-                            to,
-                            "group migrated to a supergroup; re-targeting"
-                        );
-                        let from = target;
-                        if db_retry(&ctx, "record migration", || {
-                            ledger::record_migration(&ctx.pool, bot_id, from, to)
-                        })
-                        .await
-                        .is_none()
-                        {
-                            return;
-                        }
-                        ctx.stats.migrated.fetch_add(1, Ordering::Relaxed);
-                        target = to;
-                        continue;
-                    }
-                    Failure::Blocked(reason) => {
-                        ctx.breaker.success();
-                        if db_retry(&ctx, "mark blocked", || {
-                            ledger::mark_blocked(&ctx.pool, bot_id, target, &reason)
-                        })
-                        .await
-                        .is_none()
-                        {
-                            return;
-                        }
-                        park(&ctx, held, &out, target, &reason).await;
-                        return;
-                    }
-                    Failure::Permanent(reason) => {
-                        ctx.breaker.success();
-                        park(&ctx, held, &out, target, &reason).await;
-                        return;
-                    }
-                },
-            };
-            ctx.stats.retries.fetch_add(1, Ordering::Relaxed);
-            if !wait.is_zero() {
-                tokio::select! {
-                    _ = ctx.cancel.cancelled() => return,
-                    _ = tokio::time::sleep(wait) => {}
-                }
-            }
-        }
-    }
-    ctx.stats.messages_sent.fetch_add(1, Ordering::Relaxed);
-    span.record("outcome", "sent");
-    ctx.metrics.message(MessageOutcome::Sent);
-    // From the webhook to Telegram's answer for the last part (clocks of two hosts: a skew
-    // shows here; a negative age is not recorded).
-    if out.origin_received_at_unix_ms > 0 {
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
-        if let Ok(age) = u64::try_from(now_ms - out.origin_received_at_unix_ms) {
-            ctx.metrics.observe_end_to_end(Duration::from_millis(age));
-        }
-    }
-    held.ack().await;
-}
-
-/// Dead-letters a message Telegram refused and records it in the ledger.
-async fn park(ctx: &Ctx, held: Held, out: &OutboundMessage, chat: i64, reason: &str) {
-    let bot_id = ctx.bot_id;
-    let recorded = db_retry(ctx, "ledger record", || {
-        ledger::record(
-            &ctx.ledger,
-            bot_id,
-            out.outbox_id,
-            0,
-            chat,
-            "dead_lettered",
-            None,
-        )
-    })
-    .await;
-    if recorded.is_some() {
-        dead_letter(ctx, held, reason).await;
-    }
-}
-
-/// Parks a message in `COURIER_DLQ` and acks it. Retries until the dead letter is stored or
-/// the term ends: returning unsettled while the term goes on would let the chat's next message
-/// overtake this one (and lose the dead-letter record until a redelivery).
-async fn dead_letter(ctx: &Ctx, held: Held, reason: &str) {
-    tracing::error!(reason, subject = %held.msg.subject, "dead-lettering outbound message");
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-    loop {
-        let ok = topology::publish_dead_letter(
-            &ctx.js,
-            ctx.bot_id,
-            "outbound",
-            &held.msg.subject,
-            held.msg.payload.clone(),
-            reason,
-        )
-        .await;
-        if ok {
-            tracing::Span::current().record("outcome", "dead_lettered");
-            ctx.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-            ctx.metrics.message(MessageOutcome::DeadLettered);
-            held.ack().await;
-            return;
-        }
-        ctx.stats
-            .dead_letter_failures
-            .fetch_add(1, Ordering::Relaxed);
-        tracing::warn!("dead-letter publish failed; retrying (the chat waits)");
-        tokio::select! {
-            _ = ctx.cancel.cancelled() => return,
-            _ = tokio::time::sleep(backoff.next_delay()) => {}
-        }
-    }
 }

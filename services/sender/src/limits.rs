@@ -7,6 +7,9 @@
 //! both the bot's and its chat's limiter granted a cell, so the budget holds measured from any
 //! instant, not only on average.
 //!
+//! A call that is not a message to a chat (`answerCallbackQuery`, `sendChatAction`) takes the
+//! bot's budget only ([`Limits::acquire_bot`]): it neither waits for nor moves its chat's slot.
+//!
 //! **Order of the checks.** A chat first waits, on its own, until its chat limiter would admit
 //! it (the `ready` hint, which is exactly GCRA's theoretical arrival time for a burst of one).
 //! Only then does it queue for the bot's budget, in FIFO order (a fair `tokio::sync::Mutex`;
@@ -244,7 +247,8 @@ pub struct Waited {
 pub struct Grant<'a> {
     limits: &'a Limits,
     id: u64,
-    chat: i64,
+    /// The chat whose budget it took (`None`: the bot's only).
+    chat: Option<i64>,
     at: Instant,
     waited: Waited,
 }
@@ -258,6 +262,12 @@ impl Grant<'_> {
     /// How long the call waited for each limit.
     pub fn waited(&self) -> Waited {
         self.waited
+    }
+
+    /// The chat whose budget it took; `None` for a grant of the bot's budget only
+    /// ([`Limits::acquire_bot`]).
+    pub fn chat(&self) -> Option<i64> {
+        self.chat
     }
 }
 
@@ -405,10 +415,23 @@ impl Limits {
     /// must be made now; drop the returned [`Grant`] when its answer has arrived (or the call
     /// was given up): the arrival window counts the call until then.
     pub async fn acquire(&self, chat: i64) -> Grant<'_> {
+        self.acquire_for(Some(chat)).await
+    }
+
+    /// Waits until a call is within the bot's budget only (the arrival window, the pacing, a
+    /// 429's pause) and takes a cell of it: for the calls that are not messages to a chat
+    /// (`answerCallbackQuery`, `sendChatAction`; `docs/SENDER.md`, *Budgets by method*). The
+    /// chat's own slot is neither waited for nor taken. Drop the [`Grant`] as for
+    /// [`Limits::acquire`].
+    pub async fn acquire_bot(&self) -> Grant<'_> {
+        self.acquire_for(None).await
+    }
+
+    async fn acquire_for(&self, chat: Option<i64>) -> Grant<'_> {
         let mut waited = Waited::default();
         loop {
             // 1. The chat's own slot, waited for outside the bot's queue.
-            if let Some(at) = self.ready_at(chat) {
+            if let Some(at) = chat.and_then(|c| self.ready_at(c)) {
                 let start = Instant::now();
                 tokio::time::sleep_until(at).await;
                 waited.chat += start.elapsed();
@@ -452,15 +475,21 @@ impl Limits {
             // 3. The chat's cell at the same instant.
             let now = Instant::now();
             waited.bot += now - queued;
-            match self.chat_limiter(chat).check_key(&chat) {
+            let chat_cell = match chat {
+                None => Ok(()),
+                Some(c) => self.chat_limiter(c).check_key(&c),
+            };
+            match chat_cell {
                 Ok(()) => {
                     let id = self.window.lock().expect("window lock").push();
                     self.recent.lock().expect("recent lock").push(now);
                     drop(turn);
-                    self.ready
-                        .lock()
-                        .expect("ready lock")
-                        .insert(chat, now + self.rates.chat_period(chat));
+                    if let Some(c) = chat {
+                        self.ready
+                            .lock()
+                            .expect("ready lock")
+                            .insert(c, now + self.rates.chat_period(c));
+                    }
                     return Grant {
                         limits: self,
                         id,
@@ -472,21 +501,25 @@ impl Limits {
                 Err(not_until) => {
                     // Only when the hint was stale (never in steady state): a bot cell is lost.
                     drop(turn);
-                    self.ready
-                        .lock()
-                        .expect("ready lock")
-                        .insert(chat, not_until.earliest_possible().0);
+                    if let Some(c) = chat {
+                        self.ready
+                            .lock()
+                            .expect("ready lock")
+                            .insert(c, not_until.earliest_possible().0);
+                    }
                 }
             }
         }
     }
 
     /// The answer to the call of `grant` arrived (or it was given up) at `at`.
-    fn answered(&self, id: u64, chat: i64, at: Instant) {
+    fn answered(&self, id: u64, chat: Option<i64>, at: Instant) {
         self.window.lock().expect("window lock").answer(id, at);
         // The chat's next call goes out a whole period after this one's answer: the chat's
         // budget then holds at arrival, whatever the network's delay.
-        self.not_before(chat, at + self.rates.chat_period(chat));
+        if let Some(chat) = chat {
+            self.not_before(chat, at + self.rates.chat_period(chat));
+        }
         self.answers.send_modify(|n| *n = n.wrapping_add(1));
     }
 
@@ -771,6 +804,40 @@ mod tests {
                 "31 arrivals within {span:?} (arrival {i})"
             );
         }
+    }
+
+    /// A bot-only grant neither waits for its chat's slot nor moves it, but counts in the
+    /// bot's budget and its arrival window like any call.
+    #[tokio::test(start_paused = true)]
+    async fn a_bot_only_grant_skips_the_chats_slot_but_not_the_bots_budget() {
+        let limits = Limits::new(exact());
+        let sent = limits.acquire(7).await;
+        let t0 = sent.at();
+        drop(sent);
+        // The chat's next message is a second away; a bot-only call goes at once.
+        let answer = limits.acquire_bot().await;
+        assert_eq!(answer.chat(), None);
+        assert_eq!(answer.waited(), Waited::default());
+        assert!(answer.at() - t0 < Duration::from_millis(100));
+        drop(answer);
+        // ... and did not push the chat's slot further.
+        let next = limits.acquire(7).await.at();
+        assert_eq!(next - t0, Duration::from_secs(1));
+        // The bot's budget counts bot-only grants: 30 calls in any second at most.
+        let start = Instant::now();
+        let mut at = Vec::new();
+        for _ in 0..61 {
+            at.push(limits.acquire_bot().await.at());
+        }
+        for i in 30..at.len() {
+            assert!(
+                at[i] - at[i - 30] >= Duration::from_secs(1) - CATCH_UP,
+                "31 bot-only grants within {:?}",
+                at[i] - at[i - 30]
+            );
+        }
+        assert!(at[60] - start >= Duration::from_secs(1));
+        assert_eq!(limits.tracked_chats(), 1, "only chat 7 has a slot");
     }
 
     /// A call not yet answered holds the call `n` places after it; its answer releases it.

@@ -100,7 +100,7 @@ impl Metrics {
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
             "courier_sender_calls",
-            "Bot API calls by method and result (ok, rate_limited, server_error, permanent, network).",
+            "Bot API calls by method and result (ok, no_op, rate_limited, server_error, permanent, network).",
             self.calls.clone(),
         );
         registry.register(
@@ -158,9 +158,13 @@ impl Metrics {
         );
     }
 
-    /// A call to `chat` waited this long for the limits (a negative chat id is a group).
-    pub fn waited(&self, chat: i64, waited: Waited) {
+    /// A call waited this long for the limits: for the bot's, and for `chat`'s when it took
+    /// a chat's budget (a negative chat id is a group; `None`: the bot's budget only).
+    pub fn waited(&self, chat: Option<i64>, waited: Waited) {
         observe(&self.wait_bot, waited.bot);
+        let Some(chat) = chat else {
+            return;
+        };
         let chat_limit = if chat < 0 {
             &self.wait_group
         } else {

@@ -52,6 +52,21 @@ pub fn classify(err: &RequestError) -> Failure {
     }
 }
 
+/// Telegram's description of a refused call ("Bad Request: …"), as it sent it; `None` when
+/// the call got no answer from the Bot API (a network error, a body that is not the Bot
+/// API's), a 429 or a migrated group.
+pub fn description(err: &RequestError) -> Option<String> {
+    match err {
+        RequestError::Api(ApiError::Unknown(desc)) => Some(desc.clone()),
+        RequestError::Api(api) => Some(api.to_string()),
+        _ => None,
+    }
+}
+
+/// The `result` label of a Bot API call that Telegram refused but that counts as done
+/// ([`crate::actions::Call::already_done`]).
+pub const NO_OP: &str = "no_op";
+
 /// The `result` label of a failed Bot API call (`courier_sender_calls_total`): `rate_limited`
 /// (429), `network` (no answer: connection, timeout, I/O), `server_error` (an answer that says
 /// Telegram failed: 5xx, or a body that is not the Bot API's), `permanent` (Telegram refused
@@ -98,6 +113,25 @@ mod tests {
                 teloxide_core::types::ChatId(-1)
             )),
             "permanent"
+        );
+    }
+
+    #[test]
+    fn descriptions_are_telegrams_words() {
+        assert_eq!(
+            description(&RequestError::Api(ApiError::MessageToDeleteNotFound)).as_deref(),
+            Some("Bad Request: message to delete not found")
+        );
+        assert_eq!(
+            description(&RequestError::Api(ApiError::Unknown(
+                "Bad Request: new".into()
+            )))
+            .as_deref(),
+            Some("Bad Request: new")
+        );
+        assert_eq!(
+            description(&RequestError::RetryAfter(Seconds::from_seconds(1))),
+            None
         );
     }
 

@@ -1,6 +1,7 @@
 //! End-to-end tests: the whole pipeline with a real nats-server and PostgreSQL, the sandbox
 //! standing in for Telegram. One binary for all modules (faster to link).
 
+mod actions;
 mod admin;
 mod arrival;
 mod broadcast;
@@ -16,6 +17,7 @@ mod metrics;
 mod migrate;
 mod order;
 mod outages;
+mod quiz_play;
 mod quiz_store;
 mod retention;
 mod scaling;

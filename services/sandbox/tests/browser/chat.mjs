@@ -1,7 +1,8 @@
 // Browser test of the sandbox's web chat: node chat.mjs <sandbox url> <bot token>
 // The sandbox's webhook must point at an echo bot (services/sandbox/tests/browser.rs sets
 // that up): /start is answered with a welcome and an inline "Help" button, a note with
-// "Saved your note: <note>", a press of Help with "You pressed help".
+// "Saved your note: <note>", a press of Help with "You pressed help". The test itself then
+// edits, replies, deletes and shows a chat action through the Bot API.
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -85,6 +86,53 @@ try {
   }
   if (await page.evaluate(() => window.pwned)) throw new Error("user text ran as script");
   step("entities rendered: bold, spoiler revealed on click, markup kept as text");
+
+  // Calls beyond plain text, made like any client (waiting as told after a 429): the page
+  // shows each live.
+  const api = async (method, params) => {
+    const call = () => fetch(`${url}/bot${token}/${method}`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ chat_id: chatId, ...params }),
+    }).then((r) => r.json());
+    let answer = await call();
+    for (let i = 0; i < 5 && answer.error_code === 429; i++) {
+      await new Promise((ok) => setTimeout(ok, (answer.parameters?.retry_after ?? 1) * 1000));
+      answer = await call();
+    }
+    if (!answer.ok) throw new Error(`${method} failed: ${JSON.stringify(answer)}`);
+    return answer.result;
+  };
+  const idOf = async (locator) => Number(await locator.getAttribute("data-message-id"));
+  const welcome = page.locator("#log li.bot", { hasText: "Welcome!" });
+  const welcomeId = await idOf(welcome);
+  await api("editMessageText", {
+    message_id: welcomeId, text: "Welcome back!",
+    reply_markup: { inline_keyboard: [[{ text: "Again", callback_data: "again" }]] },
+  });
+  await page.locator(`#log li[data-message-id="${welcomeId}"] .text`, { hasText: "Welcome back!" }).waitFor();
+  await page.locator(`#log li[data-message-id="${welcomeId}"] .keyboard button`, { hasText: "Again" }).waitFor();
+  await page.locator(`#log li[data-message-id="${welcomeId}"] small`, { hasText: "edited" }).waitFor();
+  if ((await page.locator("#log li.bot .keyboard button", { hasText: "Help" }).count()) !== 0) {
+    throw new Error("the edit kept the old keyboard");
+  }
+  step("edit shown live: new text, new keyboard");
+
+  const noteId = await idOf(page.locator("#log li.user", { hasText: "buy milk" }));
+  await api("sendMessage", { text: "About your note", reply_parameters: { message_id: noteId } });
+  await page.locator("#log li.bot", { hasText: "About your note" })
+    .locator(".reply", { hasText: "buy milk" }).waitFor();
+  step("reply shown with the message it answers");
+
+  const saved = page.locator("#log li.bot", { hasText: "Saved your note: buy milk" });
+  const savedId = await idOf(saved);
+  if (!(await api("deleteMessage", { message_id: savedId }))) throw new Error("deleteMessage answered false");
+  await page.waitForFunction((id) => !document.querySelector(`#log li[data-message-id="${id}"]`), savedId);
+  step("deletion shown live");
+
+  await api("sendChatAction", { action: "typing" });
+  await page.locator("#toast", { hasText: "bot is typing" }).waitFor();
+  step("chat action shown");
 
   // The stats table counts the bot's four messages.
   await page.waitForFunction(() => {
