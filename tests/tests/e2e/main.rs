@@ -17,7 +17,7 @@ mod metrics;
 mod migrate;
 mod order;
 mod outages;
-mod quiz_play;
+mod quiz;
 mod quiz_store;
 mod retention;
 mod scaling;
