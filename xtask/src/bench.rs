@@ -78,6 +78,11 @@ pub struct Options {
     /// what tracing costs (compare with a run without).
     #[arg(long)]
     pub traces: bool,
+    /// Run ingress, the workers and the sender from this directory instead of this tree's
+    /// release build (for instance a copy of an earlier build's `target/release`), to compare
+    /// two builds side by side on the same sandbox; nothing is built for them.
+    #[arg(long)]
+    pub services_from: Option<PathBuf>,
 }
 
 /// The work to run.
@@ -255,6 +260,13 @@ fn measure(
     options: &Options,
 ) -> Result<Vec<Outcome>> {
     let bin_dir = paths::target().join("release");
+    // The services under test: this build's, or the ones given.
+    let services_dir = options.services_from.clone().unwrap_or_else(|| bin_dir.clone());
+    for name in ["courier-ingress", "courier-worker", "courier-sender"] {
+        if !services_dir.join(name).is_file() {
+            bail!("no {} to run", paths::display(&services_dir.join(name)));
+        }
+    }
     // PostgreSQL and NATS at their durable defaults.
     let pg_log = logs.join("postgres.log");
     let _ = fs::remove_file(&pg_log);
@@ -296,7 +308,7 @@ fn measure(
         ];
         stack.spawn(
             &format!("worker-{i}"),
-            &bin_dir.join("courier-worker"),
+            &services_dir.join("courier-worker"),
             &common,
             &own,
             logs,
@@ -305,14 +317,14 @@ fn measure(
     let (ingress, sender, sandbox) = (free_port()?, free_port()?, free_port()?);
     stack.spawn(
         "ingress",
-        &bin_dir.join("courier-ingress"),
+        &services_dir.join("courier-ingress"),
         &common,
         &[("COURIER_INGRESS_ADDR", addr(ingress))],
         logs,
     )?;
     stack.spawn(
         "sender",
-        &bin_dir.join("courier-sender"),
+        &services_dir.join("courier-sender"),
         &common,
         &[
             ("COURIER_SENDER_HEALTH_ADDR", addr(sender)),
