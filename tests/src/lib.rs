@@ -286,6 +286,17 @@ impl Stack {
         Ok(())
     }
 
+    /// Stops the worker and starts it again running `bot` (a deployment that changed
+    /// `COURIER_BOT`).
+    pub async fn switch_bot(&mut self, bot: courier_worker::BotKind) -> Result<()> {
+        if let Some(r) = self.worker.take() {
+            r.cancel.cancel();
+            r.service.wait().await?;
+        }
+        self.bot = bot;
+        self.start_worker().await
+    }
+
     /// Starts the sender (again).
     pub async fn start_sender(&mut self) -> Result<()> {
         let cancel = CancellationToken::new();

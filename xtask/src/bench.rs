@@ -261,7 +261,10 @@ fn measure(
 ) -> Result<Vec<Outcome>> {
     let bin_dir = paths::target().join("release");
     // The services under test: this build's, or the ones given.
-    let services_dir = options.services_from.clone().unwrap_or_else(|| bin_dir.clone());
+    let services_dir = options
+        .services_from
+        .clone()
+        .unwrap_or_else(|| bin_dir.clone());
     for name in ["courier-ingress", "courier-worker", "courier-sender"] {
         if !services_dir.join(name).is_file() {
             bail!("no {} to run", paths::display(&services_dir.join(name)));

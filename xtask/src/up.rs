@@ -256,7 +256,9 @@ fn start_and_wait(
     stack.write_pids(dev);
 
     println!();
-    println!("Courier is up.");
+    // The workers inherit COURIER_BOT (default: the notes bot).
+    let bot = std::env::var("COURIER_BOT").unwrap_or_else(|_| "notes".to_owned());
+    println!("Courier is up, running the {bot} bot (COURIER_BOT; docs/BOTS.md).");
     println!("  web chat (sandbox)  http://{sandbox_addr}/");
     for (name, addr) in &summary {
         println!("  {name:<18}  {addr}");

@@ -271,7 +271,7 @@ async fn apply_batch<B: Bot>(
         let row = chat_rows.get(&job.incoming.chat_id);
         let (state, mut last_seq, epoch, recent) = match row {
             Some(r) => (
-                store::decode_state::<B::State>(r.state.clone())?,
+                store::decode_state::<B::State>(r.state.clone(), job.incoming.chat_id),
                 r.last_seq,
                 r.epoch,
                 r.recent_update_id,

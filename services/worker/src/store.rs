@@ -301,7 +301,7 @@ pub async fn apply<'c, B: Bot>(
     let (state, mut last_seq, epoch, recent_update_id) =
         match row.try_get::<Option<serde_json::Value>, _>("state")? {
             Some(state) => (
-                decode_state::<B::State>(state)?,
+                decode_state::<B::State>(state, incoming.chat_id),
                 row.try_get::<i64, _>("last_seq")?,
                 row.try_get::<i64, _>("stream_epoch")?,
                 row.try_get::<Option<i64>, _>("recent_update_id")?,
@@ -469,14 +469,30 @@ pub async fn apply<'c, B: Bot>(
 }
 
 /// A chat's stored state: JSON of the bot's state; `null` (a chat reset by the admin API,
-/// which does not know the bot's types) is the bot's default.
+/// which does not know the bot's types) is the bot's default. So is a state this bot cannot
+/// read — written by another bot on the same bot id (`COURIER_BOT` changed), or by an older
+/// version of this one whose state had another shape — with a warning: failing the update
+/// instead would fail every later update of the chat too, and the chat would be stuck for
+/// good.
 pub(crate) fn decode_state<S: Default + serde::de::DeserializeOwned>(
     state: serde_json::Value,
-) -> Result<S, serde_json::Error> {
+    chat_id: i64,
+) -> S {
     if state.is_null() {
-        return Ok(S::default());
+        return S::default();
     }
-    serde_json::from_value(state)
+    match serde_json::from_value(state) {
+        Ok(state) => state,
+        Err(e) => {
+            tracing::warn!(
+                chat_id,
+                error = %e,
+                "the chat's stored state is not this bot's (another bot, or an older version \
+                 of it): the chat starts again from the bot's default state"
+            );
+            S::default()
+        }
+    }
 }
 
 /// Most rows of one chat an update publishes at once; the rest (after a long outage) go with
@@ -667,4 +683,29 @@ pub async fn unpublished(
     .fetch_all(pool)
     .await?;
     rows.iter().map(outbox_row).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decode_state;
+    use serde_json::json;
+
+    #[test]
+    fn a_state_the_bot_cannot_read_is_its_default_and_null_too() {
+        let notes = json!({"state": "ReceiveNote"});
+        assert_eq!(
+            decode_state::<courier_notes::DialogueState>(notes.clone(), 1),
+            courier_notes::DialogueState::ReceiveNote
+        );
+        assert_eq!(
+            decode_state::<courier_quiz::QuizState>(notes, 1),
+            courier_quiz::QuizState::default(),
+            "another bot's state"
+        );
+        assert_eq!(
+            decode_state::<courier_notes::DialogueState>(serde_json::Value::Null, 1),
+            courier_notes::DialogueState::Start,
+            "reset by the admin API"
+        );
+    }
 }

@@ -246,3 +246,38 @@ async fn a_quiz_is_played_on_buttons_edited_in_place_scored_and_stopped() -> Res
     assert_eq!(parked, 0);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_that_switches_bots_starts_each_chat_over_and_loses_nothing() -> Result<()> {
+    let mut stack = Stack::start_bot(Services::All, BotKind::Notes).await?;
+    let chat = 3100;
+    stack.say(chat, "Ada", "/start").await?;
+    stack
+        .say(chat, "Ada", "a note kept across the switch")
+        .await?;
+    stack.bot_replies(chat, 2).await?;
+
+    // The same bot id now runs the quiz: the notes bot's state means nothing to it.
+    stack.switch_bot(BotKind::Quiz).await?;
+    stack.say(chat, "Ada", "/quiz").await?;
+    let r = stack.bot_replies(chat, 3).await?;
+    assert!(r[2].contains("Question 1 of 5"), "{r:?}");
+
+    // And back: the quiz's state means nothing to the notes bot, which waits for /start.
+    stack.switch_bot(BotKind::Notes).await?;
+    stack.say(chat, "Ada", "hello again").await?;
+    let r = stack.bot_replies(chat, 4).await?;
+    assert!(r[3].contains("/start"), "the notes bot starts over: {r:?}");
+    assert_eq!(
+        stack.notes(chat).await?,
+        vec!["a note kept across the switch"]
+    );
+    let dead: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM processed_updates WHERE chat_id = $1 AND outcome <> 'applied'",
+    )
+    .bind(chat)
+    .fetch_one(&stack.db)
+    .await?;
+    assert_eq!(dead, 0, "no update dead-lettered");
+    Ok(())
+}
