@@ -12,7 +12,7 @@
 //! number, ...) is an [`UnreadableUpdate`] with a reason naming the field; the worker
 //! dead-letters it. Update kinds the bot does not handle are not read at all.
 
-use chrono::{DateTime, Utc};
+use courier_bot_api::lenient;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 
@@ -48,31 +48,12 @@ pub enum Input {
 /// `Err` when the body is not a JSON object, or an update the bot handles lacks a field it
 /// needs or carries it with the wrong type.
 pub fn classify_json(raw: &[u8]) -> Result<Option<Incoming>, UnreadableUpdate> {
-    // A derived struct also accepts an array of its fields in order; an update is an object.
-    if raw.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        return Err(UnreadableUpdate::new(
-            "not a Telegram update: not a JSON object",
-        ));
-    }
-    let de = &mut serde_json::Deserializer::from_slice(raw);
-    let update: RawUpdate = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        if inner.is_syntax() || inner.is_eof() {
-            UnreadableUpdate::new(format!("not valid JSON: {inner}"))
-        } else if path == "." {
-            UnreadableUpdate::new(format!("not a Telegram update: {inner}"))
-        } else {
-            UnreadableUpdate::new(format!("{path}: {inner}"))
-        }
-    })?;
-    de.end()
-        .map_err(|e| UnreadableUpdate::new(format!("not valid JSON: {e}")))?;
+    let update: RawUpdate = lenient::parse_update(raw)?;
     if let Some(msg) = update.message {
         return from_message(msg).map(Some);
     }
     match update.my_chat_member {
-        Some(m) => from_member_update(m),
+        Some(m) => Ok(m.blocked()?.map(|b| b.map(Input::BotBlocked))),
         None => Ok(None),
     }
 }
@@ -82,15 +63,15 @@ pub fn classify_json(raw: &[u8]) -> Result<Option<Incoming>, UnreadableUpdate> {
 #[serde(expecting = "an update object")]
 struct RawUpdate {
     message: Option<RawMessage>,
-    my_chat_member: Option<RawMemberUpdate>,
+    my_chat_member: Option<lenient::MemberUpdate>,
 }
 
 /// The parts of a `Message` the bot reads. The content fields are only checked for presence.
 #[derive(Deserialize)]
 #[serde(expecting = "a message object")]
 struct RawMessage {
-    chat: RawChat,
-    from: Option<RawUser>,
+    chat: lenient::Chat,
+    from: Option<lenient::User>,
     date: i64,
     text: Option<String>,
     sticker: Option<IgnoredAny>,
@@ -108,58 +89,8 @@ struct RawMessage {
     dice: Option<IgnoredAny>,
 }
 
-#[derive(Deserialize)]
-#[serde(expecting = "a chat object")]
-struct RawChat {
-    id: i64,
-    #[serde(rename = "type")]
-    kind: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(expecting = "a user object")]
-struct RawUser {
-    id: i64,
-    #[serde(default)]
-    first_name: String,
-    last_name: Option<String>,
-    username: Option<String>,
-}
-
-/// The parts of a `ChatMemberUpdated` the bot reads.
-#[derive(Deserialize)]
-#[serde(expecting = "a chat member update object")]
-struct RawMemberUpdate {
-    chat: RawChat,
-    from: Option<RawUser>,
-    date: i64,
-    new_chat_member: RawChatMember,
-}
-
-#[derive(Deserialize)]
-#[serde(expecting = "a chat member object")]
-struct RawChatMember {
-    status: String,
-}
-
-impl From<RawUser> for UserInfo {
-    fn from(u: RawUser) -> Self {
-        UserInfo {
-            id: u.id,
-            first_name: u.first_name,
-            last_name: u.last_name,
-            username: u.username,
-        }
-    }
-}
-
-fn date(field: &str, unix: i64) -> Result<DateTime<Utc>, UnreadableUpdate> {
-    DateTime::from_timestamp(unix, 0)
-        .ok_or_else(|| UnreadableUpdate::new(format!("{field}: {unix} is not a valid date")))
-}
-
 fn from_message(msg: RawMessage) -> Result<Incoming, UnreadableUpdate> {
-    let date = date("message.date", msg.date)?;
+    let date = lenient::date("message.date", msg.date)?;
     let input = match &msg.text {
         Some(text) => parse_text(text),
         None => Input::NonText {
@@ -172,31 +103,6 @@ fn from_message(msg: RawMessage) -> Result<Incoming, UnreadableUpdate> {
         date,
         input,
     })
-}
-
-fn from_member_update(m: RawMemberUpdate) -> Result<Option<Incoming>, UnreadableUpdate> {
-    // Only a private chat's membership says the user blocked the bot. The chat's type decides
-    // it, so an update without one cannot be read.
-    match m.chat.kind.as_deref() {
-        Some("private") => {}
-        Some(_) => return Ok(None),
-        None => {
-            return Err(UnreadableUpdate::new(
-                "my_chat_member.chat: missing field `type`",
-            ))
-        }
-    }
-    let blocked = match m.new_chat_member.status.as_str() {
-        "kicked" => true,
-        "member" => false,
-        _ => return Ok(None),
-    };
-    Ok(Some(Incoming {
-        chat_id: m.chat.id,
-        from: m.from.map(UserInfo::from),
-        date: date("my_chat_member.date", m.date)?,
-        input: Input::BotBlocked(blocked),
-    }))
 }
 
 /// Splits `/cmd@bot args` into a command; anything else is text, verbatim.

@@ -15,8 +15,7 @@
 //! What the bot needs and cannot read is an [`UnreadableUpdate`] naming the field
 //! (`callback_query.message.message_id: invalid type: ...`); the worker dead-letters it.
 
-use chrono::{DateTime, Utc};
-use courier_bot_api::{parse_command, Command, Incoming, UnreadableUpdate, UserInfo};
+use courier_bot_api::{lenient, parse_command, Command, Incoming, UnreadableUpdate, UserInfo};
 use serde::Deserialize;
 
 /// What an update means to the quiz bot.
@@ -45,32 +44,13 @@ pub enum Input {
 /// For a button press, [`Incoming::chat_id`] is the chat of the message the button is under
 /// and [`Incoming::date`] that message's date: a `callback_query` has no date of its own.
 pub fn classify_json(raw: &[u8]) -> Result<Option<Incoming<Input>>, UnreadableUpdate> {
-    // A derived struct also accepts an array of its fields in order; an update is an object.
-    if raw.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        return Err(UnreadableUpdate::new(
-            "not a Telegram update: not a JSON object",
-        ));
-    }
-    let de = &mut serde_json::Deserializer::from_slice(raw);
-    let update: RawUpdate = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        if inner.is_syntax() || inner.is_eof() {
-            UnreadableUpdate::new(format!("not valid JSON: {inner}"))
-        } else if path == "." {
-            UnreadableUpdate::new(format!("not a Telegram update: {inner}"))
-        } else {
-            UnreadableUpdate::new(format!("{path}: {inner}"))
-        }
-    })?;
-    de.end()
-        .map_err(|e| UnreadableUpdate::new(format!("not valid JSON: {e}")))?;
+    let update: RawUpdate = lenient::parse_update(raw)?;
     if let Some(m) = update.message {
         from_message(m)
     } else if let Some(q) = update.callback_query {
         from_callback(q)
     } else if let Some(m) = update.my_chat_member {
-        from_member_update(m)
+        Ok(m.blocked()?.map(|b| b.map(Input::BotBlocked)))
     } else {
         Ok(None)
     }
@@ -82,14 +62,14 @@ pub fn classify_json(raw: &[u8]) -> Result<Option<Incoming<Input>>, UnreadableUp
 struct RawUpdate {
     message: Option<RawMessage>,
     callback_query: Option<RawCallback>,
-    my_chat_member: Option<RawMemberUpdate>,
+    my_chat_member: Option<lenient::MemberUpdate>,
 }
 
 #[derive(Deserialize)]
 #[serde(expecting = "a message object")]
 struct RawMessage {
-    chat: RawChat,
-    from: Option<RawUser>,
+    chat: lenient::Chat,
+    from: Option<lenient::User>,
     date: i64,
     text: Option<String>,
 }
@@ -98,7 +78,7 @@ struct RawMessage {
 #[serde(expecting = "a callback query object")]
 struct RawCallback {
     id: String,
-    from: Option<RawUser>,
+    from: Option<lenient::User>,
     message: Option<RawCallbackMessage>,
     data: Option<String>,
 }
@@ -109,76 +89,16 @@ struct RawCallback {
 #[serde(expecting = "a message object")]
 struct RawCallbackMessage {
     message_id: i64,
-    chat: RawChat,
+    chat: lenient::Chat,
     date: i64,
-}
-
-#[derive(Deserialize)]
-#[serde(expecting = "a chat object")]
-struct RawChat {
-    id: i64,
-    #[serde(rename = "type")]
-    kind: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(expecting = "a user object")]
-struct RawUser {
-    id: i64,
-    #[serde(default)]
-    first_name: String,
-    last_name: Option<String>,
-    username: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(expecting = "a chat member update object")]
-struct RawMemberUpdate {
-    chat: RawChat,
-    from: Option<RawUser>,
-    date: i64,
-    new_chat_member: RawChatMember,
-}
-
-#[derive(Deserialize)]
-#[serde(expecting = "a chat member object")]
-struct RawChatMember {
-    status: String,
-}
-
-impl From<RawUser> for UserInfo {
-    fn from(u: RawUser) -> Self {
-        UserInfo {
-            id: u.id,
-            first_name: u.first_name,
-            last_name: u.last_name,
-            username: u.username,
-        }
-    }
-}
-
-fn date(field: &str, unix: i64) -> Result<DateTime<Utc>, UnreadableUpdate> {
-    DateTime::from_timestamp(unix, 0)
-        .ok_or_else(|| UnreadableUpdate::new(format!("{field}: {unix} is not a valid date")))
-}
-
-/// Whether the chat is private; the type decides what the bot answers, so a chat without one
-/// cannot be read.
-fn is_private(field: &str, chat: &RawChat) -> Result<bool, UnreadableUpdate> {
-    match chat.kind.as_deref() {
-        Some(kind) => Ok(kind == "private"),
-        None => Err(UnreadableUpdate::new(format!(
-            "{field}: missing field `type`"
-        ))),
-    }
 }
 
 fn from_message(m: RawMessage) -> Result<Option<Incoming<Input>>, UnreadableUpdate> {
-    let date = date("message.date", m.date)?;
+    let date = lenient::date("message.date", m.date)?;
     let input = match m.text.as_deref().and_then(parse_command) {
         Some(command) => Input::Command(command),
         // In groups the bot answers commands and buttons only, not the conversation.
-        None if !is_private("message.chat", &m.chat)? => return Ok(None),
+        None if !m.chat.is_private("message.chat")? => return Ok(None),
         None => Input::Other,
     };
     Ok(Some(Incoming {
@@ -198,29 +118,11 @@ fn from_callback(q: RawCallback) -> Result<Option<Incoming<Input>>, UnreadableUp
     Ok(Some(Incoming {
         chat_id: message.chat.id,
         from: q.from.map(UserInfo::from),
-        date: date("callback_query.message.date", message.date)?,
+        date: lenient::date("callback_query.message.date", message.date)?,
         input: Input::Button {
             query_id: q.id,
             message_id: message.message_id,
             data: q.data.unwrap_or_default(),
         },
-    }))
-}
-
-fn from_member_update(m: RawMemberUpdate) -> Result<Option<Incoming<Input>>, UnreadableUpdate> {
-    // Only a private chat's membership says the user blocked the bot.
-    if !is_private("my_chat_member.chat", &m.chat)? {
-        return Ok(None);
-    }
-    let blocked = match m.new_chat_member.status.as_str() {
-        "kicked" => true,
-        "member" => false,
-        _ => return Ok(None),
-    };
-    Ok(Some(Incoming {
-        chat_id: m.chat.id,
-        from: m.from.map(UserInfo::from),
-        date: date("my_chat_member.date", m.date)?,
-        input: Input::BotBlocked(blocked),
     }))
 }

@@ -19,6 +19,7 @@
 //! the notes bot (`bots/notes`) and the quiz bot (`bots/quiz`) are the two in the repository.
 #![deny(missing_docs)]
 
+pub mod lenient;
 pub mod outgoing;
 mod update;
 

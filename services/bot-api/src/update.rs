@@ -29,6 +29,18 @@ pub struct Incoming<I> {
     pub input: I,
 }
 
+impl<I> Incoming<I> {
+    /// The same update, its input mapped.
+    pub fn map<J>(self, f: impl FnOnce(I) -> J) -> Incoming<J> {
+        Incoming {
+            chat_id: self.chat_id,
+            from: self.from,
+            date: self.date,
+            input: f(self.input),
+        }
+    }
+}
+
 /// An update of a kind the bot handles whose fields the bot needs cannot be read. The worker
 /// parks it in the dead-letter stream with this reason.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
