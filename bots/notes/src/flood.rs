@@ -27,7 +27,7 @@ mod tests {
     use chrono::Utc;
 
     #[test]
-    fn updates_count_against_the_sender_or_the_chat_and_blocks_never() {
+    fn blocks_never_count_and_the_rest_counts_as_courier_counts_it() {
         let mut m = Incoming {
             chat_id: -100,
             from: Some(UserInfo {
@@ -40,14 +40,6 @@ mod tests {
             input: Input::Text("hi".into()),
         };
         assert_eq!(counted_as(&m), Some(7));
-        m.from.as_mut().unwrap().id = 1_087_968_824;
-        assert_eq!(
-            counted_as(&m),
-            Some(-100),
-            "anonymous admins count as their chat"
-        );
-        m.from = None;
-        assert_eq!(counted_as(&m), Some(-100));
         m.input = Input::BotBlocked(true);
         assert_eq!(counted_as(&m), None);
     }
