@@ -12,12 +12,15 @@ CREATE TABLE audience (
 );
 INSERT INTO audience (bot_id, chat_id, joined_at)
 SELECT bot_id, chat_id, min(registered_at) FROM users GROUP BY bot_id, chat_id;
--- Blocks were recorded in both places; `blocked_chats` is now the only one the platform reads.
-INSERT INTO blocked_chats (bot_id, chat_id, reason)
-SELECT bot_id, chat_id, 'users.blocked_at' FROM users WHERE blocked_at IS NOT NULL
-ON CONFLICT DO NOTHING;
--- A broadcast's cursor is now the last chat_id enqueued (chat ids can be negative).
+-- (Blocks need no copy: whoever set `users.blocked_at` — the worker on `my_chat_member`, the
+-- sender on a 403 — inserted the private chat into `blocked_chats` in the same transaction.
+-- `users.chat_id` is where the user last sent /start, maybe a group: not the blocked chat.)
+-- A broadcast's cursor is now the last chat_id enqueued (chat ids can be negative): a job not
+-- started yet starts below every chat. A job half-way through keeps its cursor, which was a
+-- user_id: its private chats (chat id = user id) carry on where it stopped, and the group
+-- chats of its audience (negative ids) are not reached by it.
 ALTER TABLE broadcasts ALTER COLUMN cursor SET DEFAULT -9223372036854775808;
+UPDATE broadcasts SET cursor = -9223372036854775808 WHERE state = 'running' AND enqueued = 0;
 
 -- Calls other than a plain sendMessage: the encoded `courier.v1.OutboundMessage` holding the
 -- action (ids filled in at publish). NULL: a sendMessage of `text` with `parse_mode`.

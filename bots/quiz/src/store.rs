@@ -72,6 +72,7 @@ pub(crate) async fn write(
                 rows.chats.push(*chat_id);
                 rows.users.push(*user_id);
                 rows.updates.push(w.update_id);
+                rows.fingerprints.push(w.update_fingerprint);
                 rows.scores.push(signed(*score)?);
                 rows.totals.push(signed(*total)?);
             }
@@ -81,10 +82,11 @@ pub(crate) async fn write(
         return Ok(());
     }
     sqlx::query(
-        "INSERT INTO quiz_results (bot_id, chat_id, user_id, update_id, score, total) \
+        "INSERT INTO quiz_results \
+         (bot_id, chat_id, user_id, update_id, update_fingerprint, score, total) \
          SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], \
-                              $5::int[], $6::int[]) \
-         ON CONFLICT (bot_id, update_id) DO NOTHING",
+                              $7::bigint[], $5::int[], $6::int[]) \
+         ON CONFLICT (bot_id, update_id, update_fingerprint) DO NOTHING",
     )
     .bind(&rows.bots)
     .bind(&rows.chats)
@@ -92,6 +94,7 @@ pub(crate) async fn write(
     .bind(&rows.updates)
     .bind(&rows.scores)
     .bind(&rows.totals)
+    .bind(&rows.fingerprints)
     .execute(conn)
     .await?;
     Ok(())
@@ -104,6 +107,7 @@ struct Results {
     chats: Vec<i64>,
     users: Vec<i64>,
     updates: Vec<i64>,
+    fingerprints: Vec<i64>,
     scores: Vec<i32>,
     totals: Vec<i32>,
 }

@@ -137,6 +137,10 @@ pub struct Stored<'a, W> {
     pub bot_id: i64,
     /// The update whose step asked for it.
     pub update_id: i64,
+    /// With `update_id`, the update's identity: a fingerprint of its bytes (as stored:
+    /// the same 64 bits in an `i64`). Telegram may reuse an `update_id` for another update after
+    /// a week without updates, so a table that keys rows by update keys them by both.
+    pub update_fingerprint: i64,
     /// The write.
     pub write: &'a W,
 }

@@ -122,7 +122,8 @@ impl Call {
     /// keyboard the message has ("message is not modified", what Telegram answers when a
     /// retry repeats an edit that went through), a delete of a message that is not there
     /// ("message to delete not found": deleted by an earlier attempt, whose answer was lost,
-    /// or by the user).
+    /// or by the user) or can no longer be deleted ("message can't be deleted": a bot may
+    /// delete its own messages for 48 hours; nothing anyone can do makes a replay work).
     pub fn already_done(&self, err: &RequestError) -> bool {
         let Some(description) = crate::telegram::description(err) else {
             return false;
@@ -133,6 +134,7 @@ impl Call {
             }
             Call::DeleteMessage { .. } => {
                 description.starts_with("Bad Request: message to delete not found")
+                    || description.starts_with("Bad Request: message can't be deleted")
             }
             _ => false,
         }
@@ -532,7 +534,8 @@ mod tests {
         assert!(!delete.already_done(&not_modified));
         assert!(!edit.already_done(&gone));
         assert!(!edit.already_done(&RequestError::Api(ApiError::MessageToEditNotFound)));
-        assert!(!delete.already_done(&RequestError::Api(ApiError::MessageCantBeDeleted)));
+        assert!(delete.already_done(&RequestError::Api(ApiError::MessageCantBeDeleted)));
+        assert!(!edit.already_done(&RequestError::Api(ApiError::MessageCantBeDeleted)));
         assert!(!edit.already_done(&RequestError::RetryAfter(
             teloxide_core::types::Seconds::from_seconds(1)
         )));

@@ -16,7 +16,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use courier_common::{backoff::Backoff, topology, trace};
-use courier_proto::{v1::OutboundMessage, Message as _};
+use courier_proto::{
+    v1::{outbound_message::Action, OutboundMessage},
+    Message as _,
+};
 use serde::Serialize;
 use teloxide_core::{
     payloads::{AnswerCallbackQuerySetters, EditMessageTextSetters, SendMessageSetters},
@@ -222,6 +225,22 @@ async fn make_call(
                     Some(id)
                 }
                 Ok(None) => return Done::Stop,
+                Err(reason) if matches!(call, Call::DeleteMessage { .. }) => {
+                    // Nothing was sent with the key (or its row was pruned): nothing to delete.
+                    ctx.stats.already_done.fetch_add(1, Ordering::Relaxed);
+                    ctx.metrics.call(method, telegram::NO_OP, Duration::ZERO);
+                    tracing::info!(outbox_id = out.outbox_id, method, %reason, "nothing to delete; counted as done");
+                    let chat = *target;
+                    let recorded = db_retry(ctx, "ledger record", || {
+                        ledger::record(&ctx.ledger, row(ctx, out, part, chat, "sent"))
+                    })
+                    .await;
+                    return if recorded.is_some() {
+                        Done::Recorded
+                    } else {
+                        Done::Stop
+                    };
+                }
                 Err(reason) => {
                     if let Some(held) = held.take() {
                         park(ctx, held, out, part, *target, &reason).await;
@@ -493,8 +512,20 @@ async fn request(
 /// never sent): records the part in the ledger as `dead_lettered` (so a redelivery is
 /// skipped), then dead-letters it.
 async fn park(ctx: &Ctx, held: Held, out: &OutboundMessage, part: i32, chat: i64, reason: &str) {
+    // A keyed message's row keeps its key: the latest message with the key was not sent, so a
+    // later reference to the key finds nothing (rather than an older message with the key).
+    let key = match &out.action {
+        Some(Action::Send(send)) if !send.key.is_empty() => Some(send.key.clone()),
+        _ => None,
+    };
     let recorded = db_retry(ctx, "ledger record", || {
-        ledger::record(&ctx.ledger, row(ctx, out, part, chat, "dead_lettered"))
+        ledger::record(
+            &ctx.ledger,
+            Record {
+                msg_key: key.clone(),
+                ..row(ctx, out, part, chat, "dead_lettered")
+            },
+        )
     })
     .await;
     if recorded.is_some() {

@@ -183,10 +183,11 @@ pub async fn record(recorder: &Recorder, row: Record) -> Result<(), BatchError> 
     recorder.submit(row).await
 }
 
-/// Telegram's id of the latest message the bot sent to `chat_id` with `key`
+/// Telegram's id of the latest message the bot asked to send to `chat_id` with `key`
 /// (`SendMessage.key`, resolving a `MessageRef.key`): the row with that key of the highest
-/// outbox id among those sent. `None` when no message with that key was sent to the chat
-/// (never, refused, or skipped because the chat blocked the bot), or its row was pruned
+/// outbox id, if it was sent. `None` when the latest message with that key was not sent
+/// (refused and parked: an older message with the key is *not* what the bot means), when no
+/// message with that key was sent to the chat, or when its row was pruned
 /// (`COURIER_RETENTION`).
 pub async fn resolve_key(
     pool: &PgPool,
@@ -195,9 +196,9 @@ pub async fn resolve_key(
     key: &str,
 ) -> Result<Option<i64>, sqlx::Error> {
     let id: Option<Option<i64>> = sqlx::query_scalar(
-        "SELECT telegram_message_id FROM sent_messages
-         WHERE bot_id = $1 AND chat_id = $2 AND msg_key = $3 AND outcome = 'sent'
-         ORDER BY outbox_id DESC
+        "SELECT CASE WHEN outcome = 'sent' THEN telegram_message_id END FROM sent_messages
+         WHERE bot_id = $1 AND chat_id = $2 AND msg_key = $3
+         ORDER BY outbox_id DESC, part DESC
          LIMIT 1",
     )
     .bind(bot_id)

@@ -207,22 +207,33 @@ fn keyboard(k: &InlineKeyboard) -> v1::InlineKeyboardMarkup {
     }
 }
 
-/// The action a published row carries: its encoded one, or a `sendMessage` of its text.
-pub(crate) fn action_of(
+/// The `OutboundMessage` a published row becomes: `header` (ids and times) with the row's
+/// action — its stored bytes appended as they are (protobuf merges concatenated messages, so
+/// the result is the header with the action set), or a `sendMessage` of its text. The bytes
+/// are not decoded here: an action this worker does not know (written by a newer one during a
+/// rolling upgrade) reaches the sender intact, which makes it or parks it, and the chat's
+/// later rows are not held up.
+pub(crate) fn envelope(
+    mut header: v1::OutboundMessage,
     text: &str,
     parse_mode: &str,
     action: Option<&[u8]>,
-) -> Result<v1::outbound_message::Action, String> {
+) -> Vec<u8> {
     match action {
-        Some(bytes) => v1::OutboundMessage::decode(bytes)
-            .map_err(|e| e.to_string())?
-            .action
-            .ok_or_else(|| "no action in it".to_owned()),
-        None => Ok(v1::outbound_message::Action::Send(v1::SendMessage {
-            text: text.to_owned(),
-            parse_mode: parse_mode.to_owned(),
-            ..Default::default()
-        })),
+        Some(bytes) => {
+            header.action = None;
+            let mut out = header.encode_to_vec();
+            out.extend_from_slice(bytes);
+            out
+        }
+        None => {
+            header.action = Some(v1::outbound_message::Action::Send(v1::SendMessage {
+                text: text.to_owned(),
+                parse_mode: parse_mode.to_owned(),
+                ..Default::default()
+            }));
+            header.encode_to_vec()
+        }
     }
 }
 
@@ -232,15 +243,44 @@ mod tests {
     use courier_bot_api::{AnswerCallback, Button, ChatAction, EditText, SendText};
 
     #[test]
+    fn an_action_this_worker_does_not_know_reaches_the_sender_intact() {
+        // A newer worker's action: field 99 of OutboundMessage (length-delimited: tag
+        // 99 << 3 | 2 = 794, varint 0x9A 0x06), unknown here.
+        let mut newer = vec![0x9A, 0x06, 6];
+        newer.extend_from_slice(b"future");
+        let header = v1::OutboundMessage {
+            outbox_id: 5,
+            ..Default::default()
+        };
+        let bytes = envelope(header.clone(), "", "", Some(&newer));
+        assert!(bytes.ends_with(&newer), "passed on as stored");
+        let read = v1::OutboundMessage::decode(&bytes[..]).unwrap();
+        assert_eq!(
+            (read.outbox_id, read.action),
+            (5, None),
+            "unknown to this reader"
+        );
+    }
+
+    #[test]
     fn a_plain_text_keeps_its_columns_and_everything_else_is_encoded_whole() {
         let (text, mode, action) = columns(&Outgoing::html(7, "<b>hi</b>"));
         assert_eq!(
             (text.as_str(), mode.as_str(), action),
             ("<b>hi</b>", "HTML", None)
         );
-        let action = action_of(&text, &mode, None).unwrap();
-        assert!(matches!(action, v1::outbound_message::Action::Send(ref s)
-            if s.text == "<b>hi</b>" && s.parse_mode == "HTML"));
+        let header = v1::OutboundMessage {
+            outbox_id: 41,
+            chat_id: 7,
+            ..Default::default()
+        };
+        let published =
+            v1::OutboundMessage::decode(&envelope(header.clone(), &text, &mode, None)[..]).unwrap();
+        assert_eq!(published.outbox_id, 41);
+        assert!(
+            matches!(published.action, Some(v1::outbound_message::Action::Send(ref s))
+            if s.text == "<b>hi</b>" && s.parse_mode == "HTML")
+        );
 
         let calls = [
             Outgoing::Send(SendText {
@@ -287,7 +327,16 @@ mod tests {
             .actions
             .iter()
             .zip(&outbox.texts)
-            .map(|(a, t)| action_of(t, "", a.as_deref()).unwrap())
+            .map(|(a, t)| {
+                let bytes = envelope(header.clone(), t, "", a.as_deref());
+                let published = v1::OutboundMessage::decode(&bytes[..]).unwrap();
+                assert_eq!(
+                    (published.outbox_id, published.chat_id),
+                    (41, 7),
+                    "the header kept"
+                );
+                published.action.unwrap()
+            })
             .collect();
         use v1::outbound_message::Action as A;
         match &decoded[0] {

@@ -369,6 +369,7 @@ async fn apply_batch<B: Bot>(
         stored.extend(w.writes.iter().map(|write| Stored {
             bot_id,
             update_id: job.upd.update_id,
+            update_fingerprint: job.upd.fingerprint as i64,
             write,
         }));
         let (traceparent, received_at) = job.upd.reply_columns();

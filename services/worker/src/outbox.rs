@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, message::PublishMessage};
 use courier_common::{topology, trace, trace::TraceParent, CancellationToken};
-use courier_proto::{v1::OutboundMessage, Message as _};
+use courier_proto::v1::OutboundMessage;
 use futures::future::join_all;
 use sqlx::PgPool;
 use tracing::Instrument;
@@ -76,18 +76,17 @@ async fn publish_one(js: &jetstream::Context, bot_id: i64, row: &OutboxRow) -> R
     if let Some(parent) = row.traceparent.as_deref().and_then(TraceParent::parse) {
         parent.adopt(&span);
     }
-    let msg = OutboundMessage {
+    let header = OutboundMessage {
         outbox_id: row.id,
         bot_id,
         chat_id: row.chat_id,
         origin_update_id: row.origin_update_id,
         created_at_unix_ms: row.created_at.timestamp_millis(),
         origin_received_at_unix_ms: row.origin_received_at.map_or(0, |t| t.timestamp_millis()),
-        action: Some(
-            crate::effects::action_of(&row.text, &row.parse_mode, row.action.as_deref())
-                .map_err(|e| format!("outbox row {} has an undecodable action: {e}", row.id))?,
-        ),
+        action: None,
     };
+    let payload =
+        crate::effects::envelope(header, &row.text, &row.parse_mode, row.action.as_deref());
     let mut publish = PublishMessage::build();
     // This span's context; or, when this process does not trace, the row's own, passed on
     // as it is, so that the sender still continues the update's trace.
@@ -103,7 +102,7 @@ async fn publish_one(js: &jetstream::Context, bot_id: i64, row: &OutboxRow) -> R
     }
     let publish = publish
         .message_id(topology::outbound_msg_id(bot_id, row.id))
-        .payload(msg.encode_to_vec().into());
+        .payload(payload.into());
     let subject = topology::outbound_subject(bot_id, row.chat_id);
     let ack = async {
         let ack = js

@@ -374,6 +374,7 @@ pub async fn apply<'c, B: Bot>(
             .map(|write| Stored {
                 bot_id: upd.bot_id,
                 update_id: upd.update_id,
+                update_fingerprint: upd.fingerprint as i64,
                 write,
             })
             .collect();

@@ -1,6 +1,6 @@
 //! The quiz bot's own table on a real PostgreSQL: its migrations create `quiz_results`;
 //! `QuizBot::write` records many steps' results in one call, once per update (a redelivery
-//! adds nothing); `QuizBot::read` gives `/score` the user's latest and best results and count,
+//! adds nothing; an update id Telegram reused for another update is another update); `QuizBot::read` gives `/score` the user's latest and best results and count,
 //! per bot. The worker's side (one transaction per update, the registry) is tested end to end
 //! elsewhere.
 
@@ -21,13 +21,29 @@ fn finished(chat_id: i64, user_id: i64, score: u32) -> Write {
     }
 }
 
+/// The fingerprint of the updates these tests write for (one per update id, but for
+/// [`REUSED`]).
+const FINGERPRINT: i64 = 0x5eed;
+/// The fingerprint of another update that Telegram gave an id already used (after a week).
+const REUSED: i64 = 0x0dd;
+
 /// Writes `(bot_id, update_id, write)`s in one call, in a transaction of their own.
 async fn write(conn: &mut PgConnection, writes: &[(i64, i64, Write)]) -> anyhow::Result<()> {
+    write_as(conn, writes, FINGERPRINT).await
+}
+
+/// [`write`], the updates with this fingerprint.
+async fn write_as(
+    conn: &mut PgConnection,
+    writes: &[(i64, i64, Write)],
+    fingerprint: i64,
+) -> anyhow::Result<()> {
     let stored: Vec<Stored<'_, Write>> = writes
         .iter()
         .map(|(bot_id, update_id, write)| Stored {
             bot_id: *bot_id,
             update_id: *update_id,
+            update_fingerprint: fingerprint,
             write,
         })
         .collect();
@@ -94,6 +110,15 @@ async fn quiz_results_are_written_once_per_update_and_read_back_for_score() -> a
         .fetch_one(&mut conn)
         .await?;
     assert_eq!(rows, 5, "a redelivered update adds nothing");
+    // Another update with a reused id (Telegram, after a week without updates) is recorded.
+    write_as(&mut conn, &[(BOT, 1, finished(9, 9, 1))], REUSED).await?;
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM quiz_results WHERE user_id = 9")
+        .fetch_one(&mut conn)
+        .await?;
+    assert_eq!(
+        rows, 1,
+        "an update id reused for another update is another update"
+    );
 
     let ada = scores(&mut conn, BOT, 7).await?;
     assert_eq!(
