@@ -273,10 +273,22 @@ pub fn step(state: &QuizState, incoming: &Incoming<Input>, ctx: &Context) -> Tra
     }
 }
 
+/// The number of the next round after `rounds`. A chat without rounds (new, or reset by
+/// `courierctl chat reset`, or whose state another bot wrote) starts at the `/quiz` message's
+/// Unix time rather than at 1, so that the buttons of rounds before a reset — a question
+/// message older than 48 hours cannot be deleted, and keeps them — never match a new round.
+fn next_round(rounds: u32, date: DateTime<Utc>) -> u32 {
+    if rounds == 0 {
+        u32::try_from(date.timestamp()).unwrap_or(u32::MAX).max(1)
+    } else {
+        rounds.wrapping_add(1).max(1)
+    }
+}
+
 /// `/quiz`: a new round (replacing a running one).
 fn start_quiz(state: &QuizState, incoming: &Incoming<Input>) -> Transition {
     let chat_id = incoming.chat_id;
-    let round = state.rounds().wrapping_add(1).max(1);
+    let round = next_round(state.rounds(), incoming.date);
     let quiz = Quiz {
         round,
         order: questions::pick(chat_id, round, incoming.date.timestamp()),

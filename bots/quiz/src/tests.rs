@@ -181,11 +181,13 @@ fn quiz_shows_typing_then_question_one_with_its_buttons_under_a_key() {
     let QuizState::InQuiz(q) = &t.state else {
         panic!("{:?}", t.state)
     };
+    // A chat's first round is numbered by the time of its /quiz (see `next_round`).
+    let first = at().timestamp() as u32;
     assert_eq!(
         q,
         &Quiz {
-            round: 1,
-            order: questions::pick(CHAT, 1, at().timestamp()),
+            round: first,
+            order: questions::pick(CHAT, first, at().timestamp()),
             question: 0,
             score: 0,
             player: Some(7),
@@ -214,9 +216,31 @@ fn quiz_shows_typing_then_question_one_with_its_buttons_under_a_key() {
     let labels: Vec<&str> = keyboard.rows.iter().map(|r| r[0].text.as_str()).collect();
     assert_eq!(labels, asked.options);
     let want: Vec<Vec<String>> = (0..asked.options.len())
-        .map(|i| vec![format!("q:1:0:{i}")])
+        .map(|i| vec![format!("q:{first}:0:{i}")])
         .collect();
     assert_eq!(callback_data(keyboard), want);
+}
+
+#[test]
+fn after_a_reset_a_new_round_never_matches_the_buttons_of_rounds_before_it() {
+    // Rounds played, then the chat reset (its state is the default again).
+    let before = step(&idle(0), &msg("/quiz"), &ctx());
+    let old = quiz(&before.state).round;
+    let mut later = msg("/quiz");
+    later.date = at() + chrono::Duration::days(3);
+    let after = step(&QuizState::default(), &later, &ctx());
+    assert!(
+        quiz(&after.state).round > old,
+        "{old} then {:?}",
+        after.state
+    );
+    // A press on the old round's question (a message too old to delete keeps its buttons).
+    let stale = press(&before.state, right_option(&before.state));
+    let t = step(&after.state, &stale, &ctx());
+    assert_eq!(
+        t.state, after.state,
+        "the new quiz is not answered by an old button"
+    );
 }
 
 #[test]
@@ -356,7 +380,7 @@ fn a_whole_quiz_played_on_the_buttons_scores_every_answer() {
     for (always_right, score) in [(true, 5), (false, 0)] {
         let (steps, end) = play(always_right);
         assert_eq!(steps.len(), questions::QUESTIONS_PER_ROUND);
-        assert_eq!(end, idle(1));
+        assert_eq!(end, idle(at().timestamp() as u32));
         let last = steps.last().unwrap();
         assert_eq!(
             last.effects.last(),
@@ -422,7 +446,7 @@ fn in_a_group_only_the_player_answers_unless_an_anonymous_admin_started_it() {
         ..quiz(&t.state).clone()
     });
     state = step(&state, &press(&state, right_option(&state)), &ctx()).state;
-    assert_eq!(state, idle(1));
+    assert_eq!(state, idle(at().timestamp() as u32));
     let mut anyone = in_quiz(4, 0);
     if let QuizState::InQuiz(q) = &mut anyone {
         q.player = None;
