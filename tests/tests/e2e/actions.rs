@@ -375,6 +375,38 @@ async fn a_key_never_sent_is_parked_with_its_reason_and_the_chat_goes_on() -> an
     .await?;
     rig.publish_action(chat, 8, Action::Send(send("the end")))
         .await?;
+    // A key sent, then a message with the same key refused: the key names the refused one,
+    // so an edit by it is parked, and the older message with the key is left alone.
+    rig.publish_action(
+        chat,
+        9,
+        Action::Send(SendMessage {
+            key: "k".into(),
+            ..send("first k")
+        }),
+    )
+    .await?;
+    rig.publish_action(
+        chat,
+        10,
+        Action::Send(SendMessage {
+            key: "k".into(),
+            parse_mode: "HTML".into(),
+            ..send("<b>second k")
+        }),
+    )
+    .await?;
+    rig.publish_action(chat, 11, edit(by_key("k"), "edited k"))
+        .await?;
+    // Deleting what was never sent: nothing to delete, done.
+    rig.publish_action(
+        chat,
+        12,
+        Action::Delete(DeleteMessage {
+            message: by_key("never"),
+        }),
+    )
+    .await?;
     all_acked(&rig).await?;
 
     let letters = rig.dead_letter_messages().await?;
@@ -382,7 +414,15 @@ async fn a_key_never_sent_is_parked_with_its_reason_and_the_chat_goes_on() -> an
         .iter()
         .map(|(reason, m)| (m.outbox_id, reason.as_str()))
         .collect();
-    assert_eq!(got.len(), 3, "{got:?}");
+    assert_eq!(got.len(), 5, "{got:?}");
+    assert_eq!(got[3].0, 10, "{got:?}");
+    assert_eq!(
+        got[4],
+        (
+            11,
+            format!("no message sent with key `k` in chat {chat}").as_str()
+        )
+    );
     assert_eq!(
         got[0],
         (
@@ -404,8 +444,8 @@ async fn a_key_never_sent_is_parked_with_its_reason_and_the_chat_goes_on() -> an
         .collect();
     assert_eq!(
         texts,
-        vec![json!("the end")],
-        "the keyed message was deleted"
+        vec![json!("the end"), json!("first k")],
+        "the keyed message was deleted; the older message with a refused key kept its text"
     );
     let outcomes: Vec<(i64, String)> =
         sqlx::query_as("SELECT outbox_id, outcome FROM sent_messages ORDER BY outbox_id")
@@ -423,6 +463,10 @@ async fn a_key_never_sent_is_parked_with_its_reason_and_the_chat_goes_on() -> an
             (6, "dead_lettered"),
             (7, "dead_lettered"),
             (8, "sent"),
+            (9, "sent"),
+            (10, "dead_lettered"),
+            (11, "dead_lettered"),
+            (12, "sent"),
         ]
     );
     let stats = sender.sender.stats();
@@ -430,8 +474,8 @@ async fn a_key_never_sent_is_parked_with_its_reason_and_the_chat_goes_on() -> an
         stats
             .already_done
             .load(std::sync::atomic::Ordering::Relaxed),
-        2,
-        "the edit to the same text and the second delete"
+        3,
+        "the edit to the same text, the second delete, the delete of a key never sent"
     );
     let calls = rig.calls().await?;
     let refused: Vec<(&str, u16)> = calls
@@ -445,8 +489,9 @@ async fn a_key_never_sent_is_parked_with_its_reason_and_the_chat_goes_on() -> an
             ("editMessageText", 400),
             ("deleteMessage", 400),
             ("sendMessage", 400),
+            ("sendMessage", 400),
         ],
-        "not modified, not found, can't parse; the ghost and BBCode made no call"
+        "not modified, not found, can't parse twice; the ghosts and BBCode made no call"
     );
     no_429(&rig).await?;
     sender.stop().await
