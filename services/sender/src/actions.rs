@@ -123,7 +123,9 @@ impl Call {
     /// retry repeats an edit that went through), a delete of a message that is not there
     /// ("message to delete not found": deleted by an earlier attempt, whose answer was lost,
     /// or by the user) or can no longer be deleted ("message can't be deleted": a bot may
-    /// delete its own messages for 48 hours; nothing anyone can do makes a replay work).
+    /// delete its own messages for 48 hours; nothing anyone can do makes a replay work), an
+    /// answer to a button press Telegram no longer takes ("query is too old …": answered by
+    /// an earlier attempt, or too late; the client stopped waiting either way).
     pub fn already_done(&self, err: &RequestError) -> bool {
         let Some(description) = crate::telegram::description(err) else {
             return false;
@@ -135,6 +137,9 @@ impl Call {
             Call::DeleteMessage { .. } => {
                 description.starts_with("Bad Request: message to delete not found")
                     || description.starts_with("Bad Request: message can't be deleted")
+            }
+            Call::AnswerCallbackQuery { .. } => {
+                description.starts_with("Bad Request: query is too old")
             }
             _ => false,
         }
@@ -535,6 +540,13 @@ mod tests {
         assert!(!edit.already_done(&gone));
         assert!(!edit.already_done(&RequestError::Api(ApiError::MessageToEditNotFound)));
         assert!(delete.already_done(&RequestError::Api(ApiError::MessageCantBeDeleted)));
+        let answer = Call::AnswerCallbackQuery {
+            callback_query_id: "1".into(),
+            text: None,
+            show_alert: false,
+        };
+        assert!(answer.already_done(&RequestError::Api(ApiError::InvalidQueryId)));
+        assert!(!answer.already_done(&RequestError::Api(ApiError::MessageCantBeDeleted)));
         assert!(!edit.already_done(&RequestError::Api(ApiError::MessageCantBeDeleted)));
         assert!(!edit.already_done(&RequestError::RetryAfter(
             teloxide_core::types::Seconds::from_seconds(1)
