@@ -12,6 +12,8 @@ CREATE TABLE audience (
 );
 INSERT INTO audience (bot_id, chat_id, joined_at)
 SELECT bot_id, chat_id, min(registered_at) FROM users GROUP BY bot_id, chat_id;
+-- Broadcasts no longer page through the users: their index has no reader left.
+DROP INDEX IF EXISTS users_broadcast_idx;
 -- (Blocks need no copy: whoever set `users.blocked_at` — the worker on `my_chat_member`, the
 -- sender on a 403 — inserted the private chat into `blocked_chats` in the same transaction.
 -- `users.chat_id` is where the user last sent /start, maybe a group: not the blocked chat.)
