@@ -23,7 +23,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use courier_bot_api::{pace, Bot, Context, Effect, Incoming, Outgoing, Pace, Stored};
+use courier_bot_api::{pace, Bot, Context, Effect, Incoming, Outgoing, Pace};
 use sqlx::{PgPool, Row};
 use tokio::sync::{mpsc, oneshot};
 
@@ -366,12 +366,7 @@ async fn apply_batch<B: Bot>(
         claim.2.push(job.upd.chat_id);
         claim.3.push(job.upd.seq as i64);
         floods.extend(w.flood_sender);
-        stored.extend(w.writes.iter().map(|write| Stored {
-            bot_id,
-            update_id: job.upd.update_id,
-            update_fingerprint: job.upd.fingerprint as i64,
-            write,
-        }));
+        stored.extend(w.writes.iter().map(|write| job.upd.stored(write)));
         let (traceparent, received_at) = job.upd.reply_columns();
         for call in &w.calls {
             outbox.push(call);

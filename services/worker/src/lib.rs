@@ -7,9 +7,9 @@
 //! bounded rendezvous hashing ([`assign`], [`partitions`]). A partition's messages go to
 //! per-chat lanes ([`courier_common::lanes`]: one update at a time per chat, many chats at
 //! once), and each update is applied in one PostgreSQL transaction ([`store::apply`]) that
-//! records it in `processed_updates`, checks the chat's order (`last_seq`), runs the pure FSM
-//! ([`courier_notes::step`]), writes its effects, the new dialogue state and the outgoing
-//! messages (the outbox). After commit the outbox rows are published to `COURIER_OUTBOUND`
+//! records it in `processed_updates`, checks the chat's order (`last_seq`), runs the bot's
+//! pure FSM ([`courier_bot_api::Bot::step`]; which bot: [`bots`]), writes its effects, the new
+//! dialogue state and the outgoing calls (the outbox). After commit the outbox rows are published to `COURIER_OUTBOUND`
 //! ([`outbox::publish`]); then the update is acknowledged ([`apply::Applier`]).
 //!
 //! Failures: a database that cannot be reached is retried forever with backoff (the update is

@@ -18,8 +18,9 @@ pub enum StoreError {
     /// The database said no, or could not be reached.
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),
-    /// The stored dialogue state could not be read.
-    #[error("stored dialogue state is not valid: {0}")]
+    /// The bot's dialogue state could not be encoded as JSON (a state that cannot be read
+    /// back is the bot's default: `decode_state`).
+    #[error("dialogue state cannot be encoded as JSON: {0}")]
     BadState(#[from] serde_json::Error),
     /// The stream could not be asked for earlier updates of the chat.
     #[error("stream lookup: {0}")]
@@ -181,6 +182,16 @@ pub struct UpdateRef {
 }
 
 impl UpdateRef {
+    /// One of the bot's writes, as [`Bot::write`] gets it: with this update's identity.
+    pub(crate) fn stored<'a, W>(&self, write: &'a W) -> Stored<'a, W> {
+        Stored {
+            bot_id: self.bot_id,
+            update_id: self.update_id,
+            update_fingerprint: self.fingerprint as i64,
+            write,
+        }
+    }
+
     /// The columns its replies store: `(traceparent, origin_received_at)`.
     pub(crate) fn reply_columns(&self) -> (Option<String>, Option<DateTime<Utc>>) {
         (
@@ -368,16 +379,8 @@ pub async fn apply<'c, B: Bot>(
         .instrument(step.clone())
         .await?;
     if !effects.writes.is_empty() {
-        let stored: Vec<Stored<'_, B::Write>> = effects
-            .writes
-            .iter()
-            .map(|write| Stored {
-                bot_id: upd.bot_id,
-                update_id: upd.update_id,
-                update_fingerprint: upd.fingerprint as i64,
-                write,
-            })
-            .collect();
+        let stored: Vec<Stored<'_, B::Write>> =
+            effects.writes.iter().map(|w| upd.stored(w)).collect();
         bot.write(&mut tx, &stored).instrument(step.clone()).await?;
     }
     let outbox = effects.outbox;
